@@ -1,0 +1,120 @@
+"""VAR transformer configuration: the depth rule, named presets and validation.
+
+The paper's rule (Eq. 7): width 64 * depth, heads = depth, drop-path 0.1 * depth / 24. ``width``,
+``num_heads`` and ``drop_path_rate`` may be overridden for small CPU models; by default they are derived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+
+
+def _bad(key: str, value: object, why: str) -> ValueError:
+    return ValueError(f"invalid transformer config: {key}={value!r}: {why} (config key model.transformer.{key})")
+
+
+@dataclass
+class VARConfig:
+    """Shape and initialisation of a VAR transformer.
+
+    depth: number of blocks d. width / num_heads / drop_path_rate: None derives 64d / d / 0.1d/24.
+    shared_aln: one AdaLN linear shared by all blocks (the paper's "-s" models).
+    attn_l2_norm: L2-normalised q, k with a learnable per-head temperature (start 4, cap 100); False uses
+        plain attention with scale 0.25 / sqrt(head_dim), as the published code does.
+    num_classes: class count; index ``num_classes`` is the null (unconditional) class.
+    vocab_size, cvae: the tokenizer's codebook size and dimension. patch_nums: the scale schedule.
+    init_*: the published initialisation; init_std < 0 means sqrt(1 / (3 * width)).
+    attn_impl: "sdpa" (dense block-causal mask) or "flex" (FlexAttention block mask, CUDA).
+    """
+
+    depth: int = 16
+    width: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    drop_rate: float = 0.0
+    attn_drop: float = 0.0
+    drop_path_rate: float | None = None
+    norm_eps: float = 1e-6
+    shared_aln: bool = False
+    attn_l2_norm: bool = True
+    num_classes: int = 1000
+    vocab_size: int = 4096
+    cvae: int = 32
+    patch_nums: Sequence[int] = field(default_factory=lambda: SCHEDULE_256)
+    init_adaln: float = 0.5
+    init_adaln_gamma: float = 1e-5
+    init_head: float = 0.02
+    init_std: float = -1.0
+    attn_impl: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        self.patch_nums = tuple(int(p) for p in self.patch_nums)
+        if self.depth < 1:
+            raise _bad("depth", self.depth, "must be >= 1")
+        if self.width is None:
+            self.width = 64 * self.depth
+        if self.num_heads is None:
+            self.num_heads = self.depth
+        if self.drop_path_rate is None:
+            self.drop_path_rate = 0.1 * self.depth / 24
+        if self.width < 1 or self.num_heads < 1 or self.width % self.num_heads:
+            raise _bad("width", self.width, f"must be a positive multiple of num_heads={self.num_heads}")
+        if self.num_classes < 1:
+            raise _bad("num_classes", self.num_classes, "must be >= 1")
+        if self.vocab_size < 2:
+            raise _bad("vocab_size", self.vocab_size, "must be >= 2")
+        if not self.patch_nums or min(self.patch_nums) < 1:
+            raise _bad("patch_nums", self.patch_nums, "needs at least one positive scale")
+        if any(b <= a for a, b in zip(self.patch_nums, self.patch_nums[1:], strict=False)):
+            raise _bad("patch_nums", self.patch_nums, "scales must increase strictly")
+        for key in ("drop_rate", "attn_drop", "drop_path_rate"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise _bad(key, getattr(self, key), "must be in [0, 1)")
+        if self.attn_impl not in ("sdpa", "flex"):
+            raise _bad("attn_impl", self.attn_impl, "choose 'sdpa' or 'flex'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def seq_len(self) -> int:
+        """L: tokens over all scales."""
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def first_l(self) -> int:
+        return self.patch_nums[0] ** 2
+
+    @property
+    def resolved_init_std(self) -> float:
+        return self.init_std if self.init_std >= 0 else (1 / self.width / 3) ** 0.5
+
+
+PRESETS: dict[str, dict] = {
+    # the published models (parameter counts in tests/unit/test_transformer_model.py)
+    "d16": dict(depth=16),
+    "d20": dict(depth=20),
+    "d24": dict(depth=24),
+    "d30": dict(depth=30),
+    "d36-s": dict(depth=36, shared_aln=True, patch_nums=SCHEDULE_512),
+    # small models that run on a laptop CPU
+    "tiny": dict(depth=4, width=128, num_heads=4, drop_path_rate=0.0),
+    "d2": dict(depth=2),
+}
+
+
+def preset(name: str, **overrides) -> VARConfig:
+    """A named preset with optional field overrides, e.g. ``preset("d16", num_classes=10)``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown VAR preset {name!r}; choose one of {sorted(PRESETS)}")
+    return VARConfig(**{**PRESETS[name], **overrides})
+
+
+def with_overrides(cfg: VARConfig, **overrides) -> VARConfig:
+    return replace(cfg, **overrides)

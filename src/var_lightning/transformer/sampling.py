@@ -1,0 +1,217 @@
+"""Class-conditional sampling with a KV cache, guidance ramped over scales, top-k/top-p filtering and
+optional teacher-forced tokens (zero-shot editing).
+
+Random draws follow the published implementation call for call (with a seeded generator the same
+weights give the same tokens): labels ``multinomial(uniform (1, num_classes), B)`` when not given, then
+per scale one ``multinomial(probs (B*l, V), 1)`` over the filtered probabilities and, with
+``more_smooth``, one ``exponential_`` for the Gumbel noise.
+
+Shapes: B batch, K scales, l tokens of one scale (pn * pn), L tokens of all scales, V vocabulary,
+C width, Cv tokenizer codebook dim, H,W image side, h,w token grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.transformer.var import VAR
+
+
+def check_compatible(var: VAR, vae: MultiScaleVQVAE) -> None:
+    """Raise a clear error when a transformer and a tokenizer cannot work together."""
+    problems = []
+    if tuple(var.patch_nums) != tuple(vae.patch_nums):
+        problems.append(f"scale schedules differ: transformer patch_nums={tuple(var.patch_nums)}, tokenizer {tuple(vae.patch_nums)}")
+    if var.V != vae.cfg.vocab_size:
+        problems.append(f"vocabulary sizes differ: transformer vocab_size={var.V}, tokenizer {vae.cfg.vocab_size}")
+    if var.Cvae != vae.cfg.z_channels:
+        problems.append(f"codebook dims differ: transformer cvae={var.Cvae}, tokenizer z_channels={vae.cfg.z_channels}")
+    if problems:
+        raise ValueError(
+            "the tokenizer does not match the transformer: " + "; ".join(problems)
+            + " (set model.transformer.patch_nums / vocab_size / cvae to the tokenizer's values, or use the tokenizer the "
+            "transformer was trained with)"
+        )
+
+
+def check_sampling_args(var: VAR, cfg: float, top_k: int, top_p: float) -> None:
+    if cfg < 0:
+        raise ValueError(f"cfg={cfg} is negative; guidance strength must be >= 0 (0 = no guidance) (key sampling.cfg)")
+    if top_k < 0 or top_k > var.V:
+        raise ValueError(
+            f"top_k={top_k} is outside 0..{var.V} (the vocabulary size; 0 disables top-k) (key sampling.top_k)"
+        )
+    if not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} is outside [0, 1] (0 disables top-p) (key sampling.top_p)")
+
+
+def filter_logits_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """In place: keep the top-k logits (ties with the k-th kept), then the smallest set whose probability
+    exceeds ``top_p`` (a token is removed when the ascending cumulative probability up to it is
+    <= 1 - top_p; the most likely token always stays). Removed entries become -inf."""
+    if top_k > 0:
+        kth_Bl1 = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth_Bl1, -torch.inf)
+    if top_p > 0:
+        sorted_BlV, order_BlV = logits_BlV.sort(dim=-1, descending=False)
+        remove_sorted = sorted_BlV.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        remove_sorted[..., -1:] = False
+        logits_BlV.masked_fill_(remove_sorted.scatter(-1, order_BlV, remove_sorted), -torch.inf)
+    return logits_BlV
+
+
+def sample_tokens(
+    logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Filter in place and draw one token per position: (B, l)."""
+    B, l, V = logits_BlV.shape
+    filter_logits_(logits_BlV, top_k, top_p)
+    probs = logits_BlV.softmax(dim=-1).view(-1, V)
+    return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator).view(B, l)
+
+
+def gumbel_soft_embedding(
+    logits_BlV: torch.Tensor, codebook_VC: torch.Tensor, tau: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Soft token embedding (B, l, Cv) = softmax((logits + Gumbel) / tau) @ codebook."""
+    gumbels = -torch.empty_like(logits_BlV).exponential_(generator=generator).log()
+    return ((logits_BlV + gumbels) / tau).softmax(dim=-1) @ codebook_VC.unsqueeze(0)
+
+
+def scale_masks(keep_mask_BHW: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
+    """Per-scale keep masks (B, 1, pn, pn) in {0, 1} from a last-scale mask: bilinear downsampling then
+    > 0.5; scales with at most 3 tokens (the 1x1 start) are always kept."""
+    m = keep_mask_BHW.float().unsqueeze(1)
+    out = []
+    for pn in patch_nums:
+        if pn * pn <= 3:
+            out.append(torch.ones(m.shape[0], 1, pn, pn, device=m.device))
+        else:
+            out.append((F.interpolate(m, size=(pn, pn), mode="bilinear", align_corners=False) > 0.5).float())
+    return out
+
+
+@dataclass
+class EditSpec:
+    """Tokens to teacher-force while sampling: the image's tokens (K tensors (B, l)) and a keep mask at the
+    last scale (B or 1, h, w) with 1 = keep the image's token, 0 = generate."""
+
+    keep_idx: Sequence[torch.Tensor]
+    keep_mask_BHW: torch.Tensor
+
+
+@dataclass
+class SampleOutput:
+    images: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    tokens: list[torch.Tensor]  # K tensors (B, l): the tokens that formed f_hat (kept ones when editing)
+    labels: torch.Tensor  # (B,)
+
+
+def resolve_labels(var: VAR, B: int, labels, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """None -> uniform random classes (one multinomial draw); int -> that class for all (negative = null);
+    sequence/tensor -> as given. Out-of-range ids raise a clear error."""
+    if labels is None:
+        uniform = torch.full((1, var.num_classes), 1.0 / var.num_classes, device=device)
+        return torch.multinomial(uniform, num_samples=B, replacement=True, generator=generator).reshape(B)
+    if isinstance(labels, int):
+        labels = var.num_classes if labels < 0 else labels
+        label_B = torch.full((B,), labels, device=device, dtype=torch.long)
+    else:
+        label_B = torch.as_tensor(labels, device=device, dtype=torch.long).reshape(-1)
+        if label_B.numel() != B:
+            raise ValueError(f"got {label_B.numel()} labels for a batch of {B}")
+    var.check_labels(label_B, allow_null=True)
+    return label_B
+
+
+@torch.no_grad()
+def sample(
+    var: VAR,
+    vae: MultiScaleVQVAE,
+    B: int,
+    labels: int | Sequence[int] | torch.Tensor | None = None,
+    cfg: float = 1.5,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    more_smooth: bool = False,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    edit: EditSpec | None = None,
+    logits_hook: Callable[[int, torch.Tensor], None] | None = None,
+) -> SampleOutput:
+    """Generate B images coarse to fine.
+
+    Guidance at scale k of K: ``t = cfg * k / (K - 1)``, ``logits = (1 + t) * cond - t * uncond`` (no
+    guidance at the first scale; ``cfg`` is w - 1 in the ``u + w (c - u)`` form). ``seed`` seeds a fresh
+    generator on the model's device (CPU and CUDA streams differ); ``generator`` passes one in.
+    ``logits_hook(si, logits_BlV)`` sees the guided logits of every scale before filtering.
+    """
+    check_compatible(var, vae)
+    check_sampling_args(var, cfg, top_k, top_p)
+    device = var.pos_1LC.device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    label_B = resolve_labels(var, B, labels, generator, device)
+    K, patch_nums = len(var.patch_nums), var.patch_nums
+    guided = cfg > 0  # with cfg == 0 the unconditional half cannot change the logits: skip it
+    n_rows = 2 * B if guided else B
+    masks = None
+    if edit is not None:
+        masks = scale_masks(edit.keep_mask_BHW.to(device), patch_nums)
+
+    cond_label = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
+    sos_BD = cond_BD = var.class_emb(cond_label)
+    lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
+    x_BlC = (
+        sos_BD.unsqueeze(1).expand(n_rows, var.first_l, -1)
+        + var.pos_start.expand(n_rows, var.first_l, -1)
+        + lvl_pos_1LC[:, : var.first_l]
+    )
+    cond = var.cond(cond_BD)
+    codebook_VC = vae.quantize.embedding.weight
+    f_hat = sos_BD.new_zeros(B, var.Cvae, patch_nums[-1], patch_nums[-1])
+    tokens: list[torch.Tensor] = []
+    cur_L = 0
+    var.kv_caching(True)
+    try:
+        for si, pn in enumerate(patch_nums):
+            ratio = si / (K - 1) if K > 1 else 0.0
+            cur_L += pn * pn
+            h_BlC = x_BlC
+            for block in var.blocks:
+                h_BlC = block(h_BlC, cond, None)
+            logits_BlV = var.get_logits(h_BlC, cond_BD)
+            if guided:
+                t = cfg * ratio
+                logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
+            if logits_hook is not None:
+                logits_hook(si, logits_BlV.clone())
+            idx_Bl = sample_tokens(logits_BlV, top_k, top_p, generator)
+            if more_smooth:
+                tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+                h_BlCv = gumbel_soft_embedding(logits_BlV.mul(1 + ratio), codebook_VC, tau, generator)
+            else:
+                h_BlCv = vae.quantize.embedding(idx_Bl)
+            h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, var.Cvae, pn, pn)
+            if masks is not None:
+                keep_B1hw = masks[si]
+                gt_Bl = edit.keep_idx[si].to(device)
+                gt_BCvhw = vae.quantize.embedding(gt_Bl).transpose(1, 2).reshape(B, var.Cvae, pn, pn)
+                h_BCvhw = gt_BCvhw * keep_B1hw + h_BCvhw * (1 - keep_B1hw)
+                keep_Bl = keep_B1hw.view(-1, pn * pn).expand(B, -1).bool()
+                idx_Bl = torch.where(keep_Bl, gt_Bl, idx_Bl)
+            tokens.append(idx_Bl)
+            f_hat, next_BCvhw = vae.quantize.next_autoregressive_input(si, f_hat, h_BCvhw)
+            if si != K - 1:
+                nxt = next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2)
+                x_BlC = var.word_embed(nxt) + lvl_pos_1LC[:, cur_L : cur_L + patch_nums[si + 1] ** 2]
+                x_BlC = x_BlC.repeat(2, 1, 1) if guided else x_BlC
+    finally:
+        var.kv_caching(False)
+    images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
+    return SampleOutput(images=images, tokens=tokens, labels=label_B)

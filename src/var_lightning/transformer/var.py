@@ -1,0 +1,176 @@
+"""The VAR transformer: teacher-forced next-scale prediction.
+
+The class embedding is both the start token (all ``l_1`` tokens of the first scale) and the AdaLN
+condition. Every token gets a learned absolute position embedding and its scale's level embedding.
+A block-causal mask lets each token see its own scale and all coarser ones.
+
+Shapes: B batch, K scales, L tokens of all scales, l tokens of one scale, C width, D condition width,
+V vocabulary, Cv tokenizer codebook dim (Cvae).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from var_lightning.transformer.config import VARConfig
+from var_lightning.transformer.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin
+
+
+def level_index(patch_nums: tuple[int, ...]) -> torch.Tensor:
+    """(1, L) scale index of every token."""
+    return torch.cat([torch.full((pn * pn,), si) for si, pn in enumerate(patch_nums)]).view(1, -1)
+
+
+def block_causal_bias(patch_nums: tuple[int, ...]) -> torch.Tensor:
+    """(1, 1, L, L) additive mask: 0 where token i may attend to token j (scale(i) >= scale(j)), else -inf."""
+    d = level_index(patch_nums)[0]
+    allowed = d.view(-1, 1) >= d.view(1, -1)
+    return torch.where(allowed, 0.0, -torch.inf).view(1, 1, len(d), len(d))
+
+
+class VAR(nn.Module):
+    """Class-conditional VAR transformer (a plain ``nn.Module``; the tokenizer is not a submodule)."""
+
+    def __init__(self, cfg: VARConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        C = D = cfg.width
+        self.C, self.D, self.V, self.Cvae = C, D, cfg.vocab_size, cfg.cvae
+        self.num_classes, self.depth = cfg.num_classes, cfg.depth
+        self.patch_nums = tuple(cfg.patch_nums)
+        self.L, self.first_l = cfg.seq_len, cfg.first_l
+        self.begin_ends: list[tuple[int, int]] = []
+        cur = 0
+        for pn in self.patch_nums:
+            self.begin_ends.append((cur, cur + pn * pn))
+            cur += pn * pn
+        std = cfg.resolved_init_std
+
+        self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, self.L, C))
+        nn.init.trunc_normal_(self.pos_start, mean=0.0, std=std)
+        nn.init.trunc_normal_(self.pos_1LC, mean=0.0, std=std)
+        self.register_buffer("lvl_1L", level_index(self.patch_nums))
+        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.patch_nums))
+
+        self.word_embed = nn.Linear(self.Cvae, C)
+        self.class_emb = nn.Embedding(self.num_classes + 1, C)  # index num_classes = null class
+        self.lvl_embed = nn.Embedding(len(self.patch_nums), C)
+        self.shared_ada_lin = (
+            nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(D, 6 * C)) if cfg.shared_aln else nn.Identity()
+        )
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linspace(0, rate, depth)
+        self.blocks = nn.ModuleList(
+            [
+                AdaLNSelfAttn(
+                    C, D, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.attn_drop, dpr[i],
+                    cfg.norm_eps, cfg.shared_aln, cfg.attn_l2_norm,
+                )
+                for i in range(cfg.depth)
+            ]
+        )
+        self.head_nm = AdaLNBeforeHead(C, D, cfg.norm_eps)
+        self.head = nn.Linear(C, self.V)
+        self._block_mask = None  # FlexAttention mask, built lazily on first CUDA use
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The published initialisation: trunc-normal linears/embeddings, a near-zero head, AdaLN
+        scale/shift rows x init_adaln, gamma rows x init_adaln_gamma (so residual branches start near 0),
+        and output projections divided by sqrt(2 * depth). Unlike the published code, the shared AdaLN
+        linear of "-s" models gets the same row scaling as per-block AdaLN linears."""
+        cfg, std = self.cfg, self.cfg.resolved_init_std
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=std)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+        self.head.weight.mul_(cfg.init_head)
+        self.head.bias.zero_()
+        self.head_nm.ada_lin[-1].weight.mul_(cfg.init_adaln)
+        self.head_nm.ada_lin[-1].bias.zero_()
+        C, div = self.C, math.sqrt(2 * cfg.depth)
+        adaln_linears = [] if not cfg.shared_aln else [self.shared_ada_lin[-1]]
+        for block in self.blocks:
+            block.attn.proj.weight.div_(div)
+            block.ffn.fc2.weight.div_(div)
+            if cfg.shared_aln:
+                block.ada_gss[:, :, 2:].mul_(cfg.init_adaln)
+                block.ada_gss[:, :, :2].mul_(cfg.init_adaln_gamma)
+            else:
+                adaln_linears.append(block.ada_lin[-1])
+        for lin in adaln_linears:
+            lin.weight[2 * C :].mul_(cfg.init_adaln)
+            lin.weight[: 2 * C].mul_(cfg.init_adaln_gamma)
+            lin.bias.zero_()
+
+    # ------------------------------------------------------------------ helpers
+    def kv_caching(self, enable: bool) -> None:
+        for block in self.blocks:
+            block.attn.kv_caching(enable)
+
+    def check_labels(self, label_B: torch.Tensor, allow_null: bool = True) -> None:
+        hi = self.num_classes if allow_null else self.num_classes - 1
+        if label_B.numel() and (int(label_B.min()) < 0 or int(label_B.max()) > hi):
+            bad = label_B[(label_B < 0) | (label_B > hi)][0].item()
+            raise ValueError(
+                f"class id {bad} is out of range: this model has {self.num_classes} classes (0..{self.num_classes - 1}"
+                f"{', and ' + str(self.num_classes) + ' = unconditional' if allow_null else ''})"
+            )
+
+    def cond(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Per-block AdaLN input: the class embedding, or its shared projection (B, 1, 6, C)."""
+        return self.shared_ada_lin(cond_BD)
+
+    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
+
+    def embed_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings (B, L, C) of [start tokens; word_embed(teacher-forcing input)] plus level and
+        position embeddings, and the class embedding ``cond_BD``."""
+        end = self.L if end is None else end
+        B = label_B.shape[0]
+        with torch.autocast(device_type=x_BLCv.device.type, enabled=False):
+            sos_BD = cond_BD = self.class_emb(label_B)
+            sos = sos_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
+            x_BLC = torch.cat((sos, self.word_embed(x_BLCv[:, : end - self.first_l].float())), dim=1)
+            x_BLC = x_BLC + self.lvl_embed(self.lvl_1L[:, :end].expand(B, -1)) + self.pos_1LC[:, :end]
+        return x_BLC, cond_BD
+
+    # ------------------------------------------------------------------ teacher-forced forward
+    def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> torch.Tensor:
+        """Logits (B, L, V) float32 for next-scale prediction.
+
+        label_B: (B,) class ids, ``num_classes`` = null class (classifier-free guidance dropout is the
+        caller's job). x_BLCv: (B, L - l_1, Cv) teacher-forcing input from the tokenizer; fewer tokens
+        (a prefix of scales) give logits for that prefix only.
+        """
+        end = self.first_l + x_BLCv.shape[1]
+        x_BLC, cond_BD = self.embed_inputs(label_B, x_BLCv, end)
+        cond = self.cond(cond_BD)
+        attn_bias, block_mask = None, None
+        if self.cfg.attn_impl == "flex" and x_BLC.is_cuda:
+            from var_lightning.transformer.flex import get_block_mask
+
+            block_mask = get_block_mask(self, end, x_BLC.device)
+        else:
+            attn_bias = self.attn_bias_for_masking[:, :, :end, :end]
+        for block in self.blocks:
+            x_BLC = block(x_BLC, cond, attn_bias, block_mask)
+        return self.get_logits(x_BLC, cond_BD)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.pos_1LC.numel() + self.pos_start.numel() + self.class_emb.weight.numel() + self.lvl_embed.weight.numel()
+        return n
