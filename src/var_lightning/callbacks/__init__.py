@@ -1,0 +1,1 @@
+"""Lightning callbacks: image logging, throughput, metrics files."""

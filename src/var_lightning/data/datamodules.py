@@ -1,0 +1,217 @@
+"""LightningDataModules: the built-in synthetic shapes and an ImageNet-layout image folder.
+
+Both yield batches ``(img_B3HW, label_B)``: float in [-1, 1] and int64 labels, and expose
+``num_classes``, ``image_size`` and ``class_names`` for the model and the image-logging callbacks.
+Distributed samplers are left to Lightning (it wraps these loaders under DDP); the train loader shuffles
+with a generator seeded from ``seed`` so the order is reproducible for a given seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytorch_lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from var_lightning.data.imagefolder import SafeImageFolder, find_classes
+from var_lightning.data.synthetic import SyntheticShapes, synthetic_class_names
+from var_lightning.data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+
+def _check_positive(value: int, key: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+class _LoaderMixin:
+    """Loader construction shared by both modules: seeded train shuffle, workers kept only when > 0."""
+
+    batch_size: int
+    val_batch_size: int
+    num_workers: int
+    seed: int
+    drop_last: bool
+    pin_memory: bool
+    persistent_workers: bool | None
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        workers = self.num_workers
+        persistent = workers > 0 and (self.persistent_workers is None or self.persistent_workers)
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            generator=generator,
+            drop_last=self.drop_last if train else False,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=persistent,
+        )
+
+
+class SyntheticDataModule(_LoaderMixin, L.LightningDataModule):
+    """Procedural class-conditional shapes (see ``SyntheticShapes``): trains anywhere, downloads nothing."""
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        num_classes: int = 10,
+        train_size: int = 2000,
+        val_size: int = 256,
+        test_size: int = 256,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive(image_size, "data.image_size")
+        if image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8 for the synthetic shapes, got {image_size}")
+        _check_positive(num_classes, "data.num_classes")
+        _check_positive(batch_size, "data.batch_size")
+        if val_batch_size is not None:
+            _check_positive(val_batch_size, "data.val_batch_size")
+        for key, size in (
+            ("data.train_size", train_size),
+            ("data.val_size", val_size),
+            ("data.test_size", test_size),
+        ):
+            _check_positive(size, key)
+        if drop_last and train_size < batch_size:
+            raise ValueError(
+                f"data.train_size={train_size} < data.batch_size={batch_size} with drop_last=True "
+                "leaves no training batch"
+            )
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.image_size, self.num_classes = image_size, num_classes
+        self.class_names: list[str] = synthetic_class_names(num_classes)
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.seed, self.drop_last = num_workers, seed, drop_last
+        self.pin_memory, self.persistent_workers = False, None
+        self.datasets: dict[str, SyntheticShapes] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        # Labels only (pixels are generated per item), so building all three splits is instant.
+        for split, size in self.sizes.items():
+            if split not in self.datasets:
+                self.datasets[split] = SyntheticShapes(
+                    size, self.image_size, self.num_classes, split=split, seed=self.seed
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], train=False)
+
+
+class ImageFolderDataModule(_LoaderMixin, L.LightningDataModule):
+    """ImageNet layout ``root/{train_dir,val_dir}/<class>/<image>`` with the VAR resize-then-crop recipe.
+
+    The test loader is the val split (ImageNet has no labelled test set). Val takes the train split's class
+    list, so labels agree (a train class with no val folder is an error). ``classes`` pins the mapping
+    explicitly. Nothing touches the disk until ``class_names``/``num_classes`` are read or ``setup`` runs,
+    so configs instantiate on machines without the data.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        mid_reso: float = 1.125,
+        hflip: bool = False,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 8,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        pin_memory: bool = True,
+        persistent_workers: bool | None = None,
+        seed: int = 0,
+        drop_last: bool = True,
+        classes: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not root:
+            raise ValueError(
+                "data.root is empty: set it to a folder laid out as <root>/train/<class>/<image>"
+            )
+        _check_positive(image_size, "data.image_size")
+        _check_positive(batch_size, "data.batch_size")
+        if val_batch_size is not None:
+            _check_positive(val_batch_size, "data.val_batch_size")
+        if mid_reso < 1.0:
+            raise ValueError(f"data.mid_reso must be >= 1 (resize then crop), got {mid_reso}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.root, self.image_size, self.mid_reso, self.hflip = os.fspath(root), image_size, mid_reso, hflip
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.persistent_workers = (
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
+        self.seed, self.drop_last = seed, drop_last
+        self._classes = list(classes) if classes is not None else None
+        self.train_dataset: SafeImageFolder | None = None
+        self.val_dataset: SafeImageFolder | None = None
+
+    def _split_root(self, split_dir: str) -> tuple[str, str]:
+        key = f"data.root (+ data.{'train' if split_dir == self.train_dir else 'val'}_dir={split_dir!r})"
+        return os.path.join(self.root, split_dir), key
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class folder names of the train split (sorted), or the pinned ``classes``; read once."""
+        if self._classes is None:
+            path, key = self._split_root(self.train_dir)
+            self._classes = find_classes(path, key)
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _dataset(self, split_dir: str, train: bool) -> SafeImageFolder:
+        path, key = self._split_root(split_dir)
+        transform = build_transform(self.image_size, self.mid_reso, train=train, hflip=self.hflip)
+        ds = SafeImageFolder(path, transform=transform, classes=self.class_names, config_key=key)
+        log.info("%s split: %d images, %d classes from %s", split_dir, len(ds), len(ds.classes), path)
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.train_dir, train=True)
+        if self.val_dataset is None:
+            self.val_dataset = self._dataset(self.val_dir, train=False)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "call setup('fit') first"
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "call setup() first"
+        return self._loader(self.val_dataset, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def teardown(self, stage: str | None = None) -> None:
+        for ds in (self.train_dataset, self.val_dataset):
+            if ds is not None:
+                ds.log_summary()

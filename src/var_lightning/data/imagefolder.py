@@ -1,0 +1,153 @@
+"""SafeImageFolder: an ImageNet-layout dataset that survives unreadable files.
+
+Why not torchvision's ImageFolder: one corrupt JPEG among 1.28M kills a multi-day run hours in. Here a
+file that fails to decode is skipped with a warning (once per file per process), counted, and the next
+index's sample is returned instead: deterministic, so a given epoch order still yields the same batches.
+
+Layout: ``root/<class_name>/**/<image>.{jpg,jpeg,png,...}``; class index = position of the folder name in
+the sorted list (as ImageFolder), unless ``classes`` pins the mapping explicitly.
+
+Counting with DataLoader workers: each worker holds a copy of the dataset, so a plain attribute would
+count only inside that worker. The counter therefore lives in a small shared-memory tensor with one slot
+per process (main process + workers), which fork and spawn workers both write back into; ``num_skipped``
+sums the slots. It counts skip *events* of this dataset object across the main process and its workers
+(a corrupt file read every epoch counts every epoch); under DDP each rank has its own count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+_LAYOUT_HINT = (
+    "expected an ImageNet-style layout: <root>/<class_name>/<image>.jpg (one sub-folder per class, "
+    "e.g. <root>/n01440764/ILSVRC2012_val_00000293.JPEG)"
+)
+_MAX_WORKER_SLOTS = 256  # slot 0 = main process; workers beyond this share the last slot (rarely racy)
+
+
+def find_classes(root: str, config_key: str = "data.root") -> list[str]:
+    """Sorted names of the sub-folders of ``root``; errors name the path and the config key to fix."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{config_key}: image folder {root!r} does not exist; {_LAYOUT_HINT}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{config_key}: {root!r} has no class sub-folders; {_LAYOUT_HINT}")
+    return classes
+
+
+def _load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()  # force the decode here, inside the caller's try, so truncation surfaces now
+        return img.convert("RGB")
+
+
+class SafeImageFolder(Dataset):
+    """Images under ``root/<class>/`` as ``(transform(img), label)``, skipping files that fail to decode.
+
+    ``classes``: an explicit class list pins the label mapping (e.g. to the train split's classes when
+    building val); every listed class must have a folder. ``config_key`` names the setting that holds
+    ``root`` in error messages. Decode failures are skipped; errors from ``transform`` are not (they are
+    bugs, not bad data).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable[[Image.Image], Any] | None = None,
+        classes: Sequence[str] | None = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+        config_key: str = "data.root",
+    ) -> None:
+        self.root, self.transform, self.config_key = os.fspath(root), transform, config_key
+        if classes is None:
+            self.classes = find_classes(self.root, config_key)
+        else:
+            if not os.path.isdir(self.root):
+                raise FileNotFoundError(
+                    f"{config_key}: image folder {self.root!r} does not exist; {_LAYOUT_HINT}"
+                )
+            self.classes = list(classes)
+            missing = [c for c in self.classes if not os.path.isdir(os.path.join(self.root, c))]
+            if missing:
+                raise ValueError(
+                    f"{config_key}: {len(missing)} pinned classes have no folder under {self.root!r}, "
+                    f"e.g. {missing[:5]}; {_LAYOUT_HINT}"
+                )
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = self._scan(tuple(e.lower() for e in extensions))
+        if not self.samples:
+            raise ValueError(
+                f"{config_key}: no images with extensions {tuple(extensions)} under {self.root!r} "
+                f"({len(self.classes)} class folders); {_LAYOUT_HINT}"
+            )
+        self.targets = [label for _, label in self.samples]
+        self._skips_P = torch.zeros(_MAX_WORKER_SLOTS + 1, dtype=torch.int64).share_memory_()
+        self._warned: set[str] = set()  # per process: each worker warns once per bad file
+
+    def _scan(self, extensions: tuple[str, ...]) -> list[tuple[str, int]]:
+        samples: list[tuple[str, int]] = []
+        empty = []
+        for cls in self.classes:
+            cls_dir = os.path.join(self.root, cls)
+            found = []
+            for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=True):
+                dirnames.sort()
+                found += [
+                    os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(extensions)
+                ]
+            if not found:
+                empty.append(cls)
+            samples += [(path, self.class_to_idx[cls]) for path in found]
+        if empty and len(empty) < len(self.classes):
+            log.warning("%s: %d class folders have no images, e.g. %s", self.root, len(empty), empty[:5])
+        return samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_skipped(self) -> int:
+        """Skip events so far, summed over the main process and its DataLoader workers (see module doc)."""
+        return int(self._skips_P.sum())
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        n = len(self.samples)
+        for attempt in range(n):
+            path, label = self.samples[(index + attempt) % n]
+            try:
+                img = _load_rgb(path)
+            except Exception as err:  # noqa: BLE001 - corrupt files raise OSError, ValueError, SyntaxError, ...
+                self._record_skip(path, err)
+                continue
+            return (self.transform(img) if self.transform is not None else img), label
+        raise RuntimeError(f"{self.config_key}: none of the {n} images under {self.root!r} could be decoded")
+
+    def _record_skip(self, path: str, err: Exception) -> None:
+        info = get_worker_info()
+        slot = 0 if info is None else min(info.id + 1, _MAX_WORKER_SLOTS)
+        self._skips_P[slot] += 1
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning(
+                "skipping unreadable image %s (%s: %s); using the next sample", path, type(err).__name__, err
+            )
+
+    def log_summary(self) -> None:
+        """Log how many reads were skipped (main process + workers), if any; called at teardown."""
+        if self.num_skipped:
+            log.warning(
+                "%s: skipped %d unreadable image reads out of %d files (counted across DataLoader workers)",
+                self.root,
+                self.num_skipped,
+                len(self.samples),
+            )

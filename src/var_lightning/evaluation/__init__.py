@@ -1,0 +1,84 @@
+"""Generation and reconstruction metrics (plain torch / numpy / scipy; no Lightning, no Hydra).
+
+Typical flow (one process; under DDP call ``stats.sync_()`` before reading, and gather kept features):
+
+    extractor = get_extractor("inception-tf").to(device)          # or "classifier", "tiny-random"
+    ref = reference_stats("ref.npz", extractor, cache_dir, keep_features=True)
+    fake = FeatureStats(extractor.feature_dim, keep_features=True, device=device)
+    for images in samples:                                        # uint8 or [0, 1] float, (B, 3, H, W)
+        out = extractor(images); fake.update(out["features"]); logits.append(out["logits"])
+    metrics = compute_generation_metrics(fake, ref, torch.cat(logits))   # fid, is_*, precision, recall, kid
+
+Modules: ``fid`` (Frechet distance, streaming statistics), ``scores`` (IS, precision/recall, KID),
+``extractors`` (registry), ``classifier`` (dataset classifier), ``npz`` (ADM sample packs),
+``reference`` (cached reference statistics), ``recon`` (PSNR/SSIM/LPIPS/rFID for tokenizers).
+"""
+
+from var_lightning.evaluation.classifier import (
+    ClassifierConfig,
+    SmallClassifier,
+    class_accuracy,
+    evaluate_classifier,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from var_lightning.evaluation.extractors import (
+    INCEPTION_URL,
+    INCEPTION_WEIGHTS_FILE,
+    FeatureExtractor,
+    InceptionWeightsUnavailable,
+    available_extractors,
+    default_inception_weights_path,
+    get_extractor,
+    register_extractor,
+    to_uint8,
+)
+from var_lightning.evaluation.fid import FeatureStats, GaussianStats, frechet_distance
+from var_lightning.evaluation.npz import FolderImages, NpzImages, ReferencePack, load_reference, pack_samples
+from var_lightning.evaluation.recon import ReconstructionMetrics, psnr, reconstruction_metrics, ssim
+from var_lightning.evaluation.reference import extract_features, iter_uint8_batches, reference_stats
+from var_lightning.evaluation.scores import (
+    compute_generation_metrics,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+
+__all__ = [
+    "INCEPTION_URL",
+    "INCEPTION_WEIGHTS_FILE",
+    "ClassifierConfig",
+    "FeatureExtractor",
+    "FeatureStats",
+    "FolderImages",
+    "GaussianStats",
+    "InceptionWeightsUnavailable",
+    "NpzImages",
+    "ReconstructionMetrics",
+    "ReferencePack",
+    "SmallClassifier",
+    "available_extractors",
+    "class_accuracy",
+    "compute_generation_metrics",
+    "default_inception_weights_path",
+    "evaluate_classifier",
+    "extract_features",
+    "frechet_distance",
+    "get_extractor",
+    "inception_score",
+    "iter_uint8_batches",
+    "kernel_inception_distance",
+    "load_classifier",
+    "load_reference",
+    "pack_samples",
+    "precision_recall",
+    "psnr",
+    "reconstruction_metrics",
+    "reference_stats",
+    "register_extractor",
+    "save_classifier",
+    "ssim",
+    "to_uint8",
+    "train_classifier",
+]

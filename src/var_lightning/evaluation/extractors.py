@@ -1,0 +1,277 @@
+"""Feature extractors behind one small protocol, and a name registry for configs.
+
+Every extractor is an ``nn.Module`` (move it with ``.to(device)``) that maps images to
+``{"features": (B, F) float32, "logits": (B, K) float32 or None}`` without gradients. Inputs are uint8
+(0..255) or float in [0, 1], shaped (B, 3, H, W) (or (B, 1, H, W), repeated to RGB); float inputs are
+quantized like ``torchvision.utils.save_image`` (x * 255 + 0.5, floored) so that in-memory metrics equal
+metrics of the saved PNGs. Attributes: ``name``, ``feature_dim``, ``num_classes`` (K or None),
+``input_note`` (how the image is resized), ``config()`` (what identifies the extractor in caches).
+
+Registered: ``inception-tf`` (default; FID/IS network of the TF code, via torch-fidelity),
+``classifier`` (a dataset classifier checkpoint, see ``classifier.py``), ``tiny-random`` (a seeded random
+conv net for tests and smoke runs; its numbers mean nothing).
+
+Shapes: B batch, F features, K classes, H,W image side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+
+from var_lightning.distributed import rank
+from var_lightning.evaluation.classifier import load_classifier
+
+_log = logging.getLogger(__name__)
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = URL_INCEPTION_V3
+WEIGHTS_CONFIG_KEY = "eval.extractor.weights_path"
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) uint8, or float in [0, 1] -> (B, 3, H, W) uint8 (round half up, clamped)."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        if not images.is_floating_point():
+            raise TypeError(f"expected uint8 or float images, got {images.dtype}")
+        images = (images.detach() * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+class FeatureExtractor(nn.Module):
+    """Base class: subclasses set the attributes and implement ``extract`` on uint8 (B, 3, H, W)."""
+
+    name: str = ""
+    feature_dim: int = 0
+    num_classes: int | None = None
+    input_note: str = ""
+
+    def extract(self, images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able identity used in reference-statistics cache keys."""
+        return {"name": self.name, "feature_dim": self.feature_dim, "input_note": self.input_note}
+
+    @property
+    def device(self) -> torch.device:
+        p = next(iter(self.parameters()), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        with torch.no_grad():
+            features_BF, logits_BK = self.extract(to_uint8(images).to(self.device))
+        return {
+            "features": features_BF.float(),
+            "logits": None if logits_BK is None else logits_BK.float(),
+        }
+
+
+_REGISTRY: dict[str, Callable[..., FeatureExtractor]] = {}
+
+
+def register_extractor(
+    name: str,
+) -> Callable[[Callable[..., FeatureExtractor]], Callable[..., FeatureExtractor]]:
+    """Decorator adding a FeatureExtractor class (or factory) under ``name`` for ``get_extractor``."""
+
+    def deco(factory: Callable[..., FeatureExtractor]) -> Callable[..., FeatureExtractor]:
+        if name in _REGISTRY:
+            raise ValueError(f"feature extractor {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available_extractors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_extractor(name: str = "inception-tf", **kwargs: Any) -> FeatureExtractor:
+    """Build a registered extractor in eval mode with frozen weights (on CPU: ``.to(device)`` after)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown feature extractor {name!r}; registered: {available_extractors()}")
+    extractor = _REGISTRY[name](**kwargs)
+    extractor.requires_grad_(False)
+    return extractor.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inception-tf
+
+
+class InceptionWeightsUnavailable(FileNotFoundError):
+    """The Inception weights are neither on disk nor downloadable (e.g. on a machine without internet)."""
+
+
+def default_inception_weights_path() -> Path:
+    """Where torch hub (and torch-fidelity) keep the weights: $TORCH_HOME/hub/checkpoints/<file>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+
+
+def _download_file(url: str, dst: Path) -> None:
+    """Download to ``dst`` through torch hub (atomic rename at the end). Patched out in tests."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(dst), progress=rank() == 0)
+
+
+def _weights_error(path: Path, reason: str) -> InceptionWeightsUnavailable:
+    torch_home = os.environ.get("TORCH_HOME", "unset, default ~/.cache/torch")
+    return InceptionWeightsUnavailable(
+        f"Inception weights {INCEPTION_WEIGHTS_FILE} for FID/IS are not available: {reason}.\n"
+        f"  expected at: {path}\n"
+        f"  (torch hub checkpoints dir under $TORCH_HOME; TORCH_HOME={torch_home})\n"
+        f"  download from: {INCEPTION_URL}\n"
+        f"Fetch the file on a machine with internet and place it at the path above, or set "
+        f"{WEIGHTS_CONFIG_KEY}=/path/to/{INCEPTION_WEIGHTS_FILE}."
+    )
+
+
+def resolve_inception_weights(weights_path: str | Path | None = None, download: bool = True) -> Path:
+    """Path of the Inception weights: ``weights_path`` if given (must exist), else the torch hub cache,
+    downloaded from torch-fidelity's URL when missing. Raises ``InceptionWeightsUnavailable`` with the
+    file name, the expected path, the URL and the config key when that fails."""
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise _weights_error(path, f"{WEIGHTS_CONFIG_KEY} points at a missing file")
+        return path
+    path = default_inception_weights_path()
+    if path.is_file():
+        return path
+    if not download:
+        raise _weights_error(path, "the file is missing and downloading is disabled")
+    if rank() == 0:
+        _log.info("Inception weights missing at %s; downloading %s", path, INCEPTION_URL)
+    try:
+        _download_file(INCEPTION_URL, path)
+    except Exception as err:  # URLError, HTTPError, OSError, ...: all mean "not available here"
+        raise _weights_error(path, f"the file is missing and the download failed ({err!r})") from err
+    return path
+
+
+@register_extractor("inception-tf")
+class InceptionTF(FeatureExtractor):
+    """torch-fidelity's port of the TF Inception v3 used by the FID/IS reference code.
+
+    Features are the 2048-d pool3 activations; logits are ``logits_unbiased`` (1008 classes, no bias),
+    which is what the improved-GAN / ADM Inception Score uses. Resizing: uint8 images go to 299x299 with
+    a bilinear resize that reproduces TF1's ``resize_bilinear`` (no antialiasing), like the ADM evaluator
+    and torch-fidelity. torchmetrics' FID defaults to an antialiased resize instead (``antialias=True``),
+    which gives different numbers, notably for small images upsampled from 32-64 px.
+    """
+
+    name = "inception-tf"
+    feature_dim = 2048
+    num_classes = 1008
+    input_note = "tf1-bilinear-299"
+
+    def __init__(self, weights_path: str | Path | None = None, download: bool = True) -> None:
+        super().__init__()
+        self.weights_path = resolve_inception_weights(weights_path, download)
+        self.net = FeatureExtractorInceptionV3(
+            "inception-v3-compat",
+            ["2048", "logits_unbiased"],
+            feature_extractor_weights_path=str(self.weights_path),
+        )
+
+    def extract(self, images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        features_BF, logits_BK = self.net(images_B3HW)
+        return features_BF, logits_BK
+
+    def config(self) -> dict[str, Any]:
+        size = self.weights_path.stat().st_size if self.weights_path.is_file() else None
+        return {**super().config(), "weights": self.weights_path.name, "weights_bytes": size}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tiny-random
+
+
+def _resize(x_B3HW: torch.Tensor, size: int) -> torch.Tensor:
+    if x_B3HW.shape[-2:] == (size, size):
+        return x_B3HW
+    return F.interpolate(x_B3HW, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+@register_extractor("tiny-random")
+class TinyRandomExtractor(FeatureExtractor):
+    """Seeded random conv net (same weights for the same seed, whatever the global RNG state):
+    a fast stand-in for pipelines in tests and smoke runs."""
+
+    name = "tiny-random"
+
+    def __init__(
+        self, seed: int = 0, feature_dim: int = 64, num_classes: int = 10, input_size: int = 32
+    ) -> None:
+        super().__init__()
+        self.seed, self.feature_dim, self.num_classes, self.input_size = (
+            seed,
+            feature_dim,
+            num_classes,
+            input_size,
+        )
+        self.input_note = f"bilinear-antialias-{input_size}"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.body = nn.Sequential(
+                nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(32, feature_dim, 3, padding=1),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            )
+            self.head = nn.Linear(feature_dim, num_classes)
+
+    def extract(self, images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = _resize(images_B3HW.float() / 127.5 - 1.0, self.input_size)
+        features_BF = self.body(x)
+        return features_BF, self.head(features_BF)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "seed": self.seed, "num_classes": self.num_classes}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# classifier
+
+
+@register_extractor("classifier")
+class ClassifierExtractor(FeatureExtractor):
+    """A dataset classifier checkpoint (``classifier.save_classifier``): features are its penultimate
+    layer, logits its class logits. Gives a domain FID and the class accuracy of conditional samples."""
+
+    name = "classifier"
+
+    def __init__(self, checkpoint_path: str | Path) -> None:
+        super().__init__()
+        self.checkpoint_path = Path(checkpoint_path).expanduser()
+        self.model = load_classifier(self.checkpoint_path)
+        cfg = self.model.config
+        self.feature_dim, self.num_classes = self.model.feature_dim, cfg.num_classes
+        self.input_note = f"bilinear-antialias-{cfg.input_size}"
+
+    def extract(self, images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.forward_features(images_B3HW.float() / 127.5 - 1.0)
+
+    def config(self) -> dict[str, Any]:
+        st = self.checkpoint_path.stat()
+        return {
+            **super().config(),
+            "checkpoint": str(self.checkpoint_path.resolve()),
+            "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+        }

@@ -1,0 +1,1 @@
+"""LightningModules, optimisers and schedules for the two training stages."""

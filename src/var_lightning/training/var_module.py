@@ -1,0 +1,247 @@
+"""Stage 2: the VAR transformer trained by next-scale prediction on a frozen tokenizer's tokens.
+
+Shapes: B batch, K scales, L tokens of all scales, V vocabulary, Cv tokenizer codebook dim.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, fields
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+import torch.nn.functional as F
+
+from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.tokenizer.config import VQVAEConfig
+from var_lightning.transformer.config import PRESETS, VARConfig
+from var_lightning.transformer.sampling import check_compatible, sample
+from var_lightning.transformer.var import VAR
+from var_lightning.training.optim import adamw, param_groups
+from var_lightning.training.schedules import lr_factor, weight_decay_at
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPTIM = dict(
+    base_lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, weight_decay_end=None, warmup_fraction=0.02,
+    warmup_steps=None, warmup_start=0.005, schedule="lin0", final_ratio=0.01, fused=None,
+)
+DEFAULT_TRAIN = dict(cond_drop_rate=0.1, label_smoothing=0.0)
+DEFAULT_SAMPLING = dict(cfg=1.5, top_k=0, top_p=0.0, seed=0, more_smooth=False)
+
+
+def build_var_config(transformer: dict | VARConfig, tokenizer: VQVAEConfig) -> VARConfig:
+    """``transformer``: VARConfig fields, optionally with ``preset`` (d16 ... tiny) whose values the other
+    fields override. vocab_size / cvae / patch_nums default to the tokenizer's; explicit values that
+    disagree with the tokenizer raise at startup."""
+    if isinstance(transformer, VARConfig):
+        cfg = transformer
+    else:
+        spec = {k: v for k, v in dict(transformer).items() if v is not None}
+        name = spec.pop("preset", None)
+        if name is not None and name not in PRESETS:
+            raise ValueError(f"unknown VAR preset {name!r} (key model.transformer.preset); choose one of {sorted(PRESETS)}")
+        base = dict(PRESETS[name]) if name else {}
+        base.update(vocab_size=tokenizer.vocab_size, cvae=tokenizer.z_channels, patch_nums=tokenizer.patch_nums)
+        base.update(spec)
+        known = {f.name for f in fields(VARConfig)}
+        unknown = set(base) - known
+        if unknown:
+            raise ValueError(f"unknown transformer config keys {sorted(unknown)} (model.transformer); valid: {sorted(known)}")
+        cfg = VARConfig(**base)
+    return cfg
+
+
+class VARModule(L.LightningModule):
+    """LightningModule around :class:`VAR` with a frozen :class:`MultiScaleVQVAE` (its weights are part
+    of the checkpoint, so a VAR checkpoint alone can sample).
+
+    transformer: VARConfig fields (+ optional ``preset``). tokenizer_ckpt: tokenizer checkpoint to load at
+    the start of training (a ``var-train`` tokenizer checkpoint or the released ``vae_ch160v4096z32.pth``).
+    tokenizer: the tokenizer's config; filled in from the checkpoint and stored, so restoring a VAR
+    checkpoint never needs the tokenizer file. patch_nums: the scale schedule (from the ``schedule``
+    config group); it must equal the tokenizer's. optim: base_lr (per 256 images; lr = base_lr x
+    global_batch / 256), betas, weight_decay(_end), warmup_fraction or warmup_steps, warmup_start,
+    schedule, final_ratio, fused. train: cond_drop_rate, label_smoothing. sampling: defaults for
+    ``log_images``. tokenizer_source: where the tokenizer came from (informational).
+    """
+
+    def __init__(
+        self,
+        transformer: dict | VARConfig,
+        tokenizer_ckpt: str | None = None,
+        tokenizer: dict | None = None,
+        patch_nums: list[int] | None = None,
+        optim: dict | None = None,
+        train: dict | None = None,
+        sampling: dict | None = None,
+        tokenizer_source: str | None = None,
+    ) -> None:
+        super().__init__()
+        tokenizer_source = tokenizer_ckpt or tokenizer_source
+        vae = self._build_tokenizer(tokenizer_ckpt, tokenizer, patch_nums)
+        var_cfg = build_var_config(transformer, vae.cfg)
+        if patch_nums is not None and tuple(patch_nums) != tuple(var_cfg.patch_nums):
+            raise ValueError(
+                f"model.transformer.patch_nums={tuple(var_cfg.patch_nums)} disagrees with the schedule "
+                f"{tuple(patch_nums)} (schedule.patch_nums); remove one of them"
+            )
+        self.optim_cfg = {**DEFAULT_OPTIM, **dict(optim or {})}
+        self.train_cfg = {**DEFAULT_TRAIN, **dict(train or {})}
+        self.sampling_cfg = {**DEFAULT_SAMPLING, **dict(sampling or {})}
+        if not 0.0 <= self.train_cfg["cond_drop_rate"] < 1.0:
+            raise ValueError(f"model.train.cond_drop_rate={self.train_cfg['cond_drop_rate']} must be in [0, 1)")
+        self.save_hyperparameters(
+            {
+                "transformer": asdict(var_cfg),
+                "tokenizer": asdict(vae.cfg),
+                "tokenizer_source": tokenizer_source,
+                "optim": self.optim_cfg,
+                "train": self.train_cfg,
+                "sampling": self.sampling_cfg,
+            }
+        )
+        self.var = VAR(var_cfg)
+        self.vae = vae.eval().requires_grad_(False)
+        check_compatible(self.var, self.vae)
+        self.peak_lr: float | None = None
+
+    @staticmethod
+    def _build_tokenizer(ckpt: str | None, tokenizer: dict | None, patch_nums: list[int] | None) -> MultiScaleVQVAE:
+        if tokenizer is not None:  # restoring a VAR checkpoint: weights come with its state_dict
+            cfg = VQVAEConfig(**dict(tokenizer))
+            if patch_nums is not None and tuple(patch_nums) != cfg.patch_nums:
+                raise ValueError(
+                    f"the tokenizer's scale schedule {cfg.patch_nums} differs from schedule.patch_nums={tuple(patch_nums)}"
+                )
+            return MultiScaleVQVAE(cfg)
+        if ckpt is None:
+            raise ValueError(
+                "the VAR stage needs a tokenizer: set model.tokenizer_ckpt=/path/to/tokenizer.ckpt "
+                "(from `var-train experiment=tokenizer_*`) or the released vae_ch160v4096z32.pth"
+            )
+        from var_lightning.checkpoints import load_tokenizer
+
+        return load_tokenizer(ckpt, patch_nums=patch_nums)
+
+    # ------------------------------------------------------------------ mode and optimisation
+    def train(self, mode: bool = True) -> VARModule:
+        super().train(mode)
+        self.vae.eval()  # the tokenizer stays frozen in eval mode
+        return self
+
+    def global_batch_size(self) -> int:
+        dm = getattr(self.trainer, "datamodule", None)
+        per_device = getattr(dm, "batch_size", None)
+        if per_device is None:
+            raise ValueError("cannot derive the global batch size: the datamodule has no batch_size attribute")
+        return int(per_device) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim_cfg
+        global_batch = self.global_batch_size()
+        self.peak_lr = o["base_lr"] * global_batch / 256
+        max_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = o["warmup_steps"] if o["warmup_steps"] is not None else round(o["warmup_fraction"] * max_steps)
+        self._max_steps = max_steps
+        log.info(
+            "lr = base_lr %.3g x global batch %d / 256 = %.3g; %d steps, %d warm-up, schedule %s to x%g",
+            o["base_lr"], global_batch, self.peak_lr, max_steps, warmup, o["schedule"], o["final_ratio"],
+        )
+        groups = param_groups(self.var.named_parameters(), o["weight_decay"])
+        opt = adamw(groups, lr=self.peak_lr, betas=tuple(o["betas"]), fused=o["fused"])
+        fn = lambda step: lr_factor(step, warmup, max_steps, o["schedule"], o["warmup_start"], o["final_ratio"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.logger is not None and self.peak_lr is not None:
+            self.logger.log_hyperparams({"peak_lr": self.peak_lr, "global_batch": self.global_batch_size()})
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        o = self.optim_cfg
+        if o["weight_decay_end"] is not None:
+            wd = weight_decay_at(self.global_step, self._max_steps, o["weight_decay"], o["weight_decay_end"])
+            for g in self.optimizers().param_groups:
+                if g.get("name") == "decay":
+                    g["weight_decay"] = wd
+
+    # ------------------------------------------------------------------ steps
+    def tokenize(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ground-truth tokens (B, L) and the teacher-forcing input (B, L - l_1, Cv), in fp32, no grad."""
+        with torch.no_grad(), torch.autocast(device_type=img_B3HW.device.type, enabled=False):
+            idx_list, x_BLCv = self.vae.img_to_var_input(img_B3HW.float())
+        return torch.cat(idx_list, dim=1), x_BLCv
+
+    def _losses(self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool) -> dict[str, torch.Tensor]:
+        img, label_B = batch
+        gt_BL, x_BLCv = self.tokenize(img)
+        if drop_labels and self.train_cfg["cond_drop_rate"] > 0:
+            drop_B = torch.rand(label_B.shape[0], device=label_B.device) < self.train_cfg["cond_drop_rate"]
+            label_B = torch.where(drop_B, self.var.num_classes, label_B)
+        logits_BLV = self.var(label_B, x_BLCv)
+        B, L, V = logits_BLV.shape
+        loss_BL = F.cross_entropy(
+            logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=self.train_cfg["label_smoothing"]
+        ).view(B, L)
+        err_BL = (logits_BLV.argmax(dim=-1) != gt_BL).float()
+        a, b = self.var.begin_ends[-1]
+        out = {
+            "loss": loss_BL.mean(),
+            "loss_last": loss_BL[:, a:b].mean(),
+            "token_err_avg": err_BL.mean(),
+            "token_err_last": err_BL[:, a:b].mean(),
+        }
+        for si, (a, b) in enumerate(self.var.begin_ends):
+            out[f"scale/loss_s{si}"] = loss_BL[:, a:b].mean().detach()
+            out[f"scale/acc_s{si}"] = 1 - err_BL[:, a:b].mean()
+        return out
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self._losses(batch, drop_labels=True)
+        B = batch[0].shape[0]
+        self.log("train/loss", out["loss"].detach(), prog_bar=True, batch_size=B)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items() if k != "loss" and not k.startswith("scale/")}, batch_size=B)
+        self.log_dict({f"train/{k}": v for k, v in out.items() if k.startswith("scale/")}, on_step=False, on_epoch=True, batch_size=B)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=B)
+        return out["loss"]
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        out = self._losses(batch, drop_labels=False)  # no label dropout outside training
+        B = batch[0].shape[0]
+        self.log(f"{split}/loss", out.pop("loss"), prog_bar=True, sync_dist=True, batch_size=B)
+        self.log_dict({f"{split}/{k}": v for k, v in out.items()}, sync_dist=True, batch_size=B)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor | list[int], **overrides: Any) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] for the given classes with the module's sampling defaults."""
+        s = {**self.sampling_cfg, **overrides}
+        labels = torch.as_tensor(labels, device=self.device)
+        return sample(self.var, self.vae, labels.numel(), labels=labels, cfg=s["cfg"], top_k=s["top_k"],
+                      top_p=s["top_p"], more_smooth=s["more_smooth"], seed=s["seed"]).images
+
+    @torch.no_grad()
+    def log_images(self, batch: tuple[torch.Tensor, torch.Tensor], max_images: int = 8) -> dict[str, torch.Tensor]:
+        """One row per class (up to 10 classes) of ``max_images`` samples each, seeded."""
+        n_cls = min(self.var.num_classes, 10)
+        labels = torch.arange(n_cls, device=self.device).repeat_interleave(max_images)
+        was_training = self.var.training
+        self.var.eval()
+        imgs = self.generate(labels)
+        self.var.train(was_training)
+        return {f"samples_nrow{max_images}": imgs}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = {"stage": "var"}
+        names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None) if self._trainer else None
+        if names:
+            meta["class_names"] = list(names)
+        checkpoint["var_lightning"] = meta

@@ -1,0 +1,152 @@
+"""End-to-end training of both stages on tiny models (fast_dev_run, a short overfit, sampling CLI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from tests.integration.test_configs import compose_train
+from var_lightning.checkpoints import load_tokenizer, load_var_module
+from var_lightning.cli.train import train
+
+TINY_DATA = ["data.image_size=16", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16"]
+TINY_TOKENIZER = [
+    "experiment=tokenizer_tiny",
+    "schedule=cpu_micro",
+    "model.tokenizer.ch=16",
+    "model.tokenizer.vocab_size=64",
+    "model.tokenizer.z_channels=8",
+    "model.tokenizer.norm_groups=8",
+    "model.loss.disc_start=2",
+    "model.loss.disc_ch=8",
+    "~callbacks.rich_progress_bar",
+    *TINY_DATA,
+]
+
+
+def tokenizer_cfg(tmp_path: Path, *extra: str):
+    cfg = compose_train([*TINY_TOKENIZER, *extra], tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = False
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tokenizer_ckpt(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("tok")
+    cfg = tokenizer_cfg(tmp, "trainer.max_epochs=2", "logger=none")
+    train(cfg)
+    ckpt = tmp / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+def test_tokenizer_fast_dev_run(tmp_path):
+    metrics = train(tokenizer_cfg(tmp_path, "debug=fdr"))
+    assert "train/loss" in metrics and torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_tokenizer_run_writes_checkpoints_images_metrics(tokenizer_ckpt):
+    run = tokenizer_ckpt.parent.parent
+    assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("val/rec_l1", "val/psnr", "val/usage_last", "val/perplexity_last", "train/usage_s0_1x1"):
+        assert key in metrics, key
+    assert 0 < metrics["val/usage_last"] <= 100
+    images = {p.name for p in (run / "images").iterdir()}
+    assert any("progressive" in n for n in images) and any("reconstructions" in n for n in images)
+    vae = load_tokenizer(tokenizer_ckpt, patch_nums=(1, 2, 4))
+    assert vae.cfg.vocab_size == 64 and vae.patch_nums == (1, 2, 4)
+    with pytest.raises(ValueError, match="scale schedule"):
+        load_tokenizer(tokenizer_ckpt, patch_nums=(1, 2, 3, 4))
+
+
+def test_tokenizer_overfit_loss_falls(tmp_path):
+    cfg = tokenizer_cfg(
+        tmp_path, "debug=overfit", "trainer.max_epochs=25", "model.loss.disc_weight=0", "logger=none",
+        "~callbacks.image_logger",
+    )
+    with open_dict(cfg):
+        cfg.trainer.log_every_n_steps = 1
+    from var_lightning.cli.train import build
+
+    dm, model, trainer = build(cfg)
+    losses = []
+
+    class Record(torch.nn.Module):
+        pass
+
+    import pytorch_lightning as L
+
+    class LossRecorder(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs))
+
+    trainer.callbacks.append(LossRecorder())
+    trainer.fit(model, datamodule=dm)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.6 * first, (first, last)
+
+
+def var_cfg(tmp_path: Path, tokenizer_ckpt: Path, *extra: str):
+    cfg = compose_train(
+        [
+            "experiment=var_tiny",
+            "schedule=cpu_micro",
+            f"model.tokenizer_ckpt={tokenizer_ckpt}",
+            "++model.transformer.depth=2",
+            "++model.transformer.width=32",
+            "++model.transformer.num_heads=2",
+            "~callbacks.rich_progress_bar",
+            *TINY_DATA,
+            *extra,
+        ],
+        tmp_path,
+    )
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = False
+    return cfg
+
+
+def test_var_fast_dev_run(tmp_path, tokenizer_ckpt):
+    metrics = train(var_cfg(tmp_path, tokenizer_ckpt, "debug=fdr"))
+    for key in ("train/loss", "train/loss_last", "train/token_err_avg", "val/loss", "val/token_err_last", "val/scale/acc_s2"):
+        assert key in metrics, key
+
+
+def test_var_overfit_loss_falls_and_checkpoint_samples(tmp_path, tokenizer_ckpt):
+    cfg = var_cfg(tmp_path, tokenizer_ckpt, "debug=overfit", "trainer.max_epochs=40", "model.optim.base_lr=0.05",
+                  "model.optim.warmup_fraction=0.0", "model.train.cond_drop_rate=0.0", "logger=csv")
+    with open_dict(cfg):
+        cfg.trainer.log_every_n_steps = 1
+    train(cfg)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 20
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    module = load_var_module(tmp_path / "checkpoints" / "last.ckpt")
+    imgs = module.generate([0, 1], cfg=1.0, top_k=0, top_p=0.0)
+    assert imgs.shape == (2, 3, 16, 16) and module.class_names and len(module.class_names) == 10
+
+
+def test_var_rejects_a_schedule_that_differs_from_the_tokenizer(tmp_path, tokenizer_ckpt):
+    cfg = var_cfg(tmp_path, tokenizer_ckpt, "schedule=cpu_tiny", "debug=fdr")
+    with pytest.raises(Exception, match="scale schedule"):
+        train(cfg)
+
+
+def test_var_rejects_a_tokenizer_checkpoint_of_the_wrong_stage(tmp_path, tokenizer_ckpt):
+    cfg = var_cfg(tmp_path, tokenizer_ckpt, "trainer.max_epochs=1", "logger=none")
+    train(cfg)
+    with pytest.raises(ValueError, match=r"transformer \(VAR-stage\) checkpoint"):
+        load_tokenizer(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match="'tokenizer' checkpoint"):
+        load_var_module(tokenizer_ckpt)
+    with pytest.raises(FileNotFoundError, match="model.tokenizer_ckpt"):
+        load_tokenizer(tmp_path / "missing.ckpt")

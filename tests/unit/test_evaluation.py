@@ -1,0 +1,357 @@
+"""Metric library: closed forms and invariants on tiny CPU data; nothing is downloaded."""
+
+from __future__ import annotations
+
+import urllib.error
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+from var_lightning.evaluation import (
+    INCEPTION_URL,
+    INCEPTION_WEIGHTS_FILE,
+    ClassifierConfig,
+    FeatureStats,
+    GaussianStats,
+    InceptionWeightsUnavailable,
+    NpzImages,
+    ReconstructionMetrics,
+    class_accuracy,
+    compute_generation_metrics,
+    default_inception_weights_path,
+    frechet_distance,
+    get_extractor,
+    inception_score,
+    kernel_inception_distance,
+    load_classifier,
+    load_reference,
+    pack_samples,
+    precision_recall,
+    psnr,
+    reference_stats,
+    save_classifier,
+    ssim,
+    to_uint8,
+    train_classifier,
+)
+from var_lightning.evaluation import reference as reference_mod
+
+# ---------------------------------------------------------------------------------------------- Frechet
+
+
+def _random_cov(rng: np.random.Generator, d: int) -> np.ndarray:
+    a = rng.normal(size=(d, 2 * d))
+    return a @ a.T / (2 * d)
+
+
+@pytest.mark.parametrize("method", ["eigh", "sqrtm"])
+def test_fid_of_a_set_against_itself_is_zero(method):
+    feats = np.random.default_rng(0).normal(size=(400, 32)) * 3 + 1
+    g = GaussianStats.from_features(feats)
+    fid = frechet_distance(g.mu, g.sigma, g.mu, g.sigma, method=method)
+    assert abs(fid) < 1e-6 * np.trace(g.sigma)
+
+
+@pytest.mark.parametrize("method", ["eigh", "sqrtm"])
+def test_fid_matches_closed_form_for_gaussians(method):
+    rng = np.random.default_rng(1)
+    d = 16
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    var1, var2 = rng.uniform(0.2, 3, size=d), rng.uniform(0.2, 3, size=d)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))
+    # the same Gaussians in a rotated basis: covariances no longer diagonal, distance unchanged
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    s1, s2 = q @ np.diag(var1) @ q.T, q @ np.diag(var2) @ q.T
+    assert frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2), method=method) == pytest.approx(
+        expected, abs=1e-3
+    )
+    assert frechet_distance(q @ mu1, s1, q @ mu2, s2, method=method) == pytest.approx(expected, abs=1e-3)
+
+
+def test_fid_methods_agree_with_torch_fidelity_on_general_covariances():
+    rng = np.random.default_rng(2)
+    mu1, mu2, s1, s2 = rng.normal(size=24), rng.normal(size=24), _random_cov(rng, 24), _random_cov(rng, 24)
+    ref = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)
+    ref = ref["frechet_inception_distance"]
+    for method in ("eigh", "sqrtm"):
+        assert frechet_distance(mu1, s1, mu2, s2, method=method) == pytest.approx(ref, rel=1e-8)
+
+
+def test_feature_stats_streaming_equals_batch_and_merges():
+    feats = torch.randn(300, 8, dtype=torch.float64) * 2 + 5
+    full = FeatureStats(8, keep_features=True)
+    for chunk in feats.split(37):
+        full.update(chunk)
+    mu, sigma = full.mean_cov()
+    np.testing.assert_allclose(mu, feats.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(feats.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
+    assert torch.equal(full.features(), feats.float())
+
+    # two "ranks" combined by merge, and by summing state() tensors as an all-reduce would
+    a, b = FeatureStats(8), FeatureStats(8)
+    a.update(feats[:120])
+    b.update(feats[120:])
+    summed = {k: a.state()[k] + b.state()[k] for k in a.state()}
+    for combined in (FeatureStats.from_state(summed), a.merge(b)):
+        assert combined.num_samples == 300
+        np.testing.assert_allclose(combined.mean_cov()[1], sigma, rtol=1e-9, atol=1e-12)
+    assert FeatureStats(8).sync_().num_samples == 0  # no process group: a no-op
+
+
+# ----------------------------------------------------------------------------------------------- scores
+
+
+def test_inception_score_limits():
+    k = 10
+    assert inception_score(torch.zeros(200, k)) == pytest.approx((1.0, 0.0), abs=1e-9)
+    labels = torch.arange(1000) % k  # every split of 100 holds each class 10 times
+    confident = torch.nn.functional.one_hot(labels, k).float() * 100
+    mean, std = inception_score(confident, splits=10)
+    assert mean == pytest.approx(k, rel=1e-6) and std < 1e-6
+    assert inception_score(confident, splits=10, shuffle_seed=2020)[0] <= k + 1e-6
+
+
+def test_precision_recall_self_and_disjoint():
+    x = torch.randn(200, 16)
+    assert precision_recall(x, x, k=3, batch_size=7) == (1.0, 1.0)
+    far = torch.randn(150, 16) + 1000
+    assert precision_recall(x, far, k=3, batch_size=64) == (0.0, 0.0)
+    # half the fakes are real samples, half far away: precision is exactly 1/2
+    mixed = torch.cat([x[:100], far[:100]])
+    assert precision_recall(mixed, x, k=3)[0] == 0.5
+
+
+def test_kid_near_zero_for_same_distribution_and_positive_for_shift():
+    x, y = torch.randn(300, 8), torch.randn(300, 8)
+    same, _ = kernel_inception_distance(x, y, num_subsets=10, subset_size=100)
+    shifted, _ = kernel_inception_distance(x, y + 2, num_subsets=10, subset_size=100)
+    assert abs(same) < 0.05 < shifted
+
+
+def test_compute_generation_metrics_keys():
+    fake, ref = FeatureStats(8, keep_features=True), FeatureStats(8, keep_features=True)
+    fake.update(torch.randn(64, 8))
+    ref.update(torch.randn(64, 8))
+    out = compute_generation_metrics(
+        fake, ref.gaussian(), torch.randn(64, 5), kid_subsets=5, kid_subset_size=32
+    )
+    assert set(out) == {"fid", "is_mean", "is_std", "precision", "recall", "kid", "kid_std"}
+    assert set(compute_generation_metrics(FeatureStats(8).merge(fake), ref)) == {"fid"}
+
+
+# -------------------------------------------------------------------------------------------------- npz
+
+
+def _write_pngs(folder, images_NHW3, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for img, name in zip(images_NHW3, names, strict=True):
+        Image.fromarray(img).save(folder / name)
+
+
+def test_pack_samples_layout_order_and_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(5, 6, 4, 3), dtype=np.uint8)
+    names = ["000003.png", "000000.png", "000004.png", "000001.png", "000002.png"]
+    _write_pngs(tmp_path / "samples", imgs, names)
+    out = pack_samples(tmp_path / "samples", tmp_path / "pack", expected=5)
+    assert out.name == "pack.npz"
+    with np.load(out) as data:
+        assert list(data.keys()) == ["arr_0"]
+        arr = data["arr_0"]
+    order = np.argsort(names)  # file-name order
+    assert arr.dtype == np.uint8 and arr.shape == (5, 6, 4, 3)
+    np.testing.assert_array_equal(arr, imgs[order])
+    assert zipfile.ZipFile(out).getinfo("arr_0.npy").compress_type == zipfile.ZIP_STORED
+    np.testing.assert_array_equal(np.concatenate(list(NpzImages(out).iter_batches(2))), arr)
+
+    with pytest.raises(ValueError, match="expected 6 samples, found 5"):
+        pack_samples(tmp_path / "samples", tmp_path / "bad.npz", expected=6)
+    (tmp_path / "samples" / "000005.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="000005.png"):
+        pack_samples(tmp_path / "samples", tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists() and not (tmp_path / "bad.npz.tmp").exists()
+
+    from_tensor = pack_samples(torch.from_numpy(imgs).permute(0, 3, 1, 2), tmp_path / "t.npz")
+    np.testing.assert_array_equal(np.load(from_tensor)["arr_0"], imgs)
+
+
+def test_load_reference_npz_with_stats_and_folder(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "ref.npz", imgs, mu=np.zeros(3), sigma=np.eye(3))
+    pack = load_reference(tmp_path / "ref.npz")
+    assert len(pack.images) == 4 and pack.mu.shape == (3,) and pack.sigma.shape == (3, 3)
+    _write_pngs(tmp_path / "folder", imgs, [f"{i}.png" for i in range(4)])
+    folder = load_reference(tmp_path / "folder")
+    assert folder.mu is None and len(folder.images) == 4
+
+
+# ----------------------------------------------------------------------------------------------- extractors
+
+
+def test_to_uint8_rounds_like_save_image():
+    x = torch.tensor([0.0, 0.5 / 255, 1.0, 1.5, -0.2]).view(1, 1, 1, 5)
+    assert to_uint8(x).shape == (1, 3, 1, 5)
+    assert to_uint8(x)[0, 0, 0].tolist() == [0, 1, 255, 255, 0]
+
+
+def test_tiny_random_extractor_is_deterministic():
+    images = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
+    a = get_extractor("tiny-random", seed=3)
+    torch.manual_seed(123)  # the global RNG state must not matter
+    b = get_extractor("tiny-random", seed=3)
+    out_a, out_b = a(images), b(images.float() / 255)
+    assert out_a["features"].shape == (4, a.feature_dim) and out_a["logits"].shape == (4, 10)
+    assert torch.equal(out_a["features"], out_b["features"]) and torch.equal(out_a["logits"], out_b["logits"])
+    assert not torch.equal(get_extractor("tiny-random", seed=4)(images)["features"], out_a["features"])
+
+
+def test_inception_offline_error_names_file_path_and_config_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    calls = []
+
+    def offline(url, dst, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    expected_path = default_inception_weights_path()
+    assert str(expected_path).startswith(str(tmp_path))
+    with pytest.raises(InceptionWeightsUnavailable) as err:
+        get_extractor("inception-tf")
+    message = str(err.value)
+    assert calls == [INCEPTION_URL]
+    for part in (INCEPTION_WEIGHTS_FILE, str(expected_path), "eval.extractor.weights_path", INCEPTION_URL):
+        assert part in message
+
+    with pytest.raises(InceptionWeightsUnavailable, match="downloading is disabled"):
+        get_extractor("inception-tf", download=False)
+    with pytest.raises(InceptionWeightsUnavailable, match="eval.extractor.weights_path"):
+        get_extractor("inception-tf", weights_path=tmp_path / "nope.pth")
+    assert len(calls) == 1
+
+
+def test_inception_wrapper_shapes_with_random_weights(tmp_path, monkeypatch):
+    """The wrapper's plumbing (feature names, uint8 input, shapes) on a randomly initialised network
+    run at 75 px instead of 299 for speed: loading of real weights is skipped, nothing is downloaded."""
+    weights = tmp_path / INCEPTION_WEIGHTS_FILE
+    torch.save({}, weights)
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None)
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
+    extractor = get_extractor("inception-tf", weights_path=weights)
+    torch.set_flush_denormal(True)  # random init shrinks activations into denormals: 20x slower convs
+    try:
+        out = extractor(torch.rand(2, 3, 16, 16))
+    finally:
+        torch.set_flush_denormal(False)
+    assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
+    assert extractor.config()["weights"] == INCEPTION_WEIGHTS_FILE
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+def test_reference_stats_are_cached_and_reused(tmp_path, monkeypatch):
+    imgs = np.random.default_rng(0).integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8)
+    _write_pngs(tmp_path / "ref", imgs, [f"{i:03d}.png" for i in range(12)])
+    calls = []
+    real_extract = reference_mod.extract_features
+    monkeypatch.setattr(
+        reference_mod, "extract_features", lambda *a, **k: calls.append(1) or real_extract(*a, **k)
+    )
+    extractor = get_extractor("tiny-random")
+    cache = tmp_path / "cache"
+
+    first = reference_stats(tmp_path / "ref", extractor, cache, batch_size=5, progress=False)
+    second = reference_stats(tmp_path / "ref", extractor, cache, batch_size=5, progress=False)
+    assert len(calls) == 1 and not first.meta["cache_hit"] and second.meta["cache_hit"]
+    np.testing.assert_allclose(second.sigma, first.sigma)
+    assert second.count == 12
+
+    reference_stats(tmp_path / "ref", extractor, cache, count=10, progress=False)  # another key
+    reference_stats(tmp_path / "ref", get_extractor("tiny-random", seed=1), cache, progress=False)
+    with_feats = reference_stats(tmp_path / "ref", extractor, cache, keep_features=True, progress=False)
+    assert len(calls) == 4 and with_feats.features.shape == (12, extractor.feature_dim)
+    assert reference_stats(tmp_path / "ref", extractor, cache, keep_features=True).meta["cache_hit"]
+
+    # the same images as an npz and as a [-1, 1] dataset give the same statistics
+    from_npz = reference_stats(
+        pack_samples(tmp_path / "ref", tmp_path / "ref.npz"), extractor, progress=False
+    )
+    data = TensorDataset(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1, torch.zeros(12))
+    from_data = reference_stats(data, extractor, cache, source_id="toy-dataset", progress=False)
+    np.testing.assert_allclose(from_npz.mu, first.mu, rtol=1e-6)
+    np.testing.assert_allclose(from_data.mu, first.mu, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- classifier
+
+
+def _shapes_dataset(n: int, seed: int) -> TensorDataset:
+    """16x16 colored squares (class 0) and circles (class 1) on a dark noisy background, in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    images, labels = [], []
+    for i in range(n):
+        label = i % 2
+        r = 3 + 3 * torch.rand((), generator=g)
+        cy, cx = 8 + 2 * (torch.rand(2, generator=g) - 0.5)
+        inside = (
+            (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+            if label
+            else ((yy - cy).abs() <= r) & ((xx - cx).abs() <= r)
+        )
+        color = 0.5 + 0.5 * torch.rand(3, 1, 1, generator=g)
+        img = 0.1 * torch.rand(3, 16, 16, generator=g) + inside * color
+        images.append(img * 2 - 1)
+        labels.append(label)
+    return TensorDataset(torch.stack(images), torch.tensor(labels))
+
+
+def test_classifier_trains_saves_loads_and_extracts(tmp_path):
+    train, val = _shapes_dataset(256, 0), _shapes_dataset(128, 1)
+    cfg = ClassifierConfig(num_classes=2, input_size=16, width=16, stages=2)
+    model, acc = train_classifier(train, val, 2, epochs=6, batch_size=32, lr=3e-3, config=cfg, progress=False)
+    assert acc >= 0.9
+
+    path = tmp_path / "clf.pt"
+    save_classifier(path, model, meta={"val_acc": acc})
+    loaded = load_classifier(path)
+    x, y = val.tensors
+    assert loaded.meta == {"val_acc": acc}
+    assert torch.equal(loaded(x), model(x))
+    assert class_accuracy(loaded(x), y) == pytest.approx(acc)
+
+    extractor = get_extractor("classifier", checkpoint_path=path)
+    out = extractor(to_uint8((x[:8] + 1) / 2))
+    assert out["features"].shape == (8, loaded.feature_dim) and out["logits"].shape == (8, 2)
+
+
+# ----------------------------------------------------------------------------------------------------- recon
+
+
+def test_psnr_ssim_and_reconstruction_metrics():
+    real = torch.rand(4, 3, 16, 16) * 1.6 - 0.8
+    noisy = real + 0.2  # 0.1 in [0, 1] units: MSE 0.01 -> 20 dB
+    assert psnr(noisy, real).item() == pytest.approx(20.0, abs=1e-4)
+    assert psnr((noisy + 1) / 2, (real + 1) / 2, value_range=(0.0, 1.0)).item() == pytest.approx(
+        20.0, abs=1e-4
+    )
+    assert psnr(real, real).item() == pytest.approx(100.0)
+    assert ssim(real, real).item() == pytest.approx(1.0, abs=1e-5)
+    assert ssim(noisy, real).item() < 1.0
+
+    metrics = ReconstructionMetrics(
+        get_extractor("tiny-random"), lpips=lambda a, b: (a - b).abs().mean((1, 2, 3))
+    )
+    for _ in range(3):
+        batch = torch.rand(8, 3, 16, 16) * 2 - 1
+        metrics.update(batch, batch)
+    out = metrics.compute()
+    assert set(out) == {"psnr", "ssim", "lpips", "rfid"}
+    assert out["lpips"] == 0 and out["psnr"] == pytest.approx(100.0) and abs(out["rfid"]) < 1e-6
