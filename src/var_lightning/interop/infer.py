@@ -90,9 +90,9 @@ def infer_vae_config(state_dict: StateDict, patch_nums: Sequence[int] | None = N
     qc = state_dict.get("quant_conv.weight")
     quant_conv_ks = int(qc.shape[-1]) if qc is not None else 3
 
-    shared = "quantize.quant_resi.qresi.weight" in state_dict
-    partial = _indices(state_dict, r"quantize\.quant_resi\.qresi_ls\.(\d+)\.weight")
-    per_scale = _indices(state_dict, r"quantize\.quant_resi\.(\d+)\.weight")
+    shared = any(k.startswith("quantize.quant_resi.qresi.") for k in state_dict)
+    partial = _count(state_dict, r"quantize\.quant_resi\.qresi_ls\.(\d+)\..+")
+    per_scale = _count(state_dict, r"quantize\.quant_resi\.(\d+)\..+")
     if sum(map(bool, (shared, partial, per_scale))) > 1:
         raise ValueError(
             "the state_dict mixes phi layouts (quant_resi.qresi / quant_resi.qresi_ls.{i} / quant_resi.{i})"
@@ -102,9 +102,9 @@ def infer_vae_config(state_dict: StateDict, patch_nums: Sequence[int] | None = N
     if shared:
         share = 1
     elif partial:
-        share = len(partial)
+        share = partial
     elif per_scale:
-        share, counts = 0, (0 if len(per_scale) == len(patch_nums) else len(per_scale))
+        share, counts = 0, (0 if per_scale == len(patch_nums) else per_scale)
     else:
         quant_resi = 0.0  # identity phis have no parameters
     return VQVAEConfig(
@@ -113,8 +113,8 @@ def infer_vae_config(state_dict: StateDict, patch_nums: Sequence[int] | None = N
         ch=ch,
         ch_mult=tuple(w // ch for w in widths),
         num_res_blocks=num_res_blocks,
-        attn_lowest=f"encoder.down.{n_levels - 1}.attn.0.qkv.weight" in state_dict,
-        attn_mid="encoder.mid.attn_1.qkv.weight" in state_dict,
+        attn_lowest=any(k.startswith(f"encoder.down.{n_levels - 1}.attn.") for k in state_dict),
+        attn_mid=any(k.startswith("encoder.mid.attn_1.") for k in state_dict),
         in_channels=in_channels,
         patch_nums=patch_nums,
         quant_conv_ks=quant_conv_ks,

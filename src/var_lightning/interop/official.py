@@ -356,9 +356,8 @@ def load_official_vae(
         )
 
     def infer(sd: StateDict, trainer_config: dict) -> VQVAEConfig:
-        return infer_vae_config(
-            sd, patch_nums if patch_nums is not None else trainer_config.get("patch_nums")
-        )
+        schedule = patch_nums if patch_nums is not None else cfg.patch_nums if cfg is not None else None
+        return infer_vae_config(sd, schedule if schedule is not None else trainer_config.get("patch_nums"))
 
     return _load(src, "tokenizer", cfg, map_location, infer, None)  # type: ignore[return-value]
 
