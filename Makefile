@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all test-slow lint format demo demo-tokenizer demo-var demo-sample \
-        train-tokenizer train-var sample clean
+        train-tokenizer train-var sample sweep-scaling clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,16 @@ train-var: $(STAMP) ## train a VAR: make train-var EXP=var_d16_imagenet256 ARGS=
 
 sample: $(STAMP) ## sample from a VAR checkpoint: make sample ARGS="ckpt_path=... num_per_class=8"
 	$(BIN)/var-sample $(ARGS)
+
+SCALING_DIR ?= outputs/scaling_cpu
+sweep-scaling: $(STAMP) ## CPU scaling-law study: 4 VAR depths on the synthetic data (~15 min), fits + plots
+	test -f $(SCALING_DIR)/tokenizer/checkpoints/last.ckpt || \
+	  $(BIN)/var-train experiment=tokenizer_tiny hydra.run.dir=$(SCALING_DIR)/tokenizer \
+	    ~callbacks.image_logger ~callbacks.rich_progress_bar trainer.enable_progress_bar=false
+	$(BIN)/var-train experiment=scaling_tiny sweep=scaling_cpu \
+	  model.tokenizer_ckpt=$(SCALING_DIR)/tokenizer/checkpoints/last.ckpt hydra.sweep.dir=$(SCALING_DIR)/sweep $(ARGS)
+	$(BIN)/var-scaling $(SCALING_DIR)/sweep --out $(SCALING_DIR)/report
+	@echo "plots and tables: $(SCALING_DIR)/report"
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
