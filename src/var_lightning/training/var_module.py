@@ -15,11 +15,12 @@ import torch.nn.functional as F
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
+from var_lightning.training.chunked_ce import chunked_head_cross_entropy
+from var_lightning.training.optim import adamw, param_groups
+from var_lightning.training.schedules import lr_factor, weight_decay_at
 from var_lightning.transformer.config import PRESETS, VARConfig
 from var_lightning.transformer.sampling import check_compatible, sample
 from var_lightning.transformer.var import VAR
-from var_lightning.training.optim import adamw, param_groups
-from var_lightning.training.schedules import lr_factor, weight_decay_at
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ DEFAULT_OPTIM = dict(
     base_lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, weight_decay_end=None, warmup_fraction=0.02,
     warmup_steps=None, warmup_start=0.005, schedule="lin0", final_ratio=0.01, fused=None,
 )
-DEFAULT_TRAIN = dict(cond_drop_rate=0.1, label_smoothing=0.0)
+DEFAULT_TRAIN = dict(cond_drop_rate=0.1, label_smoothing=0.0, fused_ce=False, ce_chunk_tokens=8192, compile=False)
 DEFAULT_SAMPLING = dict(cfg=1.5, top_k=0, top_p=0.0, seed=0, more_smooth=False)
 
 
@@ -169,10 +170,36 @@ class VARModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def tokenize(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ground-truth tokens (B, L) and the teacher-forcing input (B, L - l_1, Cv), in fp32, no grad."""
+        """Ground-truth tokens (B, L) and the teacher-forcing input (B, L - l_1, Cv), in fp32, no grad.
+
+        Accepts images (B, 3, H, W) or, from pre-tokenized shards, the token pyramid itself (B, L) integer:
+        then only the cheap embedding lookup + phi convs of ``idx_to_var_input`` run, not the encoder."""
         with torch.no_grad(), torch.autocast(device_type=img_B3HW.device.type, enabled=False):
+            if img_B3HW.ndim == 2 and not img_B3HW.is_floating_point():
+                gt_BL = img_B3HW.long()
+                sizes = [pn * pn for pn in self.vae.patch_nums]
+                lo, hi = (int(v) for v in torch.aminmax(gt_BL))  # one host sync per step
+                if gt_BL.shape[1] != sum(sizes) or hi >= self.vae.cfg.vocab_size or lo < 0:
+                    raise ValueError(
+                        f"pre-tokenized batch of {gt_BL.shape[1]} tokens (ids {lo}..{hi}) does "
+                        f"not fit the tokenizer (schedule {self.vae.patch_nums} = {sum(sizes)} tokens, vocabulary "
+                        f"{self.vae.cfg.vocab_size}); re-tokenize the shards with this tokenizer (var-make-shards --tokenizer)"
+                    )
+                return gt_BL, self.vae.quantize.idx_to_var_input(gt_BL.split(sizes, dim=1))
             idx_list, x_BLCv = self.vae.img_to_var_input(img_B3HW.float())
         return torch.cat(idx_list, dim=1), x_BLCv
+
+    def configure_model(self) -> None:
+        """Check the speed flags once, before the first step (``model.train.compile`` /
+        ``fused_ce`` / ``ce_chunk_tokens``); compilation itself happens lazily at the first forward."""
+        t = self.train_cfg
+        mode = t.get("compile", False)
+        if mode not in (False, True, None) and not isinstance(mode, str):
+            raise ValueError(f"model.train.compile={mode!r}: use false, true or a torch.compile mode string")
+        if int(t.get("ce_chunk_tokens", 8192)) < 1:
+            raise ValueError(f"model.train.ce_chunk_tokens={t.get('ce_chunk_tokens')} must be >= 1")
+        if mode:
+            log.info("torch.compile of the transformer blocks (mode=%s): the first steps compile", mode)
 
     def _losses(self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool) -> dict[str, torch.Tensor]:
         img, label_B = batch
@@ -180,12 +207,20 @@ class VARModule(L.LightningModule):
         if drop_labels and self.train_cfg["cond_drop_rate"] > 0:
             drop_B = torch.rand(label_B.shape[0], device=label_B.device) < self.train_cfg["cond_drop_rate"]
             label_B = torch.where(drop_B, self.var.num_classes, label_B)
-        logits_BLV = self.var(label_B, x_BLCv)
-        B, L, V = logits_BLV.shape
-        loss_BL = F.cross_entropy(
-            logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=self.train_cfg["label_smoothing"]
-        ).view(B, L)
-        err_BL = (logits_BLV.argmax(dim=-1) != gt_BL).float()
+        t = self.train_cfg
+        h_BLC, cond_BD = self.var.forward_hidden(label_B, x_BLCv, compile=t.get("compile", False))
+        if t.get("fused_ce", False):  # never materialises the (B, L, V) fp32 logits; same numbers
+            loss_BL, err_BL = chunked_head_cross_entropy(
+                h_BLC, cond_BD, self.var.head_nm, self.var.head, gt_BL, t["label_smoothing"],
+                t.get("ce_chunk_tokens", 8192),
+            )
+        else:
+            logits_BLV = self.var.get_logits(h_BLC, cond_BD)
+            B, L, V = logits_BLV.shape
+            loss_BL = F.cross_entropy(
+                logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=t["label_smoothing"]
+            ).view(B, L)
+            err_BL = (logits_BLV.argmax(dim=-1) != gt_BL).float()
         a, b = self.var.begin_ends[-1]
         out = {
             "loss": loss_BL.mean(),

@@ -1,6 +1,8 @@
 """Building blocks of the VAR transformer: attention with KV cache, MLP, AdaLN blocks, AdaLN head.
 
-Parameter names follow the released checkpoints (``var_d16.pth`` ...).
+Parameter names follow the released checkpoints (``var_d16.pth`` ...). Each AdaLN module splits into
+``modulation(cond)`` (depends only on the class condition) and ``forward_modulated`` (the per-token
+work), so a sampler can compute the modulation once per image instead of once per scale.
 Shapes: B batch, L sequence length (tokens of the scales in the current call), C width,
 D condition width (= C), H heads, c head dim.
 """
@@ -8,6 +10,7 @@ D condition width (= C), H heads, c head dim.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +48,57 @@ class FFN(nn.Module):
         return self.drop(self.fc2(F.gelu(self.fc1(x_BLC), approximate="tanh")))
 
 
+class KVCache:
+    """The plain sampler's cache: every call appends its k, v (B, H, l, c) along the length axis."""
+
+    def __init__(self) -> None:
+        self.k_BHLc: torch.Tensor | None = None
+        self.v_BHLc: torch.Tensor | None = None
+
+    def update(self, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k_BHLc is not None:
+            k_BHlc = torch.cat((self.k_BHLc, k_BHlc), dim=2)
+            v_BHlc = torch.cat((self.v_BHLc, v_BHlc), dim=2)
+        self.k_BHLc, self.v_BHLc = k_BHlc, v_BHlc
+        return k_BHlc, v_BHlc
+
+
+class StaticKVCache:
+    """A preallocated (B, H, L_max, c) cache written in place at ``pos``.
+
+    Every sampling run touches the same memory, which is what a CUDA graph replay needs, and no scale
+    copies the whole cache (``torch.cat`` does). The caller sets ``pos`` to the first token of the scale
+    before each call. ``dtype``: store k, v cast to it (under autocast SDPA casts them to the autocast
+    dtype anyway, so storing them cast gives equal results with half the memory); None keeps their dtype.
+    Buffers are allocated on the first call.
+    """
+
+    def __init__(self, max_len: int, dtype: torch.dtype | None = None) -> None:
+        self.max_len, self.dtype, self.pos = max_len, dtype, 0
+        self.k_BHLc: torch.Tensor | None = None
+        self.v_BHLc: torch.Tensor | None = None
+
+    def update(self, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, n_new, c = k_BHlc.shape
+        dtype = self.dtype or k_BHlc.dtype
+        if self.k_BHLc is None or self.k_BHLc.shape[:2] != (B, H) or self.k_BHLc.dtype != dtype:
+            self.k_BHLc = k_BHlc.new_empty(B, H, self.max_len, c, dtype=dtype)
+            self.v_BHLc = v_BHlc.new_empty(B, H, self.max_len, c, dtype=self.dtype or v_BHlc.dtype)
+        end = self.pos + n_new
+        if end > self.max_len:
+            raise ValueError(f"StaticKVCache holds {self.max_len} tokens; cannot write {n_new} at {self.pos}")
+        self.k_BHLc[:, :, self.pos : end].copy_(k_BHlc)
+        self.v_BHLc[:, :, self.pos : end].copy_(v_BHlc)
+        return self.k_BHLc[:, :, :end], self.v_BHLc[:, :, :end]
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention with q/v biases (k bias fixed at zero) and optional L2-normalised q, k.
 
-    In training the caller passes the block-causal mask; in sampling ``kv_caching(True)`` makes every call
-    append its k, v to a cache so one scale's queries see all earlier scales without a mask.
+    In training the caller passes the block-causal mask (a dense additive ``attn_bias`` for SDPA, or a
+    FlexAttention ``block_mask``); in sampling ``kv_caching(True)`` makes every call append its k, v to a
+    cache (``kv_cache``, replaceable by a :class:`StaticKVCache`) so one scale's queries see all earlier
+    scales without a mask.
     """
 
     def __init__(self, C: int, num_heads: int, attn_l2_norm: bool, attn_drop: float, proj_drop: float) -> None:
@@ -69,12 +118,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
-        self.caching = False
-        self.cached_k: torch.Tensor | None = None
-        self.cached_v: torch.Tensor | None = None
+        self.kv_cache: KVCache | StaticKVCache | None = None
+
+    @property
+    def caching(self) -> bool:
+        return self.kv_cache is not None
 
     def kv_caching(self, enable: bool) -> None:
-        self.caching, self.cached_k, self.cached_v = enable, None, None
+        """Start (with an empty cache) or stop caching k, v across calls."""
+        self.kv_cache = KVCache() if enable else None
 
     def qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project and split into (B, H, L, c) q, k, v; normalise and scale q, k when configured."""
@@ -88,14 +140,15 @@ class SelfAttention(nn.Module):
             k_BHLc = F.normalize(k_BHLc, dim=-1)
         return q_BHLc, k_BHLc, v_BHLc
 
-    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None, block_mask=None) -> torch.Tensor:
+    def forward(
+        self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None, block_mask: Any = None
+    ) -> torch.Tensor:
+        """``attn_bias``: (1, 1, L, L) additive mask or None; ``block_mask``: a FlexAttention BlockMask
+        (takes precedence; see :mod:`var_lightning.transformer.flex`)."""
         B, L, C = x_BLC.shape
         q, k, v = self.qkv(x_BLC)
-        if self.caching:
-            if self.cached_k is not None:
-                k = torch.cat((self.cached_k, k), dim=2)
-                v = torch.cat((self.cached_v, v), dim=2)
-            self.cached_k, self.cached_v = k, v
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(k, v)
         dropout_p = self.attn_drop if self.training else 0.0
         if block_mask is not None:
             from var_lightning.transformer.flex import flex_attention_call
@@ -149,14 +202,27 @@ class AdaLNSelfAttn(nn.Module):
         if not shared_aln:
             self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(D, 6 * C))
 
-    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``cond``: (B, D) condition, or (B, 1, 6, C) shared projection when ``shared_aln``."""
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 6, C) AdaLN vectors from ``cond``: the (B, D) condition, or the (B, 1, 6, C) shared
+        projection when ``shared_aln``."""
         if self.shared_aln:
-            return (self.ada_gss + cond).unbind(2)
-        return self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
+            return self.ada_gss + cond
+        return self.ada_lin(cond).view(-1, 1, 6, self.C)
 
-    def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None, block_mask=None) -> torch.Tensor:
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)  # each (B, 1, C)
+    def forward(
+        self, x_BLC: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None, block_mask: Any = None
+    ) -> torch.Tensor:
+        return self.forward_modulated(x_BLC, self.modulation(cond), attn_bias, block_mask)
+
+    def forward_modulated(
+        self,
+        x_BLC: torch.Tensor,
+        ada_B16C: torch.Tensor,
+        attn_bias: torch.Tensor | None,
+        block_mask: Any = None,
+    ) -> torch.Tensor:
+        """The block given its precomputed ``modulation`` (B, 1, 6, C)."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
         h = self.ln_wo_grad(x_BLC).mul(scale1.add(1)).add_(shift1)
         x_BLC = x_BLC + self.drop_path(self.attn(h, attn_bias, block_mask).mul_(gamma1))
         h = self.ln_wo_grad(x_BLC).mul(scale2.add(1)).add_(shift2)
@@ -172,6 +238,13 @@ class AdaLNBeforeHead(nn.Module):
         self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(D, 2 * C))
 
+    def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 2, C): scale and shift."""
+        return self.ada_lin(cond_BD).view(-1, 1, 2, self.C)
+
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
+        return self.forward_modulated(x_BLC, self.modulation(cond_BD))
+
+    def forward_modulated(self, x_BLC: torch.Tensor, ada_B12C: torch.Tensor) -> torch.Tensor:
+        scale, shift = ada_B12C.unbind(2)
         return self.ln_wo_grad(x_BLC).mul(scale.add(1)).add_(shift)

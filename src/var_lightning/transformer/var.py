@@ -2,7 +2,10 @@
 
 The class embedding is both the start token (all ``l_1`` tokens of the first scale) and the AdaLN
 condition. Every token gets a learned absolute position embedding and its scale's level embedding.
-A block-causal mask lets each token see its own scale and all coarser ones.
+A block-causal mask lets each token see its own scale and all coarser ones: a dense additive mask for
+SDPA, or (``attn_impl="flex"`` on CUDA) a FlexAttention block mask that skips the masked tiles.
+``forward_hidden`` stops before the head so a loss can apply the head chunk by chunk
+(:mod:`var_lightning.training.chunked_ce`), and ``compile=True`` runs the blocks through ``torch.compile``.
 
 Shapes: B batch, K scales, L tokens of all scales, l tokens of one scale, C width, D condition width,
 V vocabulary, Cv tokenizer codebook dim (Cvae).
@@ -10,13 +13,18 @@ V vocabulary, Cv tokenizer codebook dim (Cvae).
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from var_lightning.transformer.config import VARConfig
 from var_lightning.transformer.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin
+
+log = logging.getLogger(__name__)
 
 
 def level_index(patch_nums: tuple[int, ...]) -> torch.Tensor:
@@ -29,6 +37,31 @@ def block_causal_bias(patch_nums: tuple[int, ...]) -> torch.Tensor:
     d = level_index(patch_nums)[0]
     allowed = d.view(-1, 1) >= d.view(1, -1)
     return torch.where(allowed, 0.0, -torch.inf).view(1, 1, len(d), len(d))
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x_BLC: torch.Tensor,
+    cond: torch.Tensor,
+    attn_bias: torch.Tensor | None,
+    block_mask: Any,
+) -> torch.Tensor:
+    """The transformer trunk; a free function so ``torch.compile`` can wrap it without holding a module
+    (a compiled closure stored on a module would break ``deepcopy``, e.g. for weight averaging)."""
+    for block in blocks:
+        x_BLC = block(x_BLC, cond, attn_bias, block_mask)
+    return x_BLC
+
+
+_COMPILED_RUN_BLOCKS: dict[str | None, Callable[..., torch.Tensor]] = {}
+
+
+def compiled_run_blocks(mode: str | None = None) -> Callable[..., torch.Tensor]:
+    """``run_blocks`` under ``torch.compile`` (static shapes; one compiled function per mode, shared by all
+    models in the process; dynamo recompiles per model and per train/eval mode)."""
+    if mode not in _COMPILED_RUN_BLOCKS:
+        _COMPILED_RUN_BLOCKS[mode] = torch.compile(run_blocks, mode=mode, dynamic=False)
+    return _COMPILED_RUN_BLOCKS[mode]
 
 
 class VAR(nn.Module):
@@ -74,7 +107,6 @@ class VAR(nn.Module):
         )
         self.head_nm = AdaLNBeforeHead(C, D, cfg.norm_eps)
         self.head = nn.Linear(C, self.V)
-        self._block_mask = None  # FlexAttention mask, built lazily on first CUDA use
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -133,6 +165,7 @@ class VAR(nn.Module):
         return self.shared_ada_lin(cond_BD)
 
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Logits (B, L, V) float32 from the trunk's output and the class embedding."""
         return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
 
     def embed_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +181,33 @@ class VAR(nn.Module):
         return x_BLC, cond_BD
 
     # ------------------------------------------------------------------ teacher-forced forward
+    def attention_masks(self, end: int, device: torch.device) -> tuple[torch.Tensor | None, Any]:
+        """The block-causal mask over the first ``end`` tokens: ``(None, BlockMask)`` for FlexAttention
+        (``attn_impl="flex"``, CUDA, no attention dropout), else ``(dense additive mask, None)``."""
+        if self.cfg.attn_impl == "flex" and device.type == "cuda":
+            if self.cfg.attn_drop > 0 and self.training:
+                log.warning("attn_impl='flex' has no attention dropout: dense mask used (attn_drop=%g)",
+                            self.cfg.attn_drop)
+            else:
+                from var_lightning.transformer.flex import get_block_mask
+
+                return None, get_block_mask(self, end, device)
+        return self.attn_bias_for_masking[:, :, :end, :end], None
+
+    def forward_hidden(
+        self, label_B: torch.Tensor, x_BLCv: torch.Tensor, compile: bool | str = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk's output (B, L, C) before ``head_nm`` and the class embedding ``cond_BD`` (B, D).
+
+        ``compile``: run the blocks through ``torch.compile`` (True, or a compile mode such as
+        ``"max-autotune-no-cudagraphs"``); the numbers equal the eager ones up to kernel rounding.
+        """
+        end = self.first_l + x_BLCv.shape[1]
+        x_BLC, cond_BD = self.embed_inputs(label_B, x_BLCv, end)
+        attn_bias, block_mask = self.attention_masks(end, x_BLC.device)
+        trunk = run_blocks if not compile else compiled_run_blocks(None if compile is True else compile)
+        return trunk(self.blocks, x_BLC, self.cond(cond_BD), attn_bias, block_mask), cond_BD
+
     def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> torch.Tensor:
         """Logits (B, L, V) float32 for next-scale prediction.
 
@@ -155,19 +215,8 @@ class VAR(nn.Module):
         caller's job). x_BLCv: (B, L - l_1, Cv) teacher-forcing input from the tokenizer; fewer tokens
         (a prefix of scales) give logits for that prefix only.
         """
-        end = self.first_l + x_BLCv.shape[1]
-        x_BLC, cond_BD = self.embed_inputs(label_B, x_BLCv, end)
-        cond = self.cond(cond_BD)
-        attn_bias, block_mask = None, None
-        if self.cfg.attn_impl == "flex" and x_BLC.is_cuda:
-            from var_lightning.transformer.flex import get_block_mask
-
-            block_mask = get_block_mask(self, end, x_BLC.device)
-        else:
-            attn_bias = self.attn_bias_for_masking[:, :, :end, :end]
-        for block in self.blocks:
-            x_BLC = block(x_BLC, cond, attn_bias, block_mask)
-        return self.get_logits(x_BLC, cond_BD)
+        h_BLC, cond_BD = self.forward_hidden(label_B, x_BLCv)
+        return self.get_logits(h_BLC, cond_BD)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
