@@ -83,26 +83,59 @@ def gumbel_soft_embedding(
     return ((logits_BlV + gumbels) / tau).softmax(dim=-1) @ codebook_VC.unsqueeze(0)
 
 
-def scale_masks(keep_mask_BHW: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
-    """Per-scale keep masks (B, 1, pn, pn) in {0, 1} from a last-scale mask: bilinear downsampling then
-    > 0.5; scales with at most 3 tokens (the 1x1 start) are always kept."""
-    m = keep_mask_BHW.float().unsqueeze(1)
+def scale_masks(
+    keep_mask_BHW: torch.Tensor, patch_nums: Sequence[int], keep_first_scale: bool = True
+) -> list[torch.Tensor]:
+    """Per-scale keep masks (B, 1, pn, pn) in {0, 1} from a last-scale mask (B, h, w) or (h, w): bilinear
+    downsampling (``align_corners=False``) then > 0.5, as the published editing notebook does.
+
+    With ``keep_first_scale`` (the published rule) scales with at most 3 tokens (in practice the 1x1 start)
+    are always kept: the image's global token anchors the edit. Without it they follow the mask like any
+    other scale, so an all-zero mask regenerates everything and equals plain sampling.
+    """
+    if keep_mask_BHW.ndim == 2:
+        keep_mask_BHW = keep_mask_BHW.unsqueeze(0)
+    if keep_mask_BHW.ndim != 3:
+        raise ValueError(f"the keep mask must be (h, w) or (B, h, w), got shape {tuple(keep_mask_BHW.shape)}")
+    m_B1HW = keep_mask_BHW.float().unsqueeze(1)
     out = []
     for pn in patch_nums:
-        if pn * pn <= 3:
-            out.append(torch.ones(m.shape[0], 1, pn, pn, device=m.device))
+        if keep_first_scale and pn * pn <= 3:
+            out.append(torch.ones(m_B1HW.shape[0], 1, pn, pn, device=m_B1HW.device))
         else:
-            out.append((F.interpolate(m, size=(pn, pn), mode="bilinear", align_corners=False) > 0.5).float())
+            down_B1hw = F.interpolate(m_B1HW, size=(pn, pn), mode="bilinear", align_corners=False)
+            out.append((down_B1hw > 0.5).float())
     return out
 
 
 @dataclass
 class EditSpec:
-    """Tokens to teacher-force while sampling: the image's tokens (K tensors (B, l)) and a keep mask at the
-    last scale (B or 1, h, w) with 1 = keep the image's token, 0 = generate."""
+    """Tokens to teacher-force while sampling (zero-shot editing).
+
+    keep_idx: the image's tokens, K tensors (B or 1, l). keep_mask_BHW: a keep mask at the last scale,
+    (B or 1, h, w) or (h, w), with 1 = keep the image's token, 0 = generate; ``scale_masks`` derives the
+    coarser scales' masks. keep_first_scale: always keep scales of <= 3 tokens (published behaviour).
+    """
 
     keep_idx: Sequence[torch.Tensor]
     keep_mask_BHW: torch.Tensor
+    keep_first_scale: bool = True
+
+    def check(self, patch_nums: Sequence[int], B: int) -> None:
+        """Raise a clear error when the tokens do not fit the schedule or the batch."""
+        if len(self.keep_idx) != len(patch_nums):
+            raise ValueError(
+                f"EditSpec.keep_idx has {len(self.keep_idx)} scales but the model has {len(patch_nums)} "
+                f"(patch_nums={tuple(patch_nums)}); tokenize the image with vae.img_to_idx"
+            )
+        for si, (idx, pn) in enumerate(zip(self.keep_idx, patch_nums, strict=True)):
+            if idx.ndim != 2 or idx.shape[1] != pn * pn or idx.shape[0] not in (1, B):
+                raise ValueError(
+                    f"EditSpec.keep_idx[{si}] has shape {tuple(idx.shape)}; expected (1 or {B}, {pn * pn})"
+                )
+        n = self.keep_mask_BHW.shape[0] if self.keep_mask_BHW.ndim == 3 else 1
+        if n not in (1, B):
+            raise ValueError(f"EditSpec.keep_mask_BHW holds {n} masks for a batch of {B}; give 1 or {B}")
 
 
 @dataclass
@@ -162,7 +195,8 @@ def sample(
     n_rows = 2 * B if guided else B
     masks = None
     if edit is not None:
-        masks = scale_masks(edit.keep_mask_BHW.to(device), patch_nums)
+        edit.check(patch_nums, B)
+        masks = scale_masks(edit.keep_mask_BHW.to(device), patch_nums, edit.keep_first_scale)
 
     cond_label = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
     sos_BD = cond_BD = var.class_emb(cond_label)
@@ -200,9 +234,11 @@ def sample(
             h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, var.Cvae, pn, pn)
             if masks is not None:
                 keep_B1hw = masks[si]
-                gt_Bl = edit.keep_idx[si].to(device)
+                gt_Bl = edit.keep_idx[si].to(device).expand(B, -1)
                 gt_BCvhw = vae.quantize.embedding(gt_Bl).transpose(1, 2).reshape(B, var.Cvae, pn, pn)
-                h_BCvhw = gt_BCvhw * keep_B1hw + h_BCvhw * (1 - keep_B1hw)
+                # where() rather than the notebook's gt*m + h*(1-m): equal for finite values, and a
+                # non-finite sampled value at a kept position cannot leak into f_hat.
+                h_BCvhw = torch.where(keep_B1hw.bool(), gt_BCvhw, h_BCvhw)
                 keep_Bl = keep_B1hw.view(-1, pn * pn).expand(B, -1).bool()
                 idx_Bl = torch.where(keep_Bl, gt_Bl, idx_Bl)
             tokens.append(idx_Bl)

@@ -1,0 +1,178 @@
+"""`var-edit`: zero-shot in-painting, out-painting and class-conditional editing of one image.
+
+    var-edit ckpt_path=<run>/checkpoints/last.ckpt image=photo.jpg box=[0.25,0.25,0.75,0.75] mode=inpaint
+    var-edit ckpt_path=<run>/checkpoints/last.ckpt image=photo.jpg box=[0.1,0.1,0.8,0.8] mode=outpaint
+    var-edit ckpt_path=<run>/checkpoints/last.ckpt image=synthetic:0:3 mask=region.png mode=class-edit class=5
+    var-edit ckpt_path=var_d36.pth vae_path=vae_ch160v4096z32.pth image=photo.jpg box=[0.1,0.1,0.8,0.8]
+
+The region is a box (``[x0, y0, x1, y1]``, fractions if all <= 1, else pixels of the model-resolution
+image) or a mask PNG (white = the region); ``inpaint`` and ``class-edit`` regenerate it, ``outpaint`` keeps
+it and regenerates the rest (conventions: ``var_lightning.transformer.editing``). Writes below the run
+directory ``result_<i>.png``, ``original.png`` (the input at the model's resolution), ``reconstruction.png``
+(the tokenizer's), ``panel.png`` (original | mask | results) and ``edit.json`` (settings and paths).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from var_lightning.checkpoints import load_var_module
+from var_lightning.cli.runtime import autocast_context, resolve_device
+from var_lightning.edit_io import (
+    edit_panel,
+    fit_image,
+    is_synthetic,
+    load_mask,
+    mask_to_pixels,
+    open_image,
+    save_image,
+    synthetic_image,
+)
+from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.transformer.editing import box_region, edit, edit_label, keep_mask_for, to_token_grid
+from var_lightning.transformer.var import VAR
+
+log = logging.getLogger("var_lightning.edit")
+
+
+def resolve_class(value: Any, class_names: list[str] | None) -> int | None:
+    """A class given as an id (int or digits) or as one of the checkpoint's class names (case-insensitive)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"class={value!r} is not a class id or name (key class)")
+    if isinstance(value, int) or str(value).strip().lstrip("-").isdigit():
+        return int(value)
+    names = [n.lower() for n in (class_names or [])]
+    if str(value).strip().lower() in names:
+        return names.index(str(value).strip().lower())
+    if not class_names:
+        raise ValueError(
+            f"class={value!r}: this checkpoint stores no class names; give a class id (key class)"
+        )
+    shown = ", ".join(repr(n) for n in class_names[:20]) + (", ..." if len(class_names) > 20 else "")
+    raise ValueError(
+        f"class={value!r} is not one of the checkpoint's class names ({shown}); give a name or an id (key class)"
+    )
+
+
+def load_models(cfg: DictConfig, device: torch.device) -> tuple[VAR, MultiScaleVQVAE, list[str] | None]:
+    """A var-train VAR checkpoint (tokenizer inside), or the released var_d*.pth with ``vae_path``."""
+    if cfg.vae_path:
+        from var_lightning.interop.official import load_official_vae, load_official_var
+
+        var = load_official_var(cfg.ckpt_path, map_location=device)
+        vae = load_official_vae(cfg.vae_path, map_location=device, patch_nums=var.patch_nums)
+        return var, vae, None
+    module = load_var_module(cfg.ckpt_path, map_location=device)
+    return module.var, module.vae, getattr(module, "class_names", None)
+
+
+def check_region_options(cfg: DictConfig) -> None:
+    if (cfg.mask is None) == (cfg.box is None):
+        raise ValueError(
+            "give the region to edit as exactly one of mask=<png, white = region> or box=[x0,y0,x1,y1] "
+            f"(got mask={cfg.mask}, box={cfg.box})"
+        )
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    check_region_options(cfg)
+    # Read the input files before the (possibly large) checkpoint, so a bad path fails at once.
+    pil_image = None if is_synthetic(cfg.image) else open_image(cfg.image)
+    if cfg.mask is not None:
+        open_image(cfg.mask, key="mask")
+    device = resolve_device(cfg.device)
+    var, vae, class_names = load_models(cfg, device)
+    size, grid = vae.cfg.image_size, var.patch_nums[-1]
+    label = edit_label(cfg.mode, resolve_class(cfg.get("class"), class_names), var.num_classes)
+
+    if pil_image is None:
+        # the data's class count sets the hues: the stored class names know it, else the model's
+        image_13HW, _ = synthetic_image(cfg.image, size, len(class_names) if class_names else var.num_classes)
+    else:
+        image_13HW = fit_image(pil_image, size)
+    if cfg.mask is not None:
+        region_hw = to_token_grid(
+            load_mask(cfg.mask, size, image_wh=pil_image.size if pil_image else None), grid
+        )
+    else:
+        region_hw = box_region(list(cfg.box), grid, size)
+    keep_hw = keep_mask_for(region_hw, cfg.mode)
+
+    with autocast_context(device, cfg.precision):
+        result = edit(
+            var,
+            vae,
+            image_13HW,
+            keep_hw,
+            label=label,
+            cfg=cfg.cfg,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            num_variations=cfg.num_variations,
+            more_smooth=cfg.more_smooth,
+            keep_first_scale=cfg.keep_first_scale,
+        )
+    images = result.images.float().cpu()
+    original = image_13HW[0].add(1).mul(0.5)
+    result_paths = [save_image(img, out_dir / f"result_{i}.png") for i, img in enumerate(images)]
+    save_image(original, out_dir / "original.png")
+    save_image(result.reconstruction[0].float().cpu(), out_dir / "reconstruction.png")
+    generated_HW = 1 - mask_to_pixels(result.keep_mask[0].cpu(), size)
+    panel = edit_panel(original, generated_HW, images, out_dir / "panel.png")
+
+    keep_px = 1 - generated_HW
+    recon = result.reconstruction[0].float().cpu()
+    kept_l1 = ((images - recon).abs().mean(1) * keep_px).sum((1, 2)) / keep_px.sum().clamp(min=1)
+    name = class_names[label] if label is not None and class_names and label < len(class_names) else None
+    meta = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "vae_path": cfg.vae_path,
+        "image": str(cfg.image),
+        "mask": cfg.mask,
+        "box": list(cfg.box) if cfg.box is not None else None,
+        "mode": cfg.mode,
+        "class": label,
+        "class_name": name,
+        "cfg": cfg.cfg,
+        "top_k": cfg.top_k,
+        "top_p": cfg.top_p,
+        "more_smooth": cfg.more_smooth,
+        "seed": cfg.seed,
+        "num_variations": cfg.num_variations,
+        "keep_first_scale": cfg.keep_first_scale,
+        "device": str(device),
+        "precision": cfg.precision,
+        "image_size": size,
+        "token_grid": grid,
+        "kept_token_fraction": result.kept_fraction(),
+        "kept_region_l1_to_reconstruction": [round(v, 5) for v in kept_l1.tolist()],
+        "results": [str(p) for p in result_paths],
+        "panel": str(panel),
+    }
+    (out_dir / "edit.json").write_text(json.dumps(meta, indent=2))
+    log.info(
+        "wrote %d %s results, the panel %s and edit.json to %s", len(result_paths), cfg.mode, panel, out_dir
+    )
+    return meta
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="edit")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg))
+    run(cfg, out_dir)
+
+
+if __name__ == "__main__":
+    main()
