@@ -6,6 +6,12 @@
 
 Everything a run writes (checkpoints, images, metrics, logs, the resolved config) goes below the Hydra run
 directory, which is printed at the start and the end.
+
+Resuming and fine-tuning (docs/scale_out.md):
+
+    var-train experiment=... hydra.run.dir=outputs/d16 resume=auto   # relaunch = continue (pre-emption)
+    var-train experiment=... resume=outputs/d16/checkpoints/last.ckpt
+    var-train experiment=... init_from=var_d16.pth model.transformer.num_classes=10   # weights only
 """
 
 from __future__ import annotations
@@ -16,13 +22,84 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.cli.common import check_image_size, instantiate_callbacks, instantiate_loggers
+from var_lightning.training.resume import RNGStateCallback, resolve_resume
 
 log = logging.getLogger("var_lightning.train")
+
+
+def stage_of(model: L.LightningModule) -> str:
+    return "var" if hasattr(model, "var") else "tokenizer"
+
+
+def check_pretokenized(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """Token shards are only valid for the tokenizer that wrote them (same schedule, vocabulary, weights)."""
+    if not getattr(datamodule, "pretokenized", False):
+        return
+    if stage_of(model) != "var":
+        raise ValueError(
+            "pre-tokenized shards (data.pretokenized=true) can only train the VAR stage; the tokenizer "
+            "stage needs images (data=webdataset)"
+        )
+    meta = datamodule.tokenizer_meta
+    if meta is None:
+        return
+    from var_lightning.data.shards import tokenizer_fingerprint
+
+    vae = model.vae
+    theirs = (tuple(meta["patch_nums"]), int(meta["vocab_size"]))
+    mine = (tuple(vae.patch_nums), vae.cfg.vocab_size)
+    if theirs != mine or meta.get("fingerprint") != tokenizer_fingerprint(vae):
+        raise ValueError(
+            f"data.train_shards were tokenized by {meta.get('source')} (schedule {theirs[0]}, V={theirs[1]}, "
+            f"fingerprint {meta.get('fingerprint')}), not by model.tokenizer_ckpt (schedule {tuple(vae.patch_nums)}, "
+            f"V={vae.cfg.vocab_size}, fingerprint {tokenizer_fingerprint(vae)}); set model.tokenizer_ckpt to the "
+            f"tokenizer that wrote the shards or re-tokenize them with var-make-shards --tokenizer"
+        )
+
+
+class _PlaceIgnoredModules(L.Callback):
+    """FSDP leaves ``ignored_modules`` where they are; put the frozen tokenizer on the rank's device first."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.modules = modules
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for m in self.modules:
+            m.to(trainer.strategy.root_device)
+
+
+def strategy_for(cfg_trainer: DictConfig, model: L.LightningModule) -> tuple[Any, list[L.Callback]]:
+    """The trainer's strategy adjusted to the model (None = as configured), plus callbacks it needs.
+
+    * DDP + tokenizer stage: the discriminator gets no gradient before ``disc_start`` (and schedules with
+      fewer scales than phis leave phis unused), which DDP's reducer rejects unless it looks for unused
+      parameters; plain ``ddp``/``ddp_spawn`` become their ``_find_unused_parameters_true`` variants.
+    * FSDP + VAR stage: the frozen tokenizer is kept out of sharding (``ignored_modules``) and placed on the
+      device; the transformer blocks are the wrap units (conf/trainer/fsdp*.yaml).
+    """
+    strategy = cfg_trainer.get("strategy")
+    if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn") and stage_of(model) == "tokenizer":
+        log.info(
+            "trainer.strategy=%s -> %s_find_unused_parameters_true (the discriminator is idle before "
+            "disc_start)",
+            strategy,
+            strategy,
+        )
+        return f"{strategy}_find_unused_parameters_true", []
+    if isinstance(strategy, DictConfig) and "FSDPStrategy" in str(strategy.get("_target_", "")):
+        built = instantiate(strategy, _convert_="all")
+        if stage_of(model) == "var":
+            built.kwargs.setdefault("ignored_modules", []).append(model.vae)
+            return built, [_PlaceIgnoredModules([model.vae])]
+        return built, []
+    return None, []
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -31,10 +108,23 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     patch_nums = list(cfg.schedule.patch_nums) if cfg.get("schedule") else None
     model = instantiate(cfg.model, patch_nums=patch_nums, _convert_="all")
     check_image_size(model, datamodule)
+    check_pretokenized(model, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    strategy, extra = strategy_for(cfg.trainer, model)
+    # RNG states in every checkpoint (exact resume); the process group destroyed after the last stage.
+    callbacks += [*extra, RNGStateCallback(), ProcessGroupTeardown("test" if cfg.get("test") else "fit")]
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides = {"strategy": strategy} if strategy is not None else {}
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
     return datamodule, model, trainer
+
+
+def resume_checkpoint(cfg: DictConfig, stage: str) -> str | None:
+    """``resume`` (null | auto | path) resolved against the run directory; ``ckpt_path`` is its older name."""
+    resume, legacy = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume is not None and legacy is not None:
+        raise ValueError(f"both resume={resume} and ckpt_path={legacy} are set; use resume only")
+    return resolve_resume(resume if resume is not None else legacy, cfg.paths.output_dir, stage)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -47,7 +137,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams(run_cfg)
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = resume_checkpoint(cfg, stage_of(model))
+        if cfg.get("init_from"):
+            if ckpt_path is None:
+                from var_lightning.training.finetune import init_from_checkpoint
+
+                init_from_checkpoint(model, cfg.init_from)
+            else:
+                log.info(
+                    "init_from=%s ignored: resuming %s, which already continues from it",
+                    cfg.init_from,
+                    ckpt_path,
+                )
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test"):
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
@@ -55,7 +157,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None and trainer.is_global_zero:
-        log.info("checkpoints: last=%s best=%s", ckpt_cb.last_model_path or "-", ckpt_cb.best_model_path or "-")
+        log.info(
+            "checkpoints: last=%s best=%s", ckpt_cb.last_model_path or "-", ckpt_cb.best_model_path or "-"
+        )
     return metrics
 
 

@@ -3,7 +3,8 @@
 Manual optimisation with one AdamW holding two parameter groups (generator = the autoencoder,
 discriminator = the loss module's PatchGAN). The generator loss only produces gradients for the
 generator and the discriminator loss (on detached reconstructions) only for the discriminator, so one
-``step()`` equals the usual generator-step-then-discriminator-step, while Lightning's ``global_step``
+backward of their sum and one ``step()`` equal the usual generator-step-then-discriminator-step (and
+DDP, which allows one backward per forward, works), while Lightning's ``global_step``
 keeps counting batches (two optimizers would count every batch twice). Before ``disc_start`` the
 discriminator has no gradients and AdamW leaves it untouched.
 """
@@ -111,13 +112,17 @@ class TokenizerModule(L.LightningModule):
         step = self.global_step
         rec, q = self.vae(img)
         g_loss, g_logs = self.loss.generator_loss(img, rec, q.vq_loss, step, last_layer=self.vae.decoder.last_layer)
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
         logs = {f"train/{k}": v for k, v in g_logs.items()}
-        if self.loss.discriminator is not None and step >= self.loss.disc_start:
+        total = g_loss
+        if self.loss.disc_active(step):
             d_loss, d_logs = self.loss.discriminator_loss(img, rec.detach(), step)
-            self.manual_backward(d_loss)
+            total = g_loss + d_loss
             logs.update({f"train/{k}": v for k, v in d_logs.items()})
+        # One backward: g_loss has no path to the (frozen-in-its-forward) discriminator and d_loss none to the
+        # autoencoder (detached reconstructions), so the gradients equal two separate backwards, and DDP's
+        # reducer sees exactly one backward per forward.
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
         norms = self._clip(opt)
         opt.step()
         sched.step()
@@ -175,4 +180,8 @@ class TokenizerModule(L.LightningModule):
         return {"inputs": to01(img), "reconstructions": to01(prog[-1]), f"progressive_nrow{len(prog)}": to01(prog_NK)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["var_lightning"] = {"stage": "tokenizer"}
+        # record_hit (a plain attribute) sets the usage EMA's rate; saved so a resumed run continues it exactly
+        checkpoint["var_lightning"] = {"stage": "tokenizer", "record_hit": int(self.vae.quantize.record_hit)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.vae.quantize.record_hit = int(checkpoint.get("var_lightning", {}).get("record_hit", 0))

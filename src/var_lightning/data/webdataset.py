@@ -1,0 +1,484 @@
+"""WebDataset data module: train and validate from tar shards (local paths or URLs), images or pre-tokenized.
+
+Training stream. Every (rank, worker) pair takes every n-th entry (n = ranks x workers) of one global,
+seeded, infinite sequence of shards: resampled with replacement (``resampled=true``, the default) or
+reshuffled passes over the list. This is webdataset's ``resampled`` + ``split_by_node`` +
+``split_by_worker`` made deterministic: the sequence depends on ``(seed, epoch)`` only. Samples go through
+a seeded shuffle buffer, are decoded with the same transforms as the ImageFolder path (resize the shorter
+side to ``mid_reso x size``, random crop, optional flip), and are batched inside the workers. An epoch is
+a fixed number of batches, the same on every rank (``train_samples // (batch_size x world_size)``), so no
+rank waits for another at the end of an epoch, whatever the shard sizes.
+
+Validation stream. With a manifest (per-shard counts), rank r evaluates samples ``[r N / R, (r+1) N / R)``
+of the shard list in order, so every validation sample is seen exactly once across ranks.
+
+Corrupt samples (undecodable image, missing field, truncated tar) are skipped, counted across workers
+(``num_skipped``) and warned about; a stream that finds nothing readable in many consecutive shards stops
+with an error instead of spinning. Mid-epoch resume skips the consumed batches by re-reading (not decoding)
+the same raw samples, so it is exact unless corrupt samples were skipped in that range.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from var_lightning import distributed
+from var_lightning.data.shards import (
+    ImageDecoder,
+    Manifest,
+    TokenDecoder,
+    check_reachable,
+    collate_samples,
+    expand_shard_spec,
+    iter_tar_samples,
+)
+from var_lightning.training.resume import ProgressAwareLoader, mix_seed
+
+log = logging.getLogger(__name__)
+
+_SLOTS = 257  # skip counters: slot 0 = main process, 1.. = workers
+_MAX_EMPTY_SHARDS = 64
+
+
+class _SkipCounter:
+    """Skip events summed over the main process and DataLoader workers (a shared-memory tensor)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.counts = torch.zeros(_SLOTS, dtype=torch.int64).share_memory_()
+        self._warned = 0
+
+    def record(self, key: str, err: BaseException) -> None:
+        info = get_worker_info()
+        self.counts[0 if info is None else min(info.id + 1, _SLOTS - 1)] += 1
+        if self._warned < 20:  # per process
+            self._warned += 1
+            log.warning("skipping corrupt %s sample %s (%s: %s)", self.what, key, type(err).__name__, err)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class _ShardStream(IterableDataset):
+    """Shared parts: shard list, decoder, skip counter; rank and world size are captured in the main
+    process (workers have no process group)."""
+
+    def __init__(self, urls: list[str], decoder: Any, batch_size: int, seed: int, what: str) -> None:
+        self.urls, self.decoder, self.batch_size, self.seed = urls, decoder, batch_size, seed
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.skips = _SkipCounter(what)
+        self.epoch = 0
+
+    def _handler(self, err: BaseException) -> bool:
+        self.skips.record(str(err.args[-1]) if err.args else "?", err)
+        return True
+
+    def _samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+        empty = 0
+        for url in urls:
+            got = False
+            for sample in iter_tar_samples(url, self._handler):
+                got = True
+                yield sample
+            empty = 0 if got else empty + 1
+            if empty >= _MAX_EMPTY_SHARDS:
+                raise RuntimeError(
+                    f"no readable sample in {empty} consecutive shards (last: {url}); check the shards"
+                )
+
+
+class TrainStream(_ShardStream):
+    """Infinite per-worker stream of batches; the loader cuts it to ``batches_per_epoch`` (``len``)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        decoder: Any,
+        batch_size: int,
+        seed: int,
+        batches_per_epoch: int,
+        shuffle_buffer: int,
+        resampled: bool,
+    ) -> None:
+        super().__init__(urls, decoder, batch_size, seed, "training")
+        self.batches_per_epoch, self.shuffle_buffer, self.resampled = (
+            batches_per_epoch,
+            shuffle_buffer,
+            resampled,
+        )
+        self.start_batch = 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def shard_sequence(self, stream: int, num_streams: int) -> Iterator[str]:
+        """This stream's share of the global seeded shard sequence of the epoch."""
+        n, pos = len(self.urls), 0
+        rng = random.Random(mix_seed(self.seed, self.epoch, 1))
+        while True:
+            order = [rng.randrange(n) for _ in range(n)] if self.resampled else rng.sample(range(n), n)
+            for u in order:
+                if pos % num_streams == stream:
+                    yield self.urls[u]
+                pos += 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader_wid, nw = _worker()
+        # The DataLoader takes batch i from its worker i % nw; after a resume at batch s its worker 0 must
+        # play the worker that produced batch s, so the logical worker id is rotated by s.
+        wid = (loader_wid + self.start_batch) % nw
+        stream, num_streams = self.rank * nw + wid, self.world * nw
+        samples: Iterator[dict[str, Any]] = self._samples(self.shard_sequence(stream, num_streams))
+        if self.shuffle_buffer > 1:
+            from webdataset.filters import _shuffle
+
+            rng = random.Random(mix_seed(self.seed, self.epoch, stream, 2))
+            samples = _shuffle(samples, self.shuffle_buffer, self.shuffle_buffer, rng=rng)
+        # batches this worker produced before the resume point (the loader takes them round-robin)
+        skip = len(range(wid, self.start_batch, nw)) * self.batch_size
+        samples = islice(samples, skip, None)
+        batch: list[tuple[torch.Tensor, int]] = []
+        for count, sample in enumerate(samples, start=skip):
+            try:
+                batch.append(self.decoder(sample, mix_seed(self.seed, self.epoch, stream, count)))
+            except Exception as err:  # noqa: BLE001 - corrupt sample: skip and count
+                self.skips.record(str(sample.get("__key__")) + " @ " + str(sample.get("__url__")), err)
+                continue
+            if len(batch) == self.batch_size:
+                yield collate_samples(batch)
+                batch = []
+
+
+class EvalStream(_ShardStream):
+    """Finite, ordered validation stream; rank r takes samples [r N/R, (r+1) N/R) when counts are known,
+    else every R-th shard."""
+
+    def __init__(self, urls: list[str], decoder: Any, batch_size: int, counts: list[int] | None) -> None:
+        super().__init__(urls, decoder, batch_size, 0, "validation")
+        self.counts = counts
+
+    def _assigned(self) -> list[tuple[str, int, int, int]]:
+        """(url, global index of its first sample, lo, hi) of the shards this rank reads."""
+        if self.counts is None:
+            return [(u, 0, 0, 1 << 62) for u in self.urls[self.rank :: self.world]]
+        total = sum(self.counts)
+        lo, hi = self.rank * total // self.world, (self.rank + 1) * total // self.world
+        out, offset = [], 0
+        for url, n in zip(self.urls, self.counts, strict=True):
+            if offset < hi and offset + n > lo:
+                out.append((url, offset, lo, hi))
+            offset += n
+        return out
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        wid, nw = _worker()
+        batch: list[tuple[torch.Tensor, int]] = []
+        for url, first, lo, hi in self._assigned()[wid::nw]:
+            for k, sample in enumerate(iter_tar_samples(url, self._handler)):
+                if not lo <= first + k < hi:
+                    continue
+                try:
+                    batch.append(self.decoder(sample, first + k))
+                except Exception as err:  # noqa: BLE001
+                    self.skips.record(str(sample.get("__key__")) + " @ " + url, err)
+                    continue
+                if len(batch) == self.batch_size:
+                    yield collate_samples(batch)
+                    batch = []
+        if batch:
+            yield collate_samples(batch)
+
+
+class ShardLoader(ProgressAwareLoader):
+    """Loader of a :class:`TrainStream`: sets the epoch and resume point before workers start, and ends the
+    epoch after ``len(stream)`` batches. Workers are not persistent: they must see each epoch's seed."""
+
+    def __init__(
+        self,
+        dataset: TrainStream,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        trainer: L.Trainer | None = None,
+    ) -> None:
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        self.attach(trainer)
+        self._epochs = 0
+
+    def _fallback_epoch(self) -> int:
+        return self._epochs
+
+    def _start(self, epoch: int, consumed: int):
+        ds: TrainStream = self.dataset  # type: ignore[assignment]
+        ds.epoch, ds.start_batch = epoch, consumed
+        self._epochs = epoch + 1
+        it = iter(torch.utils.data.DataLoader.__iter__(self))
+        try:
+            for _ in range(len(ds) - consumed):
+                yield next(it)
+        finally:
+            del it
+
+    def state_dict(self) -> dict[str, Any]:
+        ds: TrainStream = self.dataset  # type: ignore[assignment]
+        epoch, consumed = self.progress()
+        return {
+            "seed": ds.seed,
+            "world_size": ds.world,
+            "num_workers": self.num_workers,
+            "batch_size": ds.batch_size,
+            "epoch": epoch,
+            "consumed": consumed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ds: TrainStream = self.dataset  # type: ignore[assignment]
+        self._check_state(
+            state,
+            {
+                "seed": ds.seed,
+                "world_size": ds.world,
+                "num_workers": self.num_workers,
+                "batch_size": ds.batch_size,
+            },
+        )
+
+
+class WebDatasetDataModule(L.LightningDataModule):
+    """Batches ``(img_B3HW, label_B)`` (or ``(tokens_BL, label_B)`` with ``pretokenized``) from tar shards.
+
+    train_shards / val_shards: a shard directory or ``manifest.json`` (local or URL; written by
+    ``var-make-shards``), a brace pattern ``/data/train-{000000..000127}.tar`` or ``https://.../train-{..}.tar``,
+    or a list. train_samples: samples per epoch (default: the manifest's count). num_classes: needed when there
+    is no manifest. shuffle_buffer: samples held per worker for shuffling. resampled: draw shards with
+    replacement (else reshuffled passes). pretokenized: read ``tok.npy`` token pyramids instead of images (the
+    VAR stage then skips the tokenizer's encoder); image_size comes from the manifest then. Other arguments as
+    ``ImageFolderDataModule``. Nothing is read until ``setup`` or ``class_names``/``num_classes``.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | Sequence[str],
+        val_shards: str | Sequence[str] | None = None,
+        image_size: int = 256,
+        mid_reso: float = 1.125,
+        hflip: bool = False,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        shuffle_buffer: int = 5000,
+        resampled: bool = True,
+        train_samples: int | None = None,
+        num_classes: int | None = None,
+        pretokenized: bool = False,
+        seed: int = 0,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if not train_shards:
+            raise ValueError(
+                "data.train_shards is empty: set it to a shard directory (var-make-shards output), a "
+                "manifest.json or a brace pattern like /data/train-{000000..000127}.tar"
+            )
+        for key, v in (
+            ("batch_size", batch_size),
+            ("shuffle_buffer", shuffle_buffer),
+            ("image_size", image_size),
+        ):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"data.{key} must be a positive integer, got {v!r}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if mid_reso < 1.0:
+            raise ValueError(f"data.mid_reso must be >= 1 (resize then crop), got {mid_reso}")
+        self.save_hyperparameters()
+        self.train_spec = list(train_shards) if not isinstance(train_shards, str) else train_shards
+        self.val_spec = (
+            list(val_shards) if val_shards is not None and not isinstance(val_shards, str) else val_shards
+        )
+        self._image_size, self.mid_reso, self.hflip = image_size, mid_reso, hflip
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.shuffle_buffer, self.resampled = num_workers, shuffle_buffer, resampled
+        self.train_samples, self._num_classes, self.pretokenized = train_samples, num_classes, pretokenized
+        self.seed, self.pin_memory = seed, pin_memory
+        self._train: tuple[list[str], Manifest | None] | None = None
+        self._val: tuple[list[str], Manifest | None] | None = None
+        self.train_stream: TrainStream | None = None
+        self.val_stream: EvalStream | None = None
+
+    # ------------------------------------------------------------------ metadata
+    def _train_meta(self) -> tuple[list[str], Manifest | None]:
+        if self._train is None:
+            urls, man = expand_shard_spec(self.train_spec, "data.train_shards")
+            self._check_kind(man, "data.train_shards")
+            self._train = (urls, man)
+        return self._train
+
+    def _check_kind(self, man: Manifest | None, key: str) -> None:
+        if man is None:
+            return
+        want = "tokens" if self.pretokenized else "images"
+        if man.kind != want:
+            fix = (
+                "write token shards with `var-make-shards ... --tokenizer <ckpt>` or set data.pretokenized=false"
+                if self.pretokenized
+                else "use data=webdataset_tokens (data.pretokenized=true) for them"
+            )
+            raise ValueError(
+                f"{key}: the shards hold {man.kind} but data.pretokenized={self.pretokenized}; {fix}"
+            )
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self._train_meta()[1]
+
+    @property
+    def tokenizer_meta(self) -> dict[str, Any] | None:
+        """The tokenizer that wrote pre-tokenized shards (schedule, vocabulary, fingerprint), else None."""
+        man = self.manifest if self.pretokenized else None
+        return man.tokenizer if man is not None else None
+
+    @property
+    def class_names(self) -> list[str]:
+        man = self.manifest
+        if man is not None:
+            return list(man.classes)
+        if self._num_classes is None:
+            raise ValueError(
+                "data.num_classes is required: the shards have no manifest.json to read classes from"
+            )
+        return [str(i) for i in range(self._num_classes)]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        meta = self.tokenizer_meta
+        return int(meta["image_size"]) if meta else self._image_size
+
+    # ------------------------------------------------------------------ streams
+    def _decoder(self, train: bool) -> Any:
+        if self.pretokenized:
+            meta = self.tokenizer_meta
+            length = sum(p * p for p in meta["patch_nums"]) if meta else None
+            return TokenDecoder(train, self.hflip, length)
+        return ImageDecoder(self._image_size, self.mid_reso, train, self.hflip)
+
+    def _check_shards(self, urls: list[str], key: str, resampled: bool) -> None:
+        check_reachable(urls[0], key)
+        streams = distributed.world_size() * max(self.num_workers, 1)
+        if len(urls) < streams:
+            msg = (
+                f"{key}: {len(urls)} shards for {distributed.world_size()} ranks x {max(self.num_workers, 1)} "
+                f"workers = {streams} readers"
+            )
+            if not resampled:
+                raise ValueError(
+                    f"{msg}: some readers would get no shard; set data.resampled=true, lower "
+                    f"data.num_workers, or write more shards (var-make-shards --max-count)"
+                )
+            log.warning(
+                "%s: readers draw the same shards concurrently, which weakens shuffling; write more, "
+                "smaller shards (var-make-shards --max-count) or lower data.num_workers",
+                msg,
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_stream is None:
+            urls, man = self._train_meta()
+            samples = self.train_samples or (man.num_samples if man else None)
+            if samples is None:
+                raise ValueError(
+                    "data.train_samples is required: the shards have no manifest.json with the count"
+                )
+            global_batch = self.batch_size * distributed.world_size()
+            batches = samples // global_batch
+            if batches < 1:
+                raise ValueError(
+                    f"{samples} training samples give no full batch of {self.batch_size} x "
+                    f"{distributed.world_size()} ranks; lower data.batch_size"
+                )
+            self._check_shards(urls, "data.train_shards", self.resampled)
+            self.train_stream = TrainStream(
+                urls,
+                self._decoder(True),
+                self.batch_size,
+                self.seed,
+                batches,
+                self.shuffle_buffer,
+                self.resampled,
+            )
+            log.info(
+                "train shards: %d files, %d samples -> %d batches of %d per rank per epoch",
+                len(urls),
+                samples,
+                batches,
+                self.batch_size,
+            )
+        if self.val_spec and self.val_stream is None and stage in (None, "fit", "validate", "test"):
+            urls, man = expand_shard_spec(self.val_spec, "data.val_shards")
+            self._check_kind(man, "data.val_shards")
+            if man is not None and self.manifest is not None and man.classes != self.manifest.classes:
+                raise ValueError(
+                    "data.val_shards: the validation shards' classes differ from the training shards'; "
+                    "write them with `var-make-shards ... --classes-from <train shards>`"
+                )
+            counts = [r.num_samples for r in man.shards] if man is not None else None
+            if counts is None and len(urls) < distributed.world_size():
+                raise ValueError(
+                    f"data.val_shards: {len(urls)} shards for {distributed.world_size()} ranks and no "
+                    f"manifest with per-shard counts; write them with var-make-shards"
+                )
+            check_reachable(urls[0], "data.val_shards")
+            self.val_stream = EvalStream(urls, self._decoder(False), self.val_batch_size, counts)
+
+    def train_dataloader(self) -> ShardLoader:
+        assert self.train_stream is not None, "call setup('fit') first"
+        workers = self.num_workers
+        return ShardLoader(
+            self.train_stream,
+            num_workers=workers,
+            trainer=self._trainer_or_none(),
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
+    def _trainer_or_none(self) -> L.Trainer | None:
+        return getattr(self, "trainer", None)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
+        if self.val_stream is None:
+            return []
+        return torch.utils.data.DataLoader(
+            self.val_stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader | list:
+        return self.val_dataloader()
+
+    @property
+    def num_skipped(self) -> int:
+        """Corrupt samples skipped so far (training + validation, main process + workers)."""
+        return sum(s.skips.total for s in (self.train_stream, self.val_stream) if s is not None)
+
+    def teardown(self, stage: str | None = None) -> None:
+        for s in (self.train_stream, self.val_stream):
+            if s is not None and s.skips.total:
+                log.warning("%s shards: skipped %d corrupt samples", s.skips.what, s.skips.total)

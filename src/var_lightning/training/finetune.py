@@ -1,0 +1,255 @@
+"""``init_from``: start a run from another run's weights (or the released ones), with a fresh optimizer.
+
+Sources: a ``var-train`` checkpoint of the same stage (its ``state_dict``, i.e. the EMA weights when that run
+used EMA) or a released file (``vae_ch160v4096z32.pth`` for the tokenizer stage, ``var_d16.pth`` ... for
+the VAR stage). Continuing a run with its optimizer, step and data position is ``resume=<ckpt>`` instead.
+
+What the VAR stage adapts, and why it can (every decision is logged):
+
+* **Class count.** ``class_emb`` has ``num_classes + 1`` rows, the last being the null class of
+  classifier-free guidance. Rows of classes both models have are kept, the null row moves to the new last
+  row, and rows of new classes keep this model's fresh initialisation (the released models' class rows
+  are ImageNet-specific, so nothing better is known about a new class).
+* **Scale schedule.** ``pos_1LC`` is a concatenation of one (pn x pn, C) position table per scale. A new
+  scale takes the table of an old scale of the same side, else the table of the nearest old side resized
+  bicubically (positions are smooth over the grid). ``pos_start`` likewise. ``lvl_embed`` rows are kept by
+  scale index; extra scales copy the last old row (the closest "fine scale" level). The derived buffers
+  (``lvl_1L``, ``attn_bias_for_masking``) are always this model's own.
+* Everything else (blocks, head, word embedding) must match in shape: a different depth, width or
+  tokenizer vocabulary cannot be fine-tuned and is reported key by key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from var_lightning.checkpoints import checkpoint_stage, read_checkpoint, sub_state_dict
+
+log = logging.getLogger(__name__)
+
+_KEY = "init_from"
+
+
+@dataclass
+class InitReport:
+    """What ``init_from`` did: tensors copied as they were, resized (with how), and left at this model's
+    initialisation. ``summary()`` is the logged message."""
+
+    source: str
+    kind: str
+    kept: list[str] = field(default_factory=list)
+    resized: dict[str, str] = field(default_factory=dict)
+    fresh: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"init_from {self.source} ({self.kind}): kept {len(self.kept)} tensors unchanged"]
+        lines += [f"  resized {k}: {v}" for k, v in self.resized.items()]
+        if self.fresh:
+            lines.append(f"  freshly initialised: {', '.join(self.fresh)}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _resize_grid(table_lC: torch.Tensor, side: int) -> torch.Tensor:
+    """(q*q, C) position table -> (side*side, C), bicubic over the q x q grid."""
+    q = round(table_lC.shape[0] ** 0.5)
+    grid_1Cqq = table_lC.float().T.reshape(1, -1, q, q)
+    out = F.interpolate(grid_1Cqq, size=(side, side), mode="bicubic", align_corners=False)
+    return out.reshape(-1, side * side).T.to(table_lC.dtype)
+
+
+def _per_scale(pos_1LC: torch.Tensor, patch_nums: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Split a (1, L, C) table into {side: (side*side, C)}."""
+    out, cur = {}, 0
+    for pn in patch_nums:
+        out[pn] = pos_1LC[0, cur : cur + pn * pn]
+        cur += pn * pn
+    return out
+
+
+def adapt_positions(
+    old_1LC: torch.Tensor, old_pns: Sequence[int], new_pns: Sequence[int]
+) -> tuple[torch.Tensor, str]:
+    """Position tables for ``new_pns`` from those of ``old_pns`` (see the module docstring)."""
+    old = _per_scale(old_1LC, old_pns)
+    blocks, how = [], []
+    for pn in new_pns:
+        if pn in old:
+            blocks.append(old[pn])
+            how.append(f"{pn}x{pn} kept")
+        else:
+            src = min(old, key=lambda q: (abs(q - pn), -q))
+            blocks.append(_resize_grid(old[src], pn))
+            how.append(f"{pn}x{pn} from {src}x{src} (bicubic)")
+    return torch.cat(blocks, 0)[None], "; ".join(how)
+
+
+def _stage_mismatch(path: str, got: str, want: str) -> ValueError:
+    if want == "var":
+        hint = "the VAR stage starts from a VAR checkpoint or var_d16.pth ... var_d36.pth; a tokenizer goes in model.tokenizer_ckpt"
+    else:
+        hint = "the tokenizer stage starts from a tokenizer checkpoint or vae_ch160v4096z32.pth"
+    return ValueError(f"{_KEY}={path} is a {got!r} checkpoint, but this run trains the {want} stage: {hint}")
+
+
+def _check_shapes(sd: dict[str, torch.Tensor], model: nn.Module, what: str, path: str) -> None:
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(sd))
+    unexpected = sorted(k for k in set(sd) - set(params) if k not in dict(model.named_buffers()))
+    wrong = sorted(
+        f"{k} {tuple(sd[k].shape)} vs {tuple(p.shape)}"
+        for k, p in params.items()
+        if k in sd and sd[k].shape != p.shape
+    )
+    if missing or unexpected or wrong:
+        parts = [
+            f"{n} {label}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+            for label, v, n in (
+                ("missing", missing, len(missing)),
+                ("unexpected", unexpected, len(unexpected)),
+                ("with other shapes", wrong, len(wrong)),
+            )
+            if v
+        ]
+        raise ValueError(
+            f"{_KEY}={path}: the {what} architecture differs from this run's ({'; '.join(parts)}); fine-tuning needs the "
+            f"same depth/width/heads and tokenizer vocabulary (set model.transformer.* / model.tokenizer.* to match)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- VAR
+def adapt_var_state(
+    sd: dict[str, torch.Tensor], old_pns: Sequence[int], var: nn.Module, report: InitReport, path: str = "?"
+) -> dict[str, torch.Tensor]:
+    """A state_dict for ``var`` (the new model) from ``sd`` of a VAR trained with schedule ``old_pns``."""
+    own = var.state_dict()
+    out = {k: v for k, v in sd.items() if k in own and k not in dict(var.named_buffers())}
+    new_pns = tuple(var.patch_nums)
+    if "class_emb.weight" in out:
+        old_W, new_W = out["class_emb.weight"], own["class_emb.weight"].clone()
+        n_old, n_new = old_W.shape[0] - 1, new_W.shape[0] - 1
+        if n_old != n_new and old_W.shape[1] == new_W.shape[1]:
+            k = min(n_old, n_new)
+            new_W[:k] = old_W[:k]
+            new_W[-1] = old_W[-1]  # the null class
+            out["class_emb.weight"] = new_W
+            extra = (
+                f"; classes {n_old}..{n_new - 1} keep this model's initialisation" if n_new > n_old else ""
+            )
+            report.resized["class_emb.weight"] = (
+                f"{n_old}+1 -> {n_new}+1 rows: kept classes 0..{k - 1} and the null class{extra}"
+            )
+    if new_pns != tuple(old_pns):
+        for key in ("pos_1LC", "pos_start"):
+            if key not in out:
+                continue
+            pns_old = list(old_pns) if key == "pos_1LC" else [old_pns[0]]
+            pns_new = list(new_pns) if key == "pos_1LC" else [new_pns[0]]
+            out[key], how = adapt_positions(out[key], pns_old, pns_new)
+            report.resized[key] = how
+        if "lvl_embed.weight" in out:
+            old_W, new_W = out["lvl_embed.weight"], own["lvl_embed.weight"].clone()
+            k = min(old_W.shape[0], new_W.shape[0])
+            new_W[:k] = old_W[:k]
+            new_W[k:] = old_W[-1]
+            out["lvl_embed.weight"] = new_W
+            report.resized["lvl_embed.weight"] = (
+                f"{old_W.shape[0]} -> {new_W.shape[0]} scales: rows kept by scale "
+                f"index" + ("; extra scales copy the last row" if new_W.shape[0] > k else "")
+            )
+    _check_shapes(out, var, "transformer", path)
+    report.kept = sorted(k for k in out if k not in report.resized)
+    return out
+
+
+def _var_source(path: str) -> tuple[str, dict[str, torch.Tensor], tuple[int, ...], dict[str, Any]]:
+    """(kind, transformer state_dict, its schedule, tokenizer hparams or {}) of a VAR checkpoint/release."""
+    ckpt = read_checkpoint(path, key=_KEY)
+    stage = checkpoint_stage(ckpt)
+    if stage == "var":
+        hp = ckpt.get("hyper_parameters", {})
+        return (
+            "var_lightning VAR checkpoint",
+            sub_state_dict(ckpt["state_dict"], "var."),
+            tuple(hp["transformer"]["patch_nums"]),
+            dict(hp.get("tokenizer") or {}),
+        )
+    if stage == "official-var":
+        from var_lightning.interop.official import load_official_var
+
+        var = load_official_var(ckpt)
+        return "released VAR weights", var.state_dict(), tuple(var.patch_nums), {}
+    raise _stage_mismatch(path, stage, "var")
+
+
+def init_var_module(module: nn.Module, path: str | Path) -> InitReport:
+    """Load a VAR checkpoint's transformer weights into ``module.var`` (a VARModule), adapting class count
+    and schedule. The tokenizer stays the one from ``model.tokenizer_ckpt``; a different one is warned about."""
+    path = str(path)
+    kind, sd, old_pns, tok_hp = _var_source(path)
+    report = InitReport(path, kind)
+    new_sd = adapt_var_state(sd, old_pns, module.var, report, path)
+    missing, unexpected = module.var.load_state_dict(new_sd, strict=False)
+    buffers = set(dict(module.var.named_buffers()))
+    assert not unexpected and set(missing) <= buffers, (missing, unexpected)
+    if tok_hp:
+        mine = module.vae.cfg
+        if (tok_hp.get("vocab_size"), tok_hp.get("z_channels")) != (mine.vocab_size, mine.z_channels):
+            raise ValueError(
+                f"{_KEY}={path} was trained on a tokenizer with V={tok_hp.get('vocab_size')}, "
+                f"Cvae={tok_hp.get('z_channels')}, but model.tokenizer_ckpt has V={mine.vocab_size}, "
+                f"Cvae={mine.z_channels}; use the same tokenizer"
+            )
+    log.info("%s", report.summary())
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+def init_tokenizer_module(module: nn.Module, path: str | Path) -> InitReport:
+    """Load autoencoder (and, from a var-train checkpoint, discriminator) weights into a TokenizerModule."""
+    path = str(path)
+    ckpt = read_checkpoint(path, key=_KEY)
+    stage = checkpoint_stage(ckpt)
+    disc = getattr(module.loss, "discriminator", None)
+    if stage == "tokenizer":
+        report = InitReport(path, "var_lightning tokenizer checkpoint")
+        vae_sd = sub_state_dict(ckpt["state_dict"], "vae.")
+        disc_sd = sub_state_dict(ckpt["state_dict"], "loss.discriminator.")
+    elif stage == "official-vae":
+        from var_lightning.interop.official import load_official_vae
+
+        report = InitReport(path, "released tokenizer weights")
+        vae_sd = load_official_vae(ckpt, patch_nums=module.vae.patch_nums).state_dict()
+        disc_sd = {}
+    else:
+        raise _stage_mismatch(path, stage, "tokenizer")
+    _check_shapes(vae_sd, module.vae, "tokenizer", path)
+    module.vae.load_state_dict(vae_sd)
+    report.kept = sorted(vae_sd)
+    if disc is not None:
+        if disc_sd and all(
+            k in disc_sd and disc_sd[k].shape == v.shape for k, v in disc.state_dict().items()
+        ):
+            disc.load_state_dict(disc_sd)
+            report.kept += [f"loss.discriminator.{k}" for k in disc_sd]
+        else:
+            report.fresh.append("loss.discriminator (not in the source or another shape)")
+    log.info("%s", report.summary())
+    return report
+
+
+def init_from_checkpoint(module: nn.Module, path: str | Path) -> InitReport:
+    """Dispatch on the module's stage: VARModule (has ``var``) or TokenizerModule."""
+    if not Path(str(path)).expanduser().is_file():
+        raise FileNotFoundError(f"{_KEY}={path}: no such file (a var-train .ckpt or a released .pth)")
+    if hasattr(module, "var"):
+        return init_var_module(module, path)
+    return init_tokenizer_module(module, path)

@@ -1,0 +1,217 @@
+"""Multi-process training: both stages on 2 CPU ranks (gloo) in a subprocess; the logged validation metrics
+and codebook statistics must equal a single-process evaluation of the whole validation set with the final
+weights, i.e. be reduced over ranks (not one rank's share). Plus the tokenizer's single backward."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.helpers import tiny_vae_cfg
+from var_lightning.checkpoints import load_var_module
+from var_lightning.data.synthetic import SyntheticShapes
+from var_lightning.tokenizer.usage import CodebookUsage
+from var_lightning.training.tokenizer_module import TokenizerModule
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a loaded 2-core machine, two threads spin at OpenMP barriers (a tiny VAE step
+    measured 5 s with two threads vs 0.03 s with one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SCRIPT = Path(__file__).with_name("ddp_run.py")
+VAL_SIZE, IMAGE, CLASSES = 32, 8, 4  # as in ddp_run.py
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")
+    }
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out)], capture_output=True, text=True, timeout=900, env=env, cwd=out
+    )
+    log = proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, log
+    assert "terminate called" not in proc.stderr, log  # the process group is destroyed at teardown
+    assert sorted(p.name for p in out.glob("done_rank*.json")) == ["done_rank0.json", "done_rank1.json"], log
+    return out
+
+
+def _val_set() -> tuple[torch.Tensor, torch.Tensor]:
+    ds = SyntheticShapes(VAL_SIZE, image_size=IMAGE, num_classes=CLASSES, split="val", seed=0)
+    return torch.stack([ds[i][0] for i in range(VAL_SIZE)]), ds.labels_N.clone()
+
+
+def _usage(module: TokenizerModule, img: torch.Tensor) -> dict[str, torch.Tensor]:
+    usage = CodebookUsage(len(module.cfg.patch_nums), module.cfg.vocab_size)
+    with torch.no_grad():
+        usage.update(module.vae(img)[1].hits_KV)
+    return usage.compute()
+
+
+def test_tokenizer_metrics_and_codebook_usage_are_reduced_over_ranks(ddp_runs):
+    run = ddp_runs / "tokenizer"
+    logged = json.loads((run / "metrics.json").read_text())
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    module = TokenizerModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    img, _ = _val_set()
+    with torch.no_grad():
+        rec, _ = module.vae(img)
+    assert logged["val/rec_l1"] == pytest.approx(F.l1_loss(rec, img).item(), abs=1e-5)
+    full = _usage(module, img)
+    halves = [_usage(module, img[r::2]) for r in range(2)]  # what each rank saw (DistributedSampler split)
+    assert logged["val/perplexity_last"] == pytest.approx(full["perplexity"][-1].item(), rel=1e-5)
+    assert logged["val/usage_last"] == pytest.approx(full["usage"][-1].item() * 100, rel=1e-6)
+    # the comparison can tell the sum over ranks from one rank's counts
+    assert all(abs(h["perplexity"][-1] - full["perplexity"][-1]) > 1e-3 for h in halves)
+
+
+def test_var_metrics_are_reduced_over_ranks(ddp_runs):
+    run = ddp_runs / "var"
+    logged = json.loads((run / "metrics.json").read_text())
+    module = load_var_module(run / "checkpoints" / "last.ckpt")
+    img, labels = _val_set()
+    with torch.no_grad():
+        per_rank = [
+            module._losses((img[r::2], labels[r::2]), drop_labels=False)["loss"].item() for r in range(2)
+        ]
+        full = module._losses((img, labels), drop_labels=False)["loss"].item()
+    assert logged["val/loss"] == pytest.approx(full, abs=1e-5)
+    assert logged["val/loss"] == pytest.approx(sum(per_rank) / 2, abs=1e-5)
+    assert abs(per_rank[0] - per_rank[1]) > 1e-4  # one rank's value would not pass
+
+
+def test_one_backward_gives_the_gradients_of_two():
+    """The tokenizer's single backward of g_loss + d_loss (what DDP needs) equals two separate backwards."""
+    torch.manual_seed(0)
+    module = TokenizerModule(
+        tokenizer=asdict(tiny_vae_cfg()),
+        loss=dict(perceptual_weight=0.0, disc_ch=8, disc_layers=1, disc_start=0),
+    )
+    img = torch.rand(2, 3, 8, 8) * 2 - 1
+
+    def grads(single: bool) -> dict[str, torch.Tensor]:
+        module.zero_grad(set_to_none=True)
+        rec, q = module.vae(img)
+        g, _ = module.loss.generator_loss(img, rec, q.vq_loss, 10, last_layer=module.vae.decoder.last_layer)
+        d, _ = module.loss.discriminator_loss(img, rec.detach(), 10)
+        if single:
+            (g + d).backward()
+        else:
+            g.backward()
+            d.backward()
+        return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    one, two = grads(True), grads(False)
+    assert one.keys() == two.keys() and any(k.startswith("loss.discriminator") for k in one)
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("name", ["ddp", "ddp_cpu", "slurm"])
+def test_data_parallel_trainer_configs_build_a_trainer(name, tmp_path, monkeypatch):
+    import pytorch_lightning as L
+    from hydra.utils import instantiate
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from tests.integration.test_configs import compose_train
+
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    cfg = compose_train(["experiment=var_tiny", "model.tokenizer_ckpt=x.ckpt", f"trainer={name}"], tmp_path)
+    trainer_cfg = dict(cfg.trainer)
+    if name == "slurm":
+        assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)  # taken from the allocation
+        env = instantiate(cfg.trainer.plugins[0])
+        assert env.auto_requeue and env.requeue_signal.name == "SIGUSR1"
+        trainer_cfg.pop("plugins")  # SLURMEnvironment needs a real allocation
+    if name != "ddp_cpu":
+        trainer_cfg.update(accelerator="cpu", devices=2, num_nodes=1, precision="32-true")
+    trainer = instantiate(trainer_cfg, logger=False)
+    assert isinstance(trainer, L.Trainer) and isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.world_size == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "sharding"),
+    [("fsdp", "FULL_SHARD"), ("fsdp_grad_op", "SHARD_GRAD_OP"), ("fsdp_hybrid", "HYBRID_SHARD")],
+)
+def test_fsdp_configs_wrap_blocks_and_keep_the_tokenizer_out(name, sharding, tmp_path):
+    """Strategy construction only: Lightning runs FSDP on CUDA devices (untested here)."""
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    from tests.integration.test_configs import compose_train
+    from var_lightning.cli.train import strategy_for
+    from var_lightning.training.var_module import VARModule
+    from var_lightning.transformer.layers import AdaLNSelfAttn
+
+    cfg = compose_train(
+        [
+            "experiment=var_tiny",
+            "model.tokenizer_ckpt=x.ckpt",
+            f"trainer={name}",
+            "trainer.num_nodes=2",
+            "trainer.devices=4",
+        ],
+        tmp_path,
+    )
+    module = VARModule(
+        transformer=dict(depth=2, width=32, num_heads=2, num_classes=3), tokenizer=asdict(tiny_vae_cfg())
+    )
+    strategy, callbacks = strategy_for(cfg.trainer, module)
+    assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy.name == sharding
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert AdaLNSelfAttn in policy._module_classes
+    assert strategy.kwargs["ignored_modules"] == [module.vae] and strategy.kwargs["use_orig_params"]
+    assert len(callbacks) == 1
+    if name == "fsdp_hybrid":
+        assert strategy.kwargs["device_mesh"] == (2, 4)
+
+
+def test_tokenizer_stage_ddp_detects_unused_parameters(tmp_path):
+    from tests.integration.test_configs import compose_train
+    from var_lightning.cli.train import strategy_for
+
+    cfg = compose_train(["experiment=tokenizer_tiny", "trainer=ddp_cpu"], tmp_path)
+    module = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
+    assert strategy_for(cfg.trainer, module) == ("ddp_find_unused_parameters_true", [])
+
+
+def test_submitit_launcher_config_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.integration.test_configs import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["hydra/launcher=slurm", "trainer=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert (
+        launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == launcher.gpus_per_node == 8
+    )
+    assert launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue is True
+    assert launcher.partition == "gpu"

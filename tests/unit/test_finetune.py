@@ -1,0 +1,211 @@
+"""``init_from``: weights from a checkpoint of the same stage or the released layout, with the class count and
+the scale schedule adapted (what was kept, resized and freshly initialised), and clear errors otherwise."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from tests.helpers import tiny_vae_cfg
+from var_lightning.interop.official import export_official_vae, export_official_var
+from var_lightning.training.finetune import adapt_positions, init_from_checkpoint
+from var_lightning.training.tokenizer_module import TokenizerModule
+from var_lightning.training.var_module import VARModule
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a loaded 2-core machine, two threads spin at OpenMP barriers (a tiny VAE step
+    measured 5 s with two threads vs 0.03 s with one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TRANSFORMER = dict(depth=2, width=32, num_heads=2, drop_path_rate=0.0)
+
+
+def var_module(num_classes: int = 5, patch_nums=(1, 2, 4), seed: int = 0) -> VARModule:
+    torch.manual_seed(seed)
+    return VARModule(
+        transformer={**TRANSFORMER, "num_classes": num_classes},
+        tokenizer=asdict(tiny_vae_cfg(patch_nums=patch_nums)),
+    )
+
+
+def save_lightning(module, path: Path, stage: str) -> Path:
+    torch.save(
+        {
+            "var_lightning": {"stage": stage},
+            "hyper_parameters": dict(module.hparams),
+            "state_dict": module.state_dict(),
+            "optimizer_states": [],
+            "loops": {},
+        },
+        path,
+    )
+    return path
+
+
+def test_adapt_positions_keeps_matching_scales_and_resizes_the_others():
+    old = torch.randn(1, 1 + 4 + 16, 8)
+    same, how = adapt_positions(old, (1, 2, 4), (1, 2, 4))
+    assert torch.equal(same, old) and how.count("kept") == 3
+    new, how = adapt_positions(old, (1, 2, 4), (1, 2, 3, 4, 6))
+    assert new.shape == (1, 1 + 4 + 9 + 16 + 36, 8)
+    assert torch.equal(new[0, :5], old[0, :5]) and torch.equal(new[0, 14:30], old[0, 5:21])
+    assert "3x3 from 4x4 (bicubic)" in how and "6x6 from 4x4 (bicubic)" in how
+    const = torch.ones(1, 21, 8)  # a constant table stays constant under bicubic resizing
+    assert torch.allclose(adapt_positions(const, (1, 2, 4), (1, 3))[0], torch.ones(1, 10, 8), atol=1e-5)
+
+
+@pytest.mark.parametrize("new_classes", [3, 8])
+def test_class_count_change_keeps_shared_classes_and_the_null_class(tmp_path, new_classes, caplog):
+    src = var_module(num_classes=5, seed=1)
+    path = save_lightning(src, tmp_path / "var.ckpt", "var")
+    dst = var_module(num_classes=new_classes, seed=2)
+    fresh = dst.var.class_emb.weight.detach().clone()
+    with caplog.at_level("INFO"):
+        report = init_from_checkpoint(dst, path)
+    W_old, W_new = src.var.class_emb.weight, dst.var.class_emb.weight
+    k = min(5, new_classes)
+    assert torch.equal(W_new[:k], W_old[:k]) and torch.equal(W_new[-1], W_old[-1])
+    if new_classes > 5:
+        assert torch.equal(W_new[5:new_classes], fresh[5:new_classes])  # new classes keep their init
+    assert "class_emb.weight" in report.resized and "null class" in caplog.text
+    for name, p in src.var.named_parameters():
+        if name != "class_emb.weight":
+            assert torch.equal(dict(dst.var.named_parameters())[name], p), name
+
+
+def test_schedule_change_adapts_positions_and_levels(tmp_path):
+    src = var_module(patch_nums=(1, 2, 4), seed=1)
+    path = save_lightning(src, tmp_path / "var.ckpt", "var")
+    dst = var_module(patch_nums=(1, 2, 3, 4), seed=2)
+    report = init_from_checkpoint(dst, path)
+    assert set(report.resized) == {"pos_1LC", "pos_start", "lvl_embed.weight"}
+    pos_old, pos_new = src.var.pos_1LC[0], dst.var.pos_1LC[0]
+    assert torch.equal(pos_new[:5], pos_old[:5]) and torch.equal(pos_new[14:30], pos_old[5:21])
+    assert torch.equal(dst.var.lvl_embed.weight[:3], src.var.lvl_embed.weight)
+    assert torch.equal(dst.var.lvl_embed.weight[3], src.var.lvl_embed.weight[2])
+    assert torch.equal(
+        dst.var.lvl_1L, var_module(patch_nums=(1, 2, 3, 4)).var.lvl_1L
+    )  # buffers are the model's own
+    assert "blocks.0.attn.mat_qkv.weight" in report.kept
+    label = torch.tensor([0, 1])
+    x = torch.randn(2, dst.var.L - 1, 8)
+    assert torch.isfinite(dst.var(label, x)).all()
+
+
+def test_init_from_released_layout_files(tmp_path):
+    src = var_module(num_classes=5, seed=1)
+    released = tmp_path / "var_d2.pth"
+    torch.save(export_official_var(src.var), released)
+    dst = var_module(num_classes=7, seed=3)
+    report = init_from_checkpoint(dst, released)
+    assert report.kind == "released VAR weights" and torch.equal(dst.var.head.weight, src.var.head.weight)
+
+    torch.manual_seed(0)
+    tok = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
+    vae_file = tmp_path / "vae.pth"
+    torch.save(export_official_vae(tok.vae), vae_file)
+    torch.manual_seed(1)
+    tok2 = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
+    report = init_from_checkpoint(tok2, vae_file)
+    assert report.kind == "released tokenizer weights" and "loss.discriminator" in report.fresh[0]
+    for k, v in tok.vae.state_dict().items():
+        assert torch.equal(tok2.vae.state_dict()[k], v), k
+
+
+def test_tokenizer_checkpoint_brings_the_discriminator(tmp_path):
+    torch.manual_seed(0)
+    tok = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
+    path = save_lightning(tok, tmp_path / "tok.ckpt", "tokenizer")
+    torch.manual_seed(1)
+    tok2 = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
+    report = init_from_checkpoint(tok2, path)
+    assert not report.fresh and any(k.startswith("loss.discriminator.") for k in report.kept)
+    for k, v in tok.state_dict().items():
+        assert torch.equal(tok2.state_dict()[k], v), k
+
+
+def test_errors_name_the_mismatch_and_the_fix(tmp_path):
+    var_path = save_lightning(var_module(), tmp_path / "var.ckpt", "var")
+    torch.manual_seed(0)
+    tok = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_weight=0.0))
+    tok_path = save_lightning(tok, tmp_path / "tok.ckpt", "tokenizer")
+    with pytest.raises(ValueError, match=r"'tokenizer' checkpoint.*VAR stage.*model.tokenizer_ckpt"):
+        init_from_checkpoint(var_module(), tok_path)
+    with pytest.raises(ValueError, match=r"'var' checkpoint.*tokenizer stage"):
+        init_from_checkpoint(tok, var_path)
+    deeper = VARModule(
+        transformer={**TRANSFORMER, "depth": 3, "num_classes": 5},
+        tokenizer=asdict(tiny_vae_cfg(patch_nums=(1, 2, 4))),
+    )
+    with pytest.raises(ValueError, match=r"architecture differs.*missing: blocks\.2\..*model.transformer"):
+        init_from_checkpoint(deeper, var_path)
+    with pytest.raises(FileNotFoundError, match="init_from=.*no such file"):
+        init_from_checkpoint(tok, tmp_path / "missing.ckpt")
+
+
+def test_train_entry_point_applies_init_from_and_resume_wins(tmp_path, caplog):
+    """Through ``train()``: a fresh run starts from init_from's weights; a relaunch that finds its own
+    checkpoint resumes it and ignores init_from."""
+    from tests.integration.test_configs import compose_train
+    from var_lightning.cli.train import train
+
+    src = var_module(num_classes=10, seed=4)
+    tok_path = tmp_path / "tok.ckpt"
+    torch.save(
+        {
+            "var_lightning": {"stage": "tokenizer"},
+            "hyper_parameters": {"tokenizer": asdict(src.vae.cfg)},
+            "state_dict": {f"vae.{k}": v for k, v in src.vae.state_dict().items()},
+        },
+        tok_path,
+    )
+    var_path = save_lightning(src, tmp_path / "var.ckpt", "var")
+    run = tmp_path / "run"
+
+    def cfg(*extra):
+        c = compose_train(
+            [
+                "experiment=var_tiny",
+                "schedule=cpu_micro",
+                f"model.tokenizer_ckpt={tok_path}",
+                "++model.transformer.depth=2",
+                "++model.transformer.width=32",
+                "++model.transformer.num_heads=2",
+                "++model.transformer.drop_path_rate=0.0",
+                "data.image_size=8",
+                "data.train_size=8",
+                "data.val_size=8",
+                "data.batch_size=8",
+                "trainer.max_epochs=1",
+                "model.optim.base_lr=0.0",
+                "logger=none",
+                "~callbacks.rich_progress_bar",
+                "~callbacks.image_logger",
+                f"init_from={var_path}",
+                *extra,
+            ],
+            run,
+        )
+        with open_dict(c):
+            c.trainer.enable_progress_bar = False
+        return c
+
+    with caplog.at_level("INFO"):
+        train(cfg())
+    assert f"init_from {var_path} (var_lightning VAR checkpoint): kept" in caplog.text
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert torch.equal(last["var.head.weight"], src.var.head.weight)  # lr 0: still the source weights
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train(cfg("resume=auto"))
+    assert "ignored: resuming" in caplog.text and "kept" not in caplog.text
