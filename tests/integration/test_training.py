@@ -126,7 +126,8 @@ def test_var_overfit_loss_falls_and_checkpoint_samples(tmp_path, tokenizer_ckpt)
     train(cfg)
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    (metrics_csv,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    rows = list(csv.DictReader(open(metrics_csv)))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 20
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses

@@ -17,7 +17,6 @@ from omegaconf import open_dict
 
 from tests.helpers import tiny_vae
 from tests.integration.test_configs import compose_train
-from var_lightning.data import SyntheticDataModule
 from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.training.resume import (
     ResumableLoader,
@@ -135,19 +134,6 @@ def test_resume_refuses_the_other_stage_and_weights_only_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-class ResumableSynthetic(SyntheticDataModule):
-    """SyntheticDataModule whose train loader is the resumable one (what _LoaderMixin should return)."""
-
-    def train_dataloader(self):
-        return ResumableLoader(
-            self.datasets["train"],
-            batch_size=self.batch_size,
-            seed=self.seed,
-            drop_last=self.drop_last,
-            trainer=self.trainer,
-        )
-
-
 class Preempted(Exception):
     pass
 
@@ -213,7 +199,6 @@ def _run_cfg(stage: str, run_dir: Path, tokenizer: Path, *extra: str):
             *STAGES[stage],
             "schedule=cpu_micro",
             *([f"model.tokenizer_ckpt={tokenizer}"] if stage == "var" else []),
-            f"data._target_={__name__}.ResumableSynthetic",
             "data.image_size=8",
             "data.train_size=32",
             "data.val_size=8",

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from var_lightning.data.imagefolder import SafeImageFolder, find_classes
 from var_lightning.data.synthetic import SyntheticShapes, synthetic_class_names
+from var_lightning.data.resumable import ResumableLoader
 from var_lightning.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,27 @@ class _LoaderMixin:
     persistent_workers: bool | None
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """Training: a :class:`ResumableLoader` (seeded per-epoch order and per-item augmentation; a run
+        resumed mid-epoch continues with exactly the batches an uninterrupted run would see). Evaluation:
+        a plain, unshuffled loader."""
         workers = self.num_workers
         persistent = workers > 0 and (self.persistent_workers is None or self.persistent_workers)
-        generator = torch.Generator().manual_seed(self.seed) if train else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
-            generator=generator,
-            drop_last=self.drop_last if train else False,
+        common = dict(
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=persistent,
         )
+        if train:
+            return ResumableLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=self.drop_last,
+                trainer=getattr(self, "trainer", None),
+                **common,
+            )
+        return DataLoader(dataset, batch_size=self.val_batch_size, shuffle=False, drop_last=False, **common)
 
 
 class SyntheticDataModule(_LoaderMixin, L.LightningDataModule):

@@ -40,7 +40,7 @@ from var_lightning.data.shards import (
     expand_shard_spec,
     iter_tar_samples,
 )
-from var_lightning.training.resume import ProgressAwareLoader, mix_seed
+from var_lightning.data.resumable import ProgressAwareLoader, mix_seed
 
 log = logging.getLogger(__name__)
 
