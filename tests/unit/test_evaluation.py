@@ -19,28 +19,39 @@ from var_lightning.evaluation import (
     ClassifierConfig,
     FeatureStats,
     GaussianStats,
+    GenerationEvaluator,
     InceptionWeightsUnavailable,
+    MetricSettings,
     NpzImages,
     ReconstructionMetrics,
+    batch_seed,
+    build_extractor,
     class_accuracy,
+    class_balanced_labels,
     compute_generation_metrics,
     default_inception_weights_path,
     frechet_distance,
     get_extractor,
     inception_score,
+    incomparable_reasons,
     kernel_inception_distance,
     load_classifier,
     load_reference,
     pack_samples,
     precision_recall,
     psnr,
+    rank_batches,
+    read_labels,
     reference_stats,
+    sample_and_measure,
     save_classifier,
     ssim,
     to_uint8,
     train_classifier,
 )
 from var_lightning.evaluation import reference as reference_mod
+from var_lightning.evaluation.generation import score
+from var_lightning.evaluation.sharding import contiguous_shard
 
 # ---------------------------------------------------------------------------------------------- Frechet
 
@@ -226,13 +237,19 @@ def test_inception_offline_error_names_file_path_and_config_key(tmp_path, monkey
         get_extractor("inception-tf")
     message = str(err.value)
     assert calls == [INCEPTION_URL]
-    for part in (INCEPTION_WEIGHTS_FILE, str(expected_path), "eval.extractor.weights_path", INCEPTION_URL):
+    for part in (INCEPTION_WEIGHTS_FILE, str(expected_path), "extractor.weights_path", INCEPTION_URL):
         assert part in message
 
     with pytest.raises(InceptionWeightsUnavailable, match="downloading is disabled"):
         get_extractor("inception-tf", download=False)
-    with pytest.raises(InceptionWeightsUnavailable, match="eval.extractor.weights_path"):
+    with pytest.raises(InceptionWeightsUnavailable, match="extractor.weights_path"):
         get_extractor("inception-tf", weights_path=tmp_path / "nope.pth")
+    # built from a config, the message names that config's key
+    key = "callbacks.generation_metrics.extractor"
+    with pytest.raises(
+        InceptionWeightsUnavailable, match=f"{key}.weights_path=/path/to/{INCEPTION_WEIGHTS_FILE}"
+    ):
+        build_extractor({"name": "inception-tf", "weights_path": None, "download": False}, key)
     assert len(calls) == 1
 
 
@@ -355,3 +372,138 @@ def test_psnr_ssim_and_reconstruction_metrics():
     out = metrics.compute()
     assert set(out) == {"psnr", "ssim", "lpips", "rfid"}
     assert out["lpips"] == 0 and out["psnr"] == pytest.approx(100.0) and abs(out["rfid"]) < 1e-6
+
+
+# --------------------------------------------------------------------------------------- sharded sampling
+
+
+def test_class_balanced_labels_counts_and_seeded_shuffle():
+    labels = class_balanced_labels(5, num_per_class=4, seed=0)
+    assert torch.bincount(labels).tolist() == [4] * 5
+    assert torch.equal(labels, class_balanced_labels(5, num_per_class=4, seed=0))
+    assert not torch.equal(labels, class_balanced_labels(5, num_per_class=4, seed=1))
+    # contiguous chunks (the ADM evaluator's IS splits) see many classes, not one
+    assert len(set(labels[:5].tolist())) > 1
+    assert torch.bincount(class_balanced_labels(4, num_samples=10)).tolist() == [3, 3, 2, 2]
+    assert sorted(class_balanced_labels(classes=[7, 2], num_per_class=2).tolist()) == [2, 2, 7, 7]
+    with pytest.raises(ValueError, match="exactly one of num_per_class and num_samples"):
+        class_balanced_labels(5)
+
+
+def test_rank_batches_partition_and_seeds_are_distinct():
+    for world in (1, 2, 3):
+        parts = [rank_batches(23, 5, r, world) for r in range(world)]
+        batches = sorted(b for p in parts for b, _ in p)
+        covered = sorted(i for p in parts for _, sl in p for i in range(sl.start, sl.stop))
+        assert batches == list(range(5)) and covered == list(range(23))
+    assert len({batch_seed(s, b) for s in range(3) for b in range(1000)}) == 3000
+    assert [len(contiguous_shard(10, r, 3)) for r in range(3)] == [3, 3, 4]
+
+
+def _fake_generator(labels_B: torch.Tensor, seed: int) -> torch.Tensor:
+    """Images that depend only on (label, seed): a stand-in for a seeded sampler."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(labels_B.numel(), 3, 12, 12, generator=g)
+    return (x + labels_B.float().view(-1, 1, 1, 1) / 4).clamp(0, 1)
+
+
+def test_sharded_sampling_gives_the_single_process_numbers():
+    """Two ranks (simulated: each runs its own share) give the same samples, in the same global order,
+    and so the same metrics (including the order-dependent IS splits and KID subsets) as one process."""
+    extractor = get_extractor("tiny-random", num_classes=4)
+    settings = MetricSettings(kid=True, kid_subsets=5, kid_subset_size=8, is_splits=3)
+    labels = class_balanced_labels(4, num_per_class=6, seed=3)
+    ref = GaussianStats.from_features(torch.randn(40, extractor.feature_dim), keep_features=True)
+
+    single = GenerationEvaluator(extractor, settings)
+    sample_and_measure(_fake_generator, labels, 5, seed=7, evaluator=single, progress=False)
+    expected = single.compute(ref)
+
+    ranks = [GenerationEvaluator(extractor, settings) for _ in range(2)]
+    for r, ev in enumerate(ranks):
+        sample_and_measure(
+            _fake_generator, labels, 5, seed=7, evaluator=ev, rank=r, world_size=2, progress=False
+        )
+    parts = [ev.gather() for ev in ranks]  # no process group: each holds its own share
+    assert sorted(parts[0].index_N.tolist() + parts[1].index_N.tolist()) == list(range(24))
+    merged = parts[0]
+    merged.stats = parts[0].stats.merge(parts[1].stats)
+    order = torch.argsort(torch.cat([p.index_N for p in parts]))
+    for name in ("index_N", "labels_N", "features_NF", "logits_NK"):
+        setattr(merged, name, torch.cat([getattr(p, name) for p in parts])[order])
+    assert torch.equal(merged.labels_N, labels)
+    got = score(merged, ref, settings)
+    assert set(got) == set(expected) == {"fid", "is", "is_std", "precision", "recall", "kid", "kid_std"}
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_class_accuracy_of_samples_and_the_fp32_guarantee():
+    extractor = get_extractor("tiny-random", num_classes=4)
+    images = torch.rand(8, 3, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_autocast = extractor(images)["features"]
+    assert in_autocast.dtype == torch.float32 and torch.equal(in_autocast, extractor(images)["features"])
+
+    ev = GenerationEvaluator(extractor, MetricSettings(precision_recall=False, class_accuracy=True))
+    predicted = extractor(images)["logits"].argmax(1)
+    labels = predicted.clone()
+    labels[:2] = (labels[:2] + 1) % 4  # two wrong labels out of eight
+    ev.update(images, labels, torch.arange(8))
+    out = ev.compute(GaussianStats.from_features(torch.randn(20, extractor.feature_dim)))
+    assert out["class_acc"] == pytest.approx(6 / 8) and "precision" not in out
+
+
+def test_pack_samples_with_labels_and_read_them_back(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, size=(3, 4, 4, 3), dtype=np.uint8)
+    out = pack_samples(imgs, tmp_path / "p.npz", labels=torch.tensor([2, 0, 1]))
+    with np.load(out) as data:
+        assert sorted(data.keys()) == ["arr_0", "arr_1"] and data["arr_1"].dtype == np.int64
+    assert read_labels(out).tolist() == [2, 0, 1]
+    assert read_labels(pack_samples(imgs, tmp_path / "q.npz")) is None
+    with pytest.raises(ValueError, match="2 labels for 3 images"):
+        pack_samples(imgs, tmp_path / "r.npz", labels=[0, 1])
+
+
+def test_build_extractor_from_config_and_plugins(tmp_path):
+    by_registry = build_extractor({"name": "tiny-random", "seed": 2, "unused_null": None})
+    by_import = build_extractor(
+        {"name": "var_lightning.evaluation.extractors:TinyRandomExtractor", "seed": 2}
+    )
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(by_registry(x)["features"], by_import(x)["features"])
+    with pytest.raises(KeyError, match="my.extractor.*registered"):
+        build_extractor({"name": "nope"}, "my.extractor")
+    with pytest.raises(ValueError, match=r"set my\.extractor\.path=.*var-classifier"):
+        build_extractor({"name": "classifier", "path": None}, "my.extractor")
+    with pytest.raises(FileNotFoundError, match=r"my\.extractor\.path"):
+        build_extractor({"name": "classifier", "path": str(tmp_path / "missing.pt")}, "my.extractor")
+
+
+def test_reports_are_comparable_only_when_the_protocol_matches():
+    base = {
+        "extractor": {
+            "name": "inception-tf",
+            "resize": "tf1-bilinear-299",
+            "weights": INCEPTION_WEIGHTS_FILE,
+        },
+        "reference": {
+            "source": "VIRTUAL_imagenet256_labeled.npz",
+            "count": 10000,
+            "stats_from": "npz mu/sigma",
+        },
+        "samples": {"count": 50000},
+        "metric_settings": {"fid_method": "eigh", "is_splits": 10, "pr_k": 3},
+    }
+    assert incomparable_reasons(base, json_copy(base)) == []
+    other = json_copy(base)
+    other["samples"]["count"] = 10000
+    other["extractor"]["resize"] = "bilinear-antialias-299"
+    reasons = incomparable_reasons(base, other)
+    assert len(reasons) == 2 and any("samples.count" in r for r in reasons)
+
+
+def json_copy(obj):
+    import json
+
+    return json.loads(json.dumps(obj))

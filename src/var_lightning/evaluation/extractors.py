@@ -9,16 +9,20 @@ metrics of the saved PNGs. Attributes: ``name``, ``feature_dim``, ``num_classes`
 
 Registered: ``inception-tf`` (default; FID/IS network of the TF code, via torch-fidelity),
 ``classifier`` (a dataset classifier checkpoint, see ``classifier.py``), ``tiny-random`` (a seeded random
-conv net for tests and smoke runs; its numbers mean nothing).
+conv net for tests and smoke runs; its numbers mean nothing). ``build_extractor`` turns a config mapping
+(``{"name": ..., **kwargs}``) into one; a name ``package.module:factory`` imports a user's extractor.
+Features are always computed in fp32, even inside an autocast region (bf16 Inception features would
+shift FID).
 
 Shapes: B batch, F features, K classes, H,W image side.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,7 @@ _log = logging.getLogger(__name__)
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = URL_INCEPTION_V3
-WEIGHTS_CONFIG_KEY = "eval.extractor.weights_path"
+WEIGHTS_CONFIG_KEY = "extractor.weights_path"  # var-eval's key; callers pass their own
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -69,8 +73,10 @@ class FeatureExtractor(nn.Module):
         return p.device if p is not None else torch.device("cpu")
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        with torch.no_grad():
-            features_BF, logits_BK = self.extract(to_uint8(images).to(self.device))
+        # contiguous: NHWC views (from .npz packs) would pick other conv kernels and change the last digits
+        x_B3HW = to_uint8(images).to(self.device).contiguous()
+        with torch.no_grad(), torch.autocast(device_type=x_B3HW.device.type, enabled=False):
+            features_BF, logits_BK = self.extract(x_B3HW)
         return {
             "features": features_BF.float(),
             "logits": None if logits_BK is None else logits_BK.float(),
@@ -98,13 +104,52 @@ def available_extractors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_extractor(name: str = "inception-tf", **kwargs: Any) -> FeatureExtractor:
-    """Build a registered extractor in eval mode with frozen weights (on CPU: ``.to(device)`` after)."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown feature extractor {name!r}; registered: {available_extractors()}")
-    extractor = _REGISTRY[name](**kwargs)
+def _factory(name: str, config_key: str) -> Callable[..., FeatureExtractor]:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:  # "package.module:ClassOrFactory": a user's extractor, imported on demand
+        module_name, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise KeyError(f"cannot import feature extractor {name!r} ({config_key}): {err}") from err
+    raise KeyError(
+        f"unknown feature extractor {name!r} ({config_key}); registered: {available_extractors()}, "
+        f"or give 'package.module:Factory' for your own FeatureExtractor"
+    )
+
+
+def _build(name: str, kwargs: dict[str, Any], config_key: str) -> FeatureExtractor:
+    extractor = _factory(name, config_key)(**kwargs)
+    if not isinstance(extractor, FeatureExtractor):
+        raise TypeError(
+            f"feature extractor {name!r} built a {type(extractor).__name__}, not a FeatureExtractor"
+        )
     extractor.requires_grad_(False)
     return extractor.eval()
+
+
+def get_extractor(name: str = "inception-tf", **kwargs: Any) -> FeatureExtractor:
+    """Build a registered extractor in eval mode with frozen weights (on CPU: ``.to(device)`` after)."""
+    return _build(name, kwargs, "extractor name")
+
+
+def build_extractor(spec: Mapping[str, Any] | str, config_key: str = "extractor") -> FeatureExtractor:
+    """An extractor from a config mapping ``{"name": <registered or module:factory>, **kwargs}`` (or a
+    bare name). ``config_key`` is where the mapping lives in the caller's config (e.g. ``extractor`` in
+    var-eval, ``callbacks.generation_metrics.extractor`` in training): error messages name its keys.
+    For ``classifier`` the checkpoint is ``path``; for ``inception-tf`` the local file ``weights_path``."""
+    spec = {"name": spec} if isinstance(spec, str) else {k: v for k, v in dict(spec).items() if v is not None}
+    name = spec.pop("name", None)
+    if not name:
+        raise ValueError(f"{config_key}.name is not set; registered extractors: {available_extractors()}")
+    if name == "inception-tf":
+        spec.setdefault("config_key", f"{config_key}.weights_path")
+    if name == "classifier":
+        if "path" in spec:
+            spec["checkpoint_path"] = spec.pop("path")
+        spec.setdefault("config_key", f"{config_key}.path")
+    return _build(name, spec, f"{config_key}.name")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,7 +171,9 @@ def _download_file(url: str, dst: Path) -> None:
     torch.hub.download_url_to_file(url, str(dst), progress=rank() == 0)
 
 
-def _weights_error(path: Path, reason: str) -> InceptionWeightsUnavailable:
+def _weights_error(
+    path: Path, reason: str, config_key: str = WEIGHTS_CONFIG_KEY
+) -> InceptionWeightsUnavailable:
     torch_home = os.environ.get("TORCH_HOME", "unset, default ~/.cache/torch")
     return InceptionWeightsUnavailable(
         f"Inception weights {INCEPTION_WEIGHTS_FILE} for FID/IS are not available: {reason}.\n"
@@ -134,30 +181,34 @@ def _weights_error(path: Path, reason: str) -> InceptionWeightsUnavailable:
         f"  (torch hub checkpoints dir under $TORCH_HOME; TORCH_HOME={torch_home})\n"
         f"  download from: {INCEPTION_URL}\n"
         f"Fetch the file on a machine with internet and place it at the path above, or set "
-        f"{WEIGHTS_CONFIG_KEY}=/path/to/{INCEPTION_WEIGHTS_FILE}."
+        f"{config_key}=/path/to/{INCEPTION_WEIGHTS_FILE}."
     )
 
 
-def resolve_inception_weights(weights_path: str | Path | None = None, download: bool = True) -> Path:
+def resolve_inception_weights(
+    weights_path: str | Path | None = None, download: bool = True, config_key: str = WEIGHTS_CONFIG_KEY
+) -> Path:
     """Path of the Inception weights: ``weights_path`` if given (must exist), else the torch hub cache,
     downloaded from torch-fidelity's URL when missing. Raises ``InceptionWeightsUnavailable`` with the
-    file name, the expected path, the URL and the config key when that fails."""
+    file name, the expected path, the URL and the config key (``config_key``) when that fails."""
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise _weights_error(path, f"{WEIGHTS_CONFIG_KEY} points at a missing file")
+            raise _weights_error(path, f"{config_key} points at a missing file", config_key)
         return path
     path = default_inception_weights_path()
     if path.is_file():
         return path
     if not download:
-        raise _weights_error(path, "the file is missing and downloading is disabled")
+        raise _weights_error(path, "the file is missing and downloading is disabled", config_key)
     if rank() == 0:
         _log.info("Inception weights missing at %s; downloading %s", path, INCEPTION_URL)
     try:
         _download_file(INCEPTION_URL, path)
     except Exception as err:  # URLError, HTTPError, OSError, ...: all mean "not available here"
-        raise _weights_error(path, f"the file is missing and the download failed ({err!r})") from err
+        raise _weights_error(
+            path, f"the file is missing and the download failed ({err!r})", config_key
+        ) from err
     return path
 
 
@@ -177,9 +228,14 @@ class InceptionTF(FeatureExtractor):
     num_classes = 1008
     input_note = "tf1-bilinear-299"
 
-    def __init__(self, weights_path: str | Path | None = None, download: bool = True) -> None:
+    def __init__(
+        self,
+        weights_path: str | Path | None = None,
+        download: bool = True,
+        config_key: str = WEIGHTS_CONFIG_KEY,
+    ) -> None:
         super().__init__()
-        self.weights_path = resolve_inception_weights(weights_path, download)
+        self.weights_path = resolve_inception_weights(weights_path, download, config_key)
         self.net = FeatureExtractorInceptionV3(
             "inception-v3-compat",
             ["2048", "logits_unbiased"],
@@ -256,9 +312,19 @@ class ClassifierExtractor(FeatureExtractor):
 
     name = "classifier"
 
-    def __init__(self, checkpoint_path: str | Path) -> None:
+    def __init__(self, checkpoint_path: str | Path | None = None, config_key: str = "extractor.path") -> None:
         super().__init__()
+        if checkpoint_path is None:
+            raise ValueError(
+                f"the classifier extractor needs a checkpoint: set {config_key}=/path/to/classifier.pt "
+                f"(train one with `var-classifier data=<your data config>`)"
+            )
         self.checkpoint_path = Path(checkpoint_path).expanduser()
+        if not self.checkpoint_path.is_file():
+            raise FileNotFoundError(
+                f"classifier checkpoint not found: {self.checkpoint_path} ({config_key}); train one with "
+                f"`var-classifier data=<your data config>`, which prints where it saved it"
+            )
         self.model = load_classifier(self.checkpoint_path)
         cfg = self.model.config
         self.feature_dim, self.num_classes = self.model.feature_dim, cfg.num_classes

@@ -1,7 +1,8 @@
 """Sample packs in the layout of OpenAI's ADM evaluator, and streaming readers for image sources.
 
 A pack is an uncompressed ``.npz`` whose ``arr_0`` is uint8 (N, H, W, 3) (NHWC), as
-``guided-diffusion/evaluations/evaluator.py`` reads it. ``pack_samples`` writes it streaming (constant
+``guided-diffusion/evaluations/evaluator.py`` reads it (optionally ``arr_1``: the (N,) int64 class labels,
+as guided-diffusion's class-conditional sampler writes them; the evaluator ignores it). ``pack_samples`` writes it streaming (constant
 memory for 50k images); ``NpzImages`` / ``FolderImages`` / ``ArrayImages`` read images in uint8 NHWC
 batches without loading everything; ``load_reference`` opens an ADM reference batch (``arr_0`` plus
 optional precomputed ``mu`` / ``sigma``) or an image folder.
@@ -139,17 +140,25 @@ class ArrayImages:
 
 
 def pack_samples(
-    source: str | Path | np.ndarray | torch.Tensor, out_path: str | Path, expected: int | None = None
+    source: str | Path | np.ndarray | torch.Tensor,
+    out_path: str | Path,
+    expected: int | None = None,
+    labels: np.ndarray | torch.Tensor | None = None,
 ) -> Path:
     """Write ``source`` (a folder of PNGs, sorted by file name, or uint8 NHWC array / NCHW tensor) to an
     ADM-evaluator ``.npz`` (``arr_0`` uint8 NHWC, uncompressed) at ``out_path`` (``.npz`` appended when
-    missing), streaming. Raises ValueError when ``expected`` is given and the count differs, or when a
-    file is unreadable or has another size. The file appears atomically (written to ``.tmp`` first)."""
+    missing), streaming; ``labels`` (N,) go to ``arr_1``. Raises ValueError when ``expected`` is given and
+    the count differs, or when a file is unreadable or has another size. The file appears atomically
+    (written to ``.tmp`` first)."""
     images = FolderImages(source, exts=PNG_EXTS) if isinstance(source, str | Path) else ArrayImages(source)
     n = len(images)
     if expected is not None and n != expected:
         where = f"PNG files in {source}" if isinstance(source, str | Path) else "images in the array"
         raise ValueError(f"expected {expected} samples, found {n} {where}")
+    if labels is not None:
+        labels = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64).reshape(-1)
+        if labels.shape[0] != n:
+            raise ValueError(f"{labels.shape[0]} labels for {n} images")
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
         out_path = out_path.with_name(out_path.name + ".npz")
@@ -167,10 +176,25 @@ def pack_samples(
                 if batch.shape[1:] != shape[1:]:
                     raise ValueError(f"image size {batch.shape[1:]} differs from the first {shape[1:]}")
                 f.write(np.ascontiguousarray(batch).tobytes())
+        if labels is not None:
+            with (
+                zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
+                zf.open("arr_1.npy", "w", force_zip64=True) as f,
+            ):
+                np.lib.format.write_array(f, labels, allow_pickle=False)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+def read_labels(path: str | Path) -> np.ndarray | None:
+    """The (N,) labels (``arr_1``) of a sample pack, or None when it has none."""
+    with zipfile.ZipFile(path) as zf:
+        if "arr_1.npy" not in zf.namelist():
+            return None
+    with np.load(path) as data:
+        return data["arr_1"].astype(np.int64).reshape(-1)
 
 
 @dataclass

@@ -10,7 +10,9 @@ Shapes: B batch, H,W image side.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -19,7 +21,42 @@ from var_lightning.distributed import all_reduce_sum
 from var_lightning.evaluation.extractors import FeatureExtractor
 from var_lightning.evaluation.fid import FeatureStats, frechet_distance
 
+_log = logging.getLogger(__name__)
+
 ValueRange = tuple[float, float]
+LPIPSFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_lpips(spec: Mapping[str, Any] | None, config_key: str = "lpips") -> LPIPSFn | None:
+    """The LPIPS distance for reconstruction metrics from ``{net, weights_path, random_backbone}`` (None
+    or ``enabled: false``: no LPIPS). Offline errors name this config's keys, not the training loss's.
+    ``random_backbone`` runs without weights and is NOT LPIPS (tests, smoke runs): it is logged."""
+    if spec is None or not spec.get("enabled", True):
+        return None
+    from var_lightning.tokenizer.perceptual import build_perceptual
+
+    net = spec.get("net", "vgg")
+    random_backbone = bool(spec.get("random_backbone", False))
+    try:
+        fn = build_perceptual(net, spec.get("weights_path"), random_backbone)
+    except (OSError, RuntimeError, ValueError) as err:
+        msg = str(err)
+        for old, new in (
+            ("model.loss.perceptual_weights_path", f"{config_key}.weights_path"),
+            ("model.loss.perceptual_random_backbone", f"{config_key}.random_backbone"),
+            ("model.loss.perceptual_net", f"{config_key}.net"),
+            (
+                "disable the perceptual term with model.loss.perceptual_weight=0",
+                f"skip LPIPS with {config_key}=null",
+            ),
+        ):
+            msg = msg.replace(old, new)
+        raise type(err)(msg) from err
+    if random_backbone:
+        _log.warning(
+            "%s: LPIPS with a random %s backbone is NOT LPIPS (pipeline checks only)", config_key, net
+        )
+    return fn
 
 
 def to_unit_range(x_B3HW: torch.Tensor, value_range: ValueRange = (-1.0, 1.0)) -> torch.Tensor:
@@ -67,7 +104,8 @@ class ReconstructionMetrics:
 
     ``lpips``: any callable (recon, real) in [-1, 1] -> per-image distances (e.g. ``lpips.LPIPS``, which
     returns (B, 1, 1, 1)); skipped when None. ``extractor``: feature space for rFID; skipped when None.
-    Per-rank sums live in float64 tensors on the extractor's device; ``sync_()`` sums them over ranks.
+    Per-rank sums live in float64 tensors on ``device`` (default: the extractor's, else CPU; under NCCL
+    give the GPU); ``sync_()`` sums them over ranks.
     """
 
     def __init__(
@@ -75,9 +113,11 @@ class ReconstructionMetrics:
         extractor: FeatureExtractor | None = None,
         lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         value_range: ValueRange = (-1.0, 1.0),
+        device: torch.device | str | None = None,
     ) -> None:
         self.extractor, self.lpips, self.value_range = extractor, lpips, value_range
-        device = extractor.device if extractor is not None else torch.device("cpu")
+        if device is None:
+            device = extractor.device if extractor is not None else torch.device("cpu")
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # count, psnr, ssim, lpips
         self.real_stats = self.fake_stats = None
         if extractor is not None:

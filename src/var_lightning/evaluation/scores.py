@@ -145,10 +145,12 @@ def compute_generation_metrics(
     kid_subset_size: int = 1000,
     fid_method: Literal["eigh", "sqrtm"] = "eigh",
     device: torch.device | str | None = None,
+    kid: bool = True,
 ) -> dict[str, float]:
     """``fid`` always; ``is_mean``/``is_std`` when ``logits_NK`` (of the fake samples) is given;
-    ``precision``/``recall``/``kid``/``kid_std`` when both sides kept their features. Keys carry no
-    split prefix: the caller logs them as ``val/fid`` etc. ``device`` runs precision/recall/KID there."""
+    ``precision``/``recall`` (and ``kid``/``kid_std`` unless ``kid=False``) when both sides kept their
+    features. Keys carry no split prefix: the caller logs them as ``val/fid`` etc. ``device`` runs
+    precision/recall/KID there."""
     fake_g = fake.gaussian() if isinstance(fake, FeatureStats) else fake
     ref_g = ref.gaussian() if isinstance(ref, FeatureStats) else ref
     out = {"fid": frechet_distance(fake_g.mu, fake_g.sigma, ref_g.mu, ref_g.sigma, method=fid_method)}
@@ -157,5 +159,8 @@ def compute_generation_metrics(
     if fake_g.features is not None and ref_g.features is not None:
         fake_NF, ref_MF = fake_g.features.to(device or "cpu"), ref_g.features.to(device or "cpu")
         out["precision"], out["recall"] = precision_recall(fake_NF, ref_MF, k=pr_k)
-        out["kid"], out["kid_std"] = kernel_inception_distance(fake_NF, ref_MF, kid_subsets, kid_subset_size)
+        if kid:
+            out["kid"], out["kid_std"] = kernel_inception_distance(
+                fake_NF, ref_MF, kid_subsets, kid_subset_size
+            )
     return out

@@ -1,0 +1,338 @@
+"""var-eval (generation, loss, reconstruction) and var-classifier end to end on tiny models and data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+import var_lightning
+from var_lightning.cli import classifier as classifier_cli
+from var_lightning.cli import evaluate
+from var_lightning.data import SyntheticShapes
+from var_lightning.evaluation import (
+    INCEPTION_URL,
+    INCEPTION_WEIGHTS_FILE,
+    InceptionWeightsUnavailable,
+    class_accuracy,
+    default_inception_weights_path,
+    incomparable_reasons,
+    load_classifier,
+    psnr,
+)
+from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.tokenizer.config import VQVAEConfig
+from var_lightning.training.var_module import VARModule
+
+CONF = Path(var_lightning.__file__).parent / "conf"
+NUM_CLASSES = 4
+TOKENIZER = dict(
+    ch=16,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    vocab_size=64,
+    z_channels=8,
+    norm_groups=8,
+    patch_nums=(1, 2, 4),
+)
+DATA = [
+    "data=synthetic",
+    "data.image_size=16",
+    f"data.num_classes={NUM_CLASSES}",
+    "data.train_size=64",
+    "data.val_size=40",
+    "data.test_size=40",
+]
+FAST = [
+    "generation.cfg=1.0",
+    "generation.top_k=0",
+    "generation.top_p=0",
+    "batch_size=5",
+    "metrics.kid_subsets=5",
+]
+
+
+def tiny_var_module(seed: int = 0) -> VARModule:
+    torch.manual_seed(seed)
+    transformer = dict(depth=2, width=32, num_heads=2, num_classes=NUM_CLASSES, init_adaln_gamma=0.5)
+    return VARModule(
+        transformer=transformer, tokenizer=dict(TOKENIZER), patch_nums=list(TOKENIZER["patch_nums"])
+    )
+
+
+def save_var_checkpoint(module: VARModule, path: Path) -> Path:
+    """The layout var-train writes (stage marker, hyper_parameters, state_dict), without a Trainer."""
+    meta = {"stage": "var", "class_names": [f"class {i}" for i in range(NUM_CLASSES)]}
+    torch.save(
+        {"var_lightning": meta, "hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()},
+        path,
+    )
+    return path
+
+
+def save_tokenizer_checkpoint(path: Path, seed: int = 0) -> tuple[Path, MultiScaleVQVAE]:
+    torch.manual_seed(seed)
+    vae = MultiScaleVQVAE(VQVAEConfig(**TOKENIZER)).eval()
+    state = {f"vae.{k}": v for k, v in vae.state_dict().items()}
+    hp = {"tokenizer": asdict(vae.cfg)}
+    torch.save({"var_lightning": {"stage": "tokenizer"}, "hyper_parameters": hp, "state_dict": state}, path)
+    return path, vae
+
+
+def compose_eval(overrides: list[str], tmp_path: Path, name: str = "eval"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path)
+        cfg.paths.data_dir = str(tmp_path / "data")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def var_ckpt(tmp_path_factory) -> Path:
+    return save_var_checkpoint(tiny_var_module(), tmp_path_factory.mktemp("var") / "var.ckpt")
+
+
+@pytest.fixture(scope="module")
+def classifier_ckpt(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("clf")
+    data = [d.replace("train_size=64", "train_size=320") for d in DATA]
+    cfg = compose_eval(
+        [*data, "epochs=3", "batch_size=32", "model.width=8", "model.stages=2"], tmp, "classifier"
+    )
+    summary = classifier_cli.run(cfg)
+    return Path(cfg.out), summary
+
+
+def test_generation_writes_pngs_npz_and_a_report_and_reuses_the_cache(tmp_path, var_ckpt):
+    overrides = [
+        f"ckpt_path={var_ckpt}",
+        "extractor=tiny-random",
+        *DATA,
+        *FAST,
+        "generation.num_per_class=3",
+        "real_baseline_split=test",
+    ]
+    report = evaluate.run(compose_eval(overrides, tmp_path), tmp_path / "run1")
+    n = 3 * NUM_CLASSES
+    assert sorted(p.name for p in (tmp_path / "run1" / "samples").iterdir()) == [
+        f"{i:06d}.png" for i in range(n)
+    ]
+    with np.load(tmp_path / "run1" / "samples.npz") as pack:
+        images, labels = pack["arr_0"], pack["arr_1"]
+    assert images.dtype == np.uint8 and images.shape == (n, 16, 16, 3)
+    assert np.bincount(labels).tolist() == [3] * NUM_CLASSES and labels[:NUM_CLASSES].tolist() != [0, 0, 0, 0]
+    on_disk = json.loads((tmp_path / "run1" / "report.json").read_text())
+    assert on_disk["metrics"] == report["metrics"]
+    assert on_disk["implementation"] == f"var_lightning {var_lightning.__version__}"
+    assert on_disk["extractor"]["name"] == "tiny-random" and on_disk["extractor"]["resize"]
+    assert on_disk["samples"]["count"] == n and on_disk["sampling"]["cfg"] == 1.0
+    assert on_disk["versions"]["torch"] == torch.__version__ and "torch-fidelity" in on_disk["versions"]
+    assert set(report["metrics"]) == {"fid", "is", "is_std", "precision", "recall", "kid", "kid_std"}
+    assert report["metrics"]["fid"] > 0 and 0 <= report["metrics"]["precision"] <= 1
+    assert report["real_baseline"]["count"] == n and report["reference"]["count"] == 40
+    assert not report["reference"]["cache_hit"] and Path(report["reference"]["cache_path"]).is_file()
+
+    # the pack scored on its own gives the in-memory numbers (PNG quantization == in-memory quantization)
+    again = evaluate.run(
+        compose_eval(
+            [
+                "extractor=tiny-random",
+                *DATA,
+                *FAST,
+                f"generation.samples={tmp_path / 'run1' / 'samples.npz'}",
+            ],
+            tmp_path,
+        ),
+        tmp_path / "run2",
+    )
+    assert again["reference"]["cache_hit"]
+    for key, value in report["metrics"].items():
+        assert again["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert incomparable_reasons(report, again) == []
+    assert incomparable_reasons(report, {**again, "samples": {"count": 50_000}})
+
+
+def test_generation_needs_a_reference(tmp_path, var_ckpt):
+    with pytest.raises(ValueError, match="reference=/path/to/VIRTUAL_imagenet256_labeled.npz"):
+        evaluate.run(
+            compose_eval([f"ckpt_path={var_ckpt}", "extractor=tiny-random", *FAST], tmp_path), tmp_path
+        )
+
+
+def test_generation_with_the_dataset_classifier_reports_class_accuracy_next_to_real_images(
+    tmp_path, var_ckpt, classifier_ckpt
+):
+    path, summary = classifier_ckpt
+    overrides = [
+        f"ckpt_path={var_ckpt}",
+        "extractor=classifier",
+        f"extractor.path={path}",
+        *DATA,
+        *FAST,
+        "generation.num_per_class=2",
+        "real_baseline_split=test",
+        "metrics.kid=false",
+    ]
+    report = evaluate.run(compose_eval(overrides, tmp_path), tmp_path / "run")
+    assert report["extractor"]["name"] == "classifier" and report["extractor"]["checkpoint"] == str(
+        path.resolve()
+    )
+    assert 0 <= report["metrics"]["class_acc"] <= 1
+    # the baseline's class accuracy is the classifier's accuracy on those held-out images
+    test_set = SyntheticShapes(40, 16, NUM_CLASSES, split="test", seed=0)
+    x, y = zip(*(test_set[i] for i in range(2 * NUM_CLASSES)), strict=True)
+    logits = load_classifier(path)(torch.stack(x))
+    assert report["real_baseline"]["metrics"]["class_acc"] == pytest.approx(
+        class_accuracy(logits, torch.tensor(y))
+    )
+
+
+def test_classifier_cli_trains_saves_and_reports_heldout_accuracy(classifier_ckpt):
+    path, summary = classifier_ckpt
+    model = load_classifier(path)
+    assert model.meta["test_acc"] == summary["test_acc"] and summary["num_classes"] == NUM_CLASSES
+    assert summary["test_acc"] >= 0.9, summary  # four hues x shapes: easy after a few epochs
+    test_set = SyntheticShapes(40, 16, NUM_CLASSES, split="test", seed=0)
+    x, y = zip(*(test_set[i] for i in range(40)), strict=True)
+    assert class_accuracy(model(torch.stack(x)), torch.tensor(y)) == pytest.approx(summary["test_acc"])
+
+
+def test_loss_mode_reports_exact_means_over_the_split(tmp_path, var_ckpt):
+    report = evaluate.run(
+        compose_eval(["mode=loss", f"ckpt_path={var_ckpt}", *DATA, "batch_size=16"], tmp_path), tmp_path
+    )
+    m = report["metrics"]
+    for key in (
+        "test/loss",
+        "test/loss_last",
+        "test/token_err_avg",
+        "test/token_err_last",
+        "test/scale/acc_s2",
+    ):
+        assert key in m, key
+    assert m["test/loss_avg"] == m["test/loss"] and m["test/num_images"] == 40
+    module = evaluate.load_var_module(var_ckpt)
+    test_set = SyntheticShapes(40, 16, NUM_CLASSES, split="test", seed=0)
+    x, y = zip(*(test_set[i] for i in range(40)), strict=True)
+    with torch.no_grad():
+        full = module._losses((torch.stack(x), torch.tensor(y)), drop_labels=False)  # one batch of all 40
+    for key in ("loss", "loss_last", "token_err_avg", "token_err_last"):
+        assert m[f"test/{key}"] == pytest.approx(full[key].item(), rel=1e-5), key
+
+
+def test_reconstruction_mode(tmp_path, caplog):
+    ckpt, vae = save_tokenizer_checkpoint(tmp_path / "tok.ckpt")
+    overrides = [
+        "mode=reconstruction",
+        f"ckpt_path={ckpt}",
+        "extractor=tiny-random",
+        *DATA,
+        "batch_size=16",
+        "reconstruction.lpips.random_backbone=true",
+        "reconstruction.split=val",
+    ]
+    report = evaluate.run(compose_eval(overrides, tmp_path), tmp_path)
+    assert set(report["metrics"]) == {"psnr", "ssim", "lpips", "rfid"} and report["num_images"] == 40
+    assert "NOT LPIPS" in report["notes"]["lpips"] and "NOT LPIPS" in caplog.text
+    val = SyntheticShapes(40, 16, NUM_CLASSES, split="val", seed=0)
+    img = torch.stack([val[i][0] for i in range(40)])
+    with torch.no_grad():
+        expected = psnr(vae.img_to_reconstruction(img), img).item()
+    assert report["metrics"]["psnr"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_offline_inception_error_surfaces_through_var_eval(tmp_path, var_ckpt, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(InceptionWeightsUnavailable) as err:
+        evaluate.run(compose_eval([f"ckpt_path={var_ckpt}", *DATA], tmp_path), tmp_path)
+    for part in (
+        INCEPTION_WEIGHTS_FILE,
+        str(default_inception_weights_path()),
+        "extractor.weights_path=",
+        INCEPTION_URL,
+    ):
+        assert part in str(err.value), part
+
+    # the console script prints the message, no traceback, and exits with status 2
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {
+        "TORCH_HOME": str(tmp_path / "th")
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "var_lightning.cli.evaluate",
+        f"ckpt_path={var_ckpt}",
+        "extractor.download=false",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+        f"paths.data_dir={tmp_path}",
+        *DATA,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert INCEPTION_WEIGHTS_FILE in out.stderr and "extractor.weights_path" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_classifier_extractor_without_a_file_names_the_key_and_the_command(tmp_path, var_ckpt):
+    cfg = compose_eval(
+        [f"ckpt_path={var_ckpt}", "extractor=classifier", f"extractor.path={tmp_path}/no.pt", *DATA], tmp_path
+    )
+    with pytest.raises(FileNotFoundError, match=r"extractor\.path.*var-classifier"):
+        evaluate.run(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_single_process_numbers(tmp_path, var_ckpt):
+    """Sharded sampling over 2 gloo ranks: the same samples and the same metrics as one process (both
+    launched alike, one thread each, so that even float summation orders agree)."""
+    args = [
+        f"ckpt_path={var_ckpt}",
+        "extractor=tiny-random",
+        *DATA,
+        *FAST,
+        "generation.num_per_class=3",
+        f"paths.data_dir={tmp_path}",
+        "device=cpu",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
+    reports = {}
+    for n in (1, 2):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={n}",
+            "--master_port=29533",
+            "-m",
+            "var_lightning.cli.evaluate",
+            *args,
+            f"hydra.run.dir={tmp_path / str(n)}",
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        reports[n] = json.loads((tmp_path / str(n) / "report.json").read_text())
+    assert reports[2]["sampling"]["world_size"] == 2
+    for key, value in reports[1]["metrics"].items():
+        assert reports[2]["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    with np.load(tmp_path / "1" / "samples.npz") as a, np.load(tmp_path / "2" / "samples.npz") as b:
+        np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+        np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
