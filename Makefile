@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-slow lint format demo demo-tokenizer demo-var demo-sample \
+.PHONY: help install test test-all test-slow lint format demo demo-tokenizer demo-var demo-sample demo-classifier demo-eval demo-edit eval \
         train-tokenizer train-var sample sweep-scaling clean
 
 help: ## show the targets
@@ -41,13 +41,15 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff format src tests benchmarks
 
 demo: $(STAMP) ## CPU demo: tokenizer -> VAR -> samples on the synthetic data, in minutes
-	$(MAKE) --no-print-directory demo-tokenizer demo-var demo-sample
+	$(MAKE) --no-print-directory demo-tokenizer demo-var demo-sample demo-classifier demo-eval demo-edit
 	@echo ""
 	@echo "Demo outputs in $(DEMO_DIR):"
 	@echo "  tokenizer reconstructions : $(DEMO_DIR)/tokenizer/images/"
 	@echo "  tokenizer metrics         : $(DEMO_DIR)/tokenizer/metrics.json"
 	@echo "  VAR metrics               : $(DEMO_DIR)/var/metrics.json"
+	@echo "  FID + class accuracy      : $(DEMO_DIR)/eval/report.json"
 	@echo "  samples, one row per class: $(DEMO_DIR)/samples/grid.png"
+	@echo "  editing panels            : $(DEMO_DIR)/edit/inpaint/panel.png, $(DEMO_DIR)/edit/class_edit/panel.png"
 
 demo-tokenizer: $(STAMP)
 	$(BIN)/var-train experiment=tokenizer_tiny hydra.run.dir=$(DEMO_DIR)/tokenizer $(ARGS)
@@ -60,11 +62,28 @@ demo-sample: $(STAMP)
 	$(BIN)/var-sample ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt num_per_class=8 cfg=2.0 top_k=0 top_p=0 \
 	  hydra.run.dir=$(DEMO_DIR)/samples
 
+demo-classifier: $(STAMP)
+	$(BIN)/var-classifier hydra.run.dir=$(DEMO_DIR)/classifier
+
+demo-eval: $(STAMP)
+	$(BIN)/var-eval ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt data=synthetic extractor=classifier \
+	  extractor.path=$(DEMO_DIR)/classifier/classifier.pt generation.num_per_class=20 generation.cfg=2.0 \
+	  generation.top_k=0 generation.top_p=0 real_baseline_split=test hydra.run.dir=$(DEMO_DIR)/eval
+
+demo-edit: $(STAMP)
+	$(BIN)/var-edit ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt image=synthetic:0:4 mode=inpaint \
+	  box=[0.25,0.25,0.75,0.75] top_k=0 top_p=0 hydra.run.dir=$(DEMO_DIR)/edit/inpaint
+	$(BIN)/var-edit ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt image=synthetic:0:4 mode=class-edit class=5 \
+	  box=[0.15,0.15,0.85,0.85] cfg=3 top_k=0 top_p=0 hydra.run.dir=$(DEMO_DIR)/edit/class_edit
+
 train-tokenizer: $(STAMP) ## train a tokenizer: make train-tokenizer EXP=tokenizer_imagenet256 ARGS="data.root=..."
 	$(BIN)/var-train experiment=$(or $(EXP),tokenizer_tiny) $(ARGS)
 
 train-var: $(STAMP) ## train a VAR: make train-var EXP=var_d16_imagenet256 ARGS="model.tokenizer_ckpt=..."
 	$(BIN)/var-train experiment=$(or $(EXP),var_tiny) $(ARGS)
+
+eval: $(STAMP) ## offline evaluation: make eval ARGS="ckpt_path=... reference=..." (see docs/evaluation.md)
+	$(BIN)/var-eval $(ARGS)
 
 sample: $(STAMP) ## sample from a VAR checkpoint: make sample ARGS="ckpt_path=... num_per_class=8"
 	$(BIN)/var-sample $(ARGS)

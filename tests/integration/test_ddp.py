@@ -90,9 +90,9 @@ def test_var_metrics_are_reduced_over_ranks(ddp_runs):
     img, labels = _val_set()
     with torch.no_grad():
         per_rank = [
-            module._losses((img[r::2], labels[r::2]), drop_labels=False)["loss"].item() for r in range(2)
+            module.compute_losses((img[r::2], labels[r::2]), drop_labels=False)["loss"].item() for r in range(2)
         ]
-        full = module._losses((img, labels), drop_labels=False)["loss"].item()
+        full = module.compute_losses((img, labels), drop_labels=False)["loss"].item()
     assert logged["val/loss"] == pytest.approx(full, abs=1e-5)
     assert logged["val/loss"] == pytest.approx(sum(per_rank) / 2, abs=1e-5)
     assert abs(per_rank[0] - per_rank[1]) > 1e-4  # one rank's value would not pass

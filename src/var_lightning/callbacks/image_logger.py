@@ -14,6 +14,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
@@ -63,7 +64,10 @@ class ImageLogger(L.Callback):
         out_dir.mkdir(parents=True, exist_ok=True)
         for raw_name, batch in images.items():
             name, nrow = grid_nrow(raw_name, batch.shape[0])
-            grid = make_grid(batch.float().clamp(0, 1).cpu(), nrow=nrow, padding=1, pad_value=1.0)
+            imgs = batch.float().clamp(0, 1).cpu()
+            if imgs.shape[-1] < 64:  # small images: nearest-upscale so the grid is readable
+                imgs = F.interpolate(imgs, scale_factor=64 // imgs.shape[-1], mode="nearest")
+            grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=1.0)
             path = out_dir / f"val_{name}_{tag}.png"
             save_image(grid, path)
             self.written.append(path)

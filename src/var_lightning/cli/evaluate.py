@@ -327,7 +327,7 @@ def run_loss(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
     check_image_size(module, dm)
     dataset = dataset_split(dm, cfg.loss.split, "loss.split")
     metrics = accumulate_token_metrics(
-        functools.partial(module._losses, drop_labels=False),
+        functools.partial(module.compute_losses, drop_labels=False),
         _loader(cfg, ctx, dataset),
         ctx.device,
         cfg.loss.limit_batches,

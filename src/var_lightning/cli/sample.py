@@ -19,15 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.checkpoints import load_var_module
+from var_lightning.evaluation.sharding import batch_seed
 from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.sample_io import labelled_grid, save_pngs
 from var_lightning.transformer.sampling import sample
 
 log = logging.getLogger("var_lightning.sample")
-
-
-def batch_seed(seed: int, batch_idx: int) -> int:
-    return seed * 100003 + batch_idx
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

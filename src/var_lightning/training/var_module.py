@@ -201,7 +201,9 @@ class VARModule(L.LightningModule):
         if mode:
             log.info("torch.compile of the transformer blocks (mode=%s): the first steps compile", mode)
 
-    def _losses(self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False) -> dict[str, torch.Tensor]:
+        """Loss, last-scale loss, token error rates and per-scale loss/accuracy of one batch (images or
+        pre-tokenized token pyramids with labels); label dropout only with ``drop_labels``."""
         img, label_B = batch
         gt_BL, x_BLCv = self.tokenize(img)
         if drop_labels and self.train_cfg["cond_drop_rate"] > 0:
@@ -234,7 +236,7 @@ class VARModule(L.LightningModule):
         return out
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self._losses(batch, drop_labels=True)
+        out = self.compute_losses(batch, drop_labels=True)
         B = batch[0].shape[0]
         self.log("train/loss", out["loss"].detach(), prog_bar=True, batch_size=B)
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items() if k != "loss" and not k.startswith("scale/")}, batch_size=B)
@@ -243,7 +245,7 @@ class VARModule(L.LightningModule):
         return out["loss"]
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
-        out = self._losses(batch, drop_labels=False)  # no label dropout outside training
+        out = self.compute_losses(batch, drop_labels=False)  # no label dropout outside training
         B = batch[0].shape[0]
         self.log(f"{split}/loss", out.pop("loss"), prog_bar=True, sync_dist=True, batch_size=B)
         self.log_dict({f"{split}/{k}": v for k, v in out.items()}, sync_dist=True, batch_size=B)
