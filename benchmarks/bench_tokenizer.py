@@ -23,10 +23,22 @@ from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.tokenizer.losses import VQGANLoss
 
 PRESETS = {
-    "tiny": dict(cfg=dict(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8,
-                          patch_nums=(1, 2, 3, 4, 6, 8)), disc=dict(disc_ch=32, disc_layers=2)),
-    "f16": dict(cfg=dict(vocab_size=4096, z_channels=32, ch=160, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)),
-                disc=dict(disc_ch=64, disc_layers=3)),
+    "tiny": dict(
+        cfg=dict(
+            vocab_size=256,
+            z_channels=16,
+            ch=32,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=1,
+            norm_groups=8,
+            patch_nums=(1, 2, 3, 4, 6, 8),
+        ),
+        disc=dict(disc_ch=32, disc_layers=2),
+    ),
+    "f16": dict(
+        cfg=dict(vocab_size=4096, z_channels=32, ch=160, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)),
+        disc=dict(disc_ch=64, disc_layers=3),
+    ),
 }
 
 
@@ -91,12 +103,23 @@ def main() -> None:
         "train_step_s": t_train,
         "encode_s": t_enc,
     }
-    info = {"preset": args.preset, "device": str(device), "batch": args.batch, "precision": args.precision,
-            "image_size": cfg.image_size, "params": sum(p.numel() for p in vae.parameters()),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()}
-    print(f"tokenizer {args.preset} ({info['params'] / 1e6:.2f}M params, {cfg.image_size}px, B={args.batch}, "
-          f"{args.precision}, {info['machine']}, {info['threads']} threads)")
+    info = {
+        "preset": args.preset,
+        "device": str(device),
+        "batch": args.batch,
+        "precision": args.precision,
+        "image_size": cfg.image_size,
+        "params": sum(p.numel() for p in vae.parameters()),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+    }
+    print(
+        f"tokenizer {args.preset} ({info['params'] / 1e6:.2f}M params, {cfg.image_size}px, B={args.batch}, "
+        f"{args.precision}, {info['machine']}, {info['threads']} threads)"
+    )
     print(f"{'measure':<28}{'median':>12}")
     print(f"{'train step (images/s)':<28}{rows['train_step_images_per_s']:>12.1f}")
     print(f"{'encode (images/s)':<28}{rows['encode_images_per_s']:>12.1f}")

@@ -21,8 +21,17 @@ def tiny_vae(**kw) -> MultiScaleVQVAE:
 
 
 def tiny_var_cfg(**kw) -> VARConfig:
-    base = dict(depth=2, width=64, num_heads=2, num_classes=5, vocab_size=64, cvae=8, patch_nums=TINY_PN,
-                drop_path_rate=0.0, init_adaln_gamma=0.5)
+    base = dict(
+        depth=2,
+        width=64,
+        num_heads=2,
+        num_classes=5,
+        vocab_size=64,
+        cvae=8,
+        patch_nums=TINY_PN,
+        drop_path_rate=0.0,
+        init_adaln_gamma=0.5,
+    )
     base.update(kw)
     return VARConfig(**base)
 

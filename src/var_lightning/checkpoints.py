@@ -31,7 +31,9 @@ def read_checkpoint(path: str | Path, key: str = "model.tokenizer_ckpt") -> dict
         try:
             obj = torch.load(p, map_location="cpu", weights_only=False)
         except Exception as e:
-            raise RuntimeError(f"cannot read checkpoint {p} (config key {key}): {type(e).__name__}: {e}") from e
+            raise RuntimeError(
+                f"cannot read checkpoint {p} (config key {key}): {type(e).__name__}: {e}"
+            ) from e
     if not isinstance(obj, dict):
         raise ValueError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict (config key {key})")
     return obj
@@ -57,7 +59,7 @@ def checkpoint_stage(ckpt: dict[str, Any]) -> str:
 
 
 def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def load_tokenizer(path: str | Path, patch_nums: Sequence[int] | None = None) -> MultiScaleVQVAE:
@@ -103,7 +105,9 @@ def load_var_module(path: str | Path, map_location: str | torch.device = "cpu", 
     stage = checkpoint_stage(ckpt)
     if stage != "var":
         hint = " (convert released weights with `var-convert`)" if stage.startswith("official") else ""
-        raise ValueError(f"{path} is a {stage!r} checkpoint, but a VAR-stage checkpoint is expected ({key}){hint}")
+        raise ValueError(
+            f"{path} is a {stage!r} checkpoint, but a VAR-stage checkpoint is expected ({key}){hint}"
+        )
     module = VARModule(**dict(ckpt["hyper_parameters"]))
     module.load_state_dict(ckpt["state_dict"])
     module.class_names = ckpt.get("var_lightning", {}).get("class_names")

@@ -33,7 +33,12 @@ def test_configs_are_shipped_inside_the_package():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes(name, tmp_path):
-    cfg = compose_train([f"experiment={name}", "model.tokenizer_ckpt=/nonexistent.ckpt"] if name.startswith("var") else [f"experiment={name}"], tmp_path)
+    cfg = compose_train(
+        [f"experiment={name}", "model.tokenizer_ckpt=/nonexistent.ckpt"]
+        if name.startswith("var")
+        else [f"experiment={name}"],
+        tmp_path,
+    )
     assert cfg.task_name == name
     assert cfg.model._target_.startswith("var_lightning.training.")
     assert list(cfg.schedule.patch_nums) == sorted(cfg.schedule.patch_nums)
@@ -69,9 +74,19 @@ def test_experiment_instantiates(name, tmp_path):
     else:
         tok = {**RELEASED_TOKENIZER, "patch_nums": patch_nums}
         if name in TINY or name.startswith("scaling"):
-            tok = dict(vocab_size=256, z_channels=16, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, norm_groups=8, patch_nums=patch_nums)
+            tok = dict(
+                vocab_size=256,
+                z_channels=16,
+                ch=32,
+                ch_mult=[1, 2, 2],
+                num_res_blocks=1,
+                norm_groups=8,
+                patch_nums=patch_nums,
+            )
         with torch.device("meta"):
-            model = instantiate(cfg.model, tokenizer_ckpt=None, tokenizer=tok, patch_nums=patch_nums, _convert_="all")
+            model = instantiate(
+                cfg.model, tokenizer_ckpt=None, tokenizer=tok, patch_nums=patch_nums, _convert_="all"
+            )
         assert model.var.cfg.num_classes == (10 if name in TINY or name.startswith("scaling") else 1000)
         assert model.vae.cfg.image_size == cfg.data.image_size
     callbacks = instantiate_callbacks(cfg.callbacks)
@@ -90,7 +105,26 @@ def test_entry_points_find_their_configs_from_any_directory(tmp_path):
     import sys
 
     exe = shutil.which("var-train") or str(Path(sys.executable).parent / "var-train")
-    out = subprocess.run([exe, "experiment=var_tiny", "model.tokenizer_ckpt=x.ckpt", "--cfg", "job"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [exe, "experiment=var_tiny", "model.tokenizer_ckpt=x.ckpt", "--cfg", "job"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "task_name: var_tiny" in out.stdout
+
+
+@pytest.mark.parametrize("sweep", ["scaling_cpu", "scaling_paper"])
+def test_sweeps_compose_as_multiruns_over_depth(sweep, tmp_path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["experiment=scaling_tiny", f"sweep={sweep}", "model.tokenizer_ckpt=x.ckpt"],
+            return_hydra_config=True,
+        )
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    depths = [int(d) for d in str(cfg.hydra.sweeper.params["model.transformer.depth"]).split(",")]
+    assert len(depths) >= 4 and depths == sorted(depths)

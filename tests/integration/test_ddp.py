@@ -21,17 +21,6 @@ from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.tokenizer.usage import CodebookUsage
 from var_lightning.training.tokenizer_module import TokenizerModule
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a loaded 2-core machine, two threads spin at OpenMP barriers (a tiny VAE step
-    measured 5 s with two threads vs 0.03 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 VAL_SIZE, IMAGE, CLASSES = 32, 8, 4  # as in ddp_run.py
 
@@ -90,7 +79,8 @@ def test_var_metrics_are_reduced_over_ranks(ddp_runs):
     img, labels = _val_set()
     with torch.no_grad():
         per_rank = [
-            module.compute_losses((img[r::2], labels[r::2]), drop_labels=False)["loss"].item() for r in range(2)
+            module.compute_losses((img[r::2], labels[r::2]), drop_labels=False)["loss"].item()
+            for r in range(2)
         ]
         full = module.compute_losses((img, labels), drop_labels=False)["loss"].item()
     assert logged["val/loss"] == pytest.approx(full, abs=1e-5)

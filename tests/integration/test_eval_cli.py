@@ -229,7 +229,9 @@ def test_loss_mode_reports_exact_means_over_the_split(tmp_path, var_ckpt):
     test_set = SyntheticShapes(40, 16, NUM_CLASSES, split="test", seed=0)
     x, y = zip(*(test_set[i] for i in range(40)), strict=True)
     with torch.no_grad():
-        full = module.compute_losses((torch.stack(x), torch.tensor(y)), drop_labels=False)  # one batch of all 40
+        full = module.compute_losses(
+            (torch.stack(x), torch.tensor(y)), drop_labels=False
+        )  # one batch of all 40
     for key in ("loss", "loss_last", "token_err_avg", "token_err_last"):
         assert m[f"test/{key}"] == pytest.approx(full[key].item(), rel=1e-5), key
 

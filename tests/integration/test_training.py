@@ -13,7 +13,13 @@ from tests.integration.test_configs import compose_train
 from var_lightning.checkpoints import load_tokenizer, load_var_module
 from var_lightning.cli.train import train
 
-TINY_DATA = ["data.image_size=16", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16"]
+TINY_DATA = [
+    "data.image_size=16",
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.batch_size=16",
+]
 TINY_TOKENIZER = [
     "experiment=tokenizer_tiny",
     "schedule=cpu_micro",
@@ -67,7 +73,11 @@ def test_tokenizer_run_writes_checkpoints_images_metrics(tokenizer_ckpt):
 
 def test_tokenizer_overfit_loss_falls(tmp_path):
     cfg = tokenizer_cfg(
-        tmp_path, "debug=overfit", "trainer.max_epochs=25", "model.loss.disc_weight=0", "logger=none",
+        tmp_path,
+        "debug=overfit",
+        "trainer.max_epochs=25",
+        "model.loss.disc_weight=0",
+        "logger=none",
         "~callbacks.image_logger",
     )
     with open_dict(cfg):
@@ -114,20 +124,35 @@ def var_cfg(tmp_path: Path, tokenizer_ckpt: Path, *extra: str):
 
 def test_var_fast_dev_run(tmp_path, tokenizer_ckpt):
     metrics = train(var_cfg(tmp_path, tokenizer_ckpt, "debug=fdr"))
-    for key in ("train/loss", "train/loss_last", "train/token_err_avg", "val/loss", "val/token_err_last", "val/scale/acc_s2"):
+    for key in (
+        "train/loss",
+        "train/loss_last",
+        "train/token_err_avg",
+        "val/loss",
+        "val/token_err_last",
+        "val/scale/acc_s2",
+    ):
         assert key in metrics, key
 
 
 def test_var_overfit_loss_falls_and_checkpoint_samples(tmp_path, tokenizer_ckpt):
-    cfg = var_cfg(tmp_path, tokenizer_ckpt, "debug=overfit", "trainer.max_epochs=40", "model.optim.base_lr=0.05",
-                  "model.optim.warmup_fraction=0.0", "model.train.cond_drop_rate=0.0", "logger=csv")
+    cfg = var_cfg(
+        tmp_path,
+        tokenizer_ckpt,
+        "debug=overfit",
+        "trainer.max_epochs=40",
+        "model.optim.base_lr=0.05",
+        "model.optim.warmup_fraction=0.0",
+        "model.train.cond_drop_rate=0.0",
+        "logger=csv",
+    )
     with open_dict(cfg):
         cfg.trainer.log_every_n_steps = 1
     train(cfg)
     import csv
 
     (metrics_csv,) = (tmp_path / "csv").glob("version_*/metrics.csv")
-    rows = list(csv.DictReader(open(metrics_csv)))
+    rows = list(csv.DictReader(metrics_csv.read_text().splitlines()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 20
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
@@ -151,3 +176,77 @@ def test_var_rejects_a_tokenizer_checkpoint_of_the_wrong_stage(tmp_path, tokeniz
         load_var_module(tokenizer_ckpt)
     with pytest.raises(FileNotFoundError, match="model.tokenizer_ckpt"):
         load_tokenizer(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "var"])
+def test_bf16_mixed_precision_runs(stage, tmp_path, tokenizer_ckpt):
+    extra = ("debug=fdr", "trainer.precision=bf16-mixed")
+    cfg = (
+        tokenizer_cfg(tmp_path, *extra) if stage == "tokenizer" else var_cfg(tmp_path, tokenizer_ckpt, *extra)
+    )
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_wrong_image_size_stops_at_startup_naming_the_expected_size(tmp_path):
+    with pytest.raises(ValueError, match=r"images must be 16x16 \(set data.image_size=16"):
+        train(tokenizer_cfg(tmp_path, "debug=fdr", "data.image_size=32"))
+
+
+def test_var_sample_cli_writes_pngs_grid_and_is_reproducible(tmp_path, tokenizer_ckpt):
+    from hydra import compose, initialize_config_dir
+
+    from tests.integration.test_configs import CONF
+    from var_lightning.cli.sample import run
+
+    cfg = var_cfg(tmp_path / "train", tokenizer_ckpt, "trainer.max_epochs=1", "logger=none")
+    train(cfg)
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        scfg = compose(
+            config_name="sample",
+            overrides=[
+                f"ckpt_path={ckpt}",
+                "num_per_class=2",
+                "classes=[0,3]",
+                "top_k=10",
+                "top_p=0.9",
+                "batch_size=3",
+            ],
+        )
+    meta = run(scfg, tmp_path / "a")
+    run(scfg, tmp_path / "b")
+    files = sorted(p.name for p in (tmp_path / "a" / "samples").iterdir())
+    assert files == ["0000_0000.png", "0000_0001.png", "0003_0000.png", "0003_0001.png"]
+    for name in files:
+        assert (tmp_path / "a" / "samples" / name).read_bytes() == (
+            tmp_path / "b" / "samples" / name
+        ).read_bytes()
+    assert (tmp_path / "a" / "grid.png").is_file() and meta["num_images"] == 4
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        bad = compose(config_name="sample", overrides=[f"ckpt_path={ckpt}", "classes=[10]"])
+    with pytest.raises(ValueError, match="class id 10 is out of range"):
+        run(bad, tmp_path / "c")
+
+
+def test_scaling_callback_writes_results_the_collector_reads(tmp_path, tokenizer_ckpt):
+    from var_lightning.scaling import collect
+
+    cfg = var_cfg(
+        tmp_path,
+        tokenizer_ckpt,
+        "callbacks=scaling",
+        "trainer.max_epochs=2",
+        "logger=none",
+    )
+    train(cfg)
+    found = collect(tmp_path)
+    assert not found.failed and len(found.runs) == 1
+    run = found.runs[0]
+    assert run.params == sum(
+        p.numel() for p in load_var_module(tmp_path / "checkpoints" / "last.ckpt").var.parameters()
+    )
+    assert [h["epoch"] for h in run.history] == [0, 1]
+    assert run.history[-1]["images_seen"] == run.history[-1]["step"] * 16
+    assert run.history[-1]["compute"] == pytest.approx(run.flops_per_image * run.history[-1]["images_seen"])
+    assert set(run.final) >= {"val/loss_avg", "val/loss_last", "val/token_err_avg", "val/token_err_last"}

@@ -20,13 +20,28 @@ def _released_files(tmp_path):
 def test_round_trip_is_lossless_and_the_checkpoint_samples(tmp_path):
     vae, var = _released_files(tmp_path)
     out = tmp_path / "model.ckpt"
-    assert main(["to-lightning", "--vae", str(tmp_path / "vae.pth"), "--var", str(tmp_path / "var.pth"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "to-lightning",
+                "--vae",
+                str(tmp_path / "vae.pth"),
+                "--var",
+                str(tmp_path / "var.pth"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     module = load_var_module(out)
     x = torch.randn(2, sum(p * p for p in var.patch_nums) - 1, var.Cvae)
     label = torch.tensor([0, 4])
     torch.testing.assert_close(module.var(label, x), var(label, x), rtol=0, atol=0)
     img = torch.rand(1, 3, 8, 8) * 2 - 1
-    assert all(torch.equal(a, b) for a, b in zip(module.vae.img_to_idx(img), vae.img_to_idx(img), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(module.vae.img_to_idx(img), vae.img_to_idx(img), strict=True)
+    )
     assert module.generate([1, 2], cfg=1.0, top_k=5).shape == (2, 3, 8, 8)
 
     back = tmp_path / "back"
@@ -40,11 +55,18 @@ def test_round_trip_is_lossless_and_the_checkpoint_samples(tmp_path):
 def test_tokenizer_only_conversion(tmp_path):
     vae, _ = _released_files(tmp_path)
     out = tmp_path / "vae.ckpt"
-    assert main(["to-lightning", "--vae", str(tmp_path / "vae.pth"), "--out", str(out), "--patch-nums", "1,2,3,4"]) == 0
+    assert (
+        main(
+            ["to-lightning", "--vae", str(tmp_path / "vae.pth"), "--out", str(out), "--patch-nums", "1,2,3,4"]
+        )
+        == 0
+    )
     assert read_checkpoint(out)["var_lightning"]["stage"] == "tokenizer"
     loaded = load_tokenizer(out, patch_nums=(1, 2, 3, 4))
     img = torch.rand(2, 3, 8, 8) * 2 - 1
-    torch.testing.assert_close(loaded.img_to_reconstruction(img), vae.eval().img_to_reconstruction(img), rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded.img_to_reconstruction(img), vae.eval().img_to_reconstruction(img), rtol=0, atol=0
+    )
 
 
 def test_wrong_inputs_are_reported(tmp_path, capsys):

@@ -227,7 +227,10 @@ def test_module_fused_ce_gives_same_losses_and_metric_names():
     plain, fused = module(False), module(True)
     fused.load_state_dict(plain.state_dict())
     batch = (torch.rand(2, 3, 8, 8) * 2 - 1, torch.tensor([1, 3]))
-    out_a, out_b = plain.compute_losses(batch, drop_labels=False), fused.compute_losses(batch, drop_labels=False)
+    out_a, out_b = (
+        plain.compute_losses(batch, drop_labels=False),
+        fused.compute_losses(batch, drop_labels=False),
+    )
     assert out_a.keys() == out_b.keys()
     for key in out_a:
         torch.testing.assert_close(out_b[key], out_a[key], atol=1e-6, rtol=1e-6, msg=key)

@@ -16,17 +16,6 @@ from var_lightning.training.finetune import adapt_positions, init_from_checkpoin
 from var_lightning.training.tokenizer_module import TokenizerModule
 from var_lightning.training.var_module import VARModule
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a loaded 2-core machine, two threads spin at OpenMP barriers (a tiny VAE step
-    measured 5 s with two threads vs 0.03 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TRANSFORMER = dict(depth=2, width=32, num_heads=2, drop_path_rate=0.0)
 
 

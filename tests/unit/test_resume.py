@@ -28,16 +28,6 @@ from var_lightning.training.resume import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a loaded 2-core machine, two threads spin at OpenMP barriers (a tiny VAE step
-    measured 5 s with two threads vs 0.03 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------- sampler
 def test_mix_seed_separates_what_addition_confuses():
     assert mix_seed(1, 2) != mix_seed(2, 1) and mix_seed(0, 1) != mix_seed(1, 0)

@@ -99,7 +99,16 @@ def test_plain_attention_scale():
 def test_kv_cache_sampling_matches_teacher_forcing(shared_aln, l2):
     vae, model = tiny_vae().eval(), tiny_var(shared_aln=shared_aln, attn_l2_norm=l2).eval()
     logs = {}
-    out = sample(model, vae, 3, labels=[0, 2, 4], cfg=1.0, top_k=10, seed=3, logits_hook=lambda si, lg: logs.__setitem__(si, lg))
+    out = sample(
+        model,
+        vae,
+        3,
+        labels=[0, 2, 4],
+        cfg=1.0,
+        top_k=10,
+        seed=3,
+        logits_hook=lambda si, lg: logs.__setitem__(si, lg),
+    )
     ar = torch.cat([logs[i] for i in range(len(TINY_PN))], dim=1)
     # teacher-force the sampled tokens through the masked forward: conditional and unconditional halves
     x = vae.quantize.idx_to_var_input(out.tokens)

@@ -24,16 +24,6 @@ from var_lightning.data.transforms import build_transform, to_uint8_image
 from var_lightning.data.webdataset import EvalStream, WebDatasetDataModule
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a loaded 2-core machine, two threads spin at OpenMP barriers (a tiny VAE step
-    measured 5 s with two threads vs 0.03 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_tree(root: Path, n: int = 36, num_classes: int = 3, size: int = 12, seed: int = 1) -> Path:
     """An ImageFolder tree of synthetic PNGs: root/c<k>/<i>.png."""
     ds = SyntheticShapes(n, image_size=size, num_classes=num_classes, seed=seed)

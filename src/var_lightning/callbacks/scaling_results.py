@@ -50,18 +50,28 @@ class ScalingResults(L.Callback):
             "seed": self.seed,
         }
         self._global_batch = pl_module.global_batch_size()
-        log.info("scaling record: N=%d params, %.3g training FLOPs/image", self._info["params"], self._info["flops_per_image"])
+        log.info(
+            "scaling record: N=%d params, %.3g training FLOPs/image",
+            self._info["params"],
+            self._info["flops_per_image"],
+        )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self._info is None:
             return
-        metrics = {dst: float(trainer.callback_metrics[src]) for src, dst in METRIC_MAP.items()
-                   if src in trainer.callback_metrics}
+        metrics = {
+            dst: float(trainer.callback_metrics[src])
+            for src, dst in METRIC_MAP.items()
+            if src in trainer.callback_metrics
+        }
         if len(metrics) < len(METRIC_MAP):
             return
         images = trainer.global_step * self._global_batch
-        self.history.append(history_entry(trainer.global_step, trainer.current_epoch, images,
-                                          self._info["flops_per_image"], metrics))
+        self.history.append(
+            history_entry(
+                trainer.global_step, trainer.current_epoch, images, self._info["flops_per_image"], metrics
+            )
+        )
         self._write(trainer, "failed", error="running (not finished yet)")
 
     @rank_zero_only
@@ -73,7 +83,11 @@ class ScalingResults(L.Callback):
         if self.history:
             self._write(trainer, "completed")
         else:
-            self._write(trainer, "failed", error="no validation ran: results need at least one val/ metric set")
+            self._write(
+                trainer, "failed", error="no validation ran: results need at least one val/ metric set"
+            )
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._write(trainer, "failed", error=f"{type(exception).__name__}: {exception}")

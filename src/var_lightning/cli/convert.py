@@ -54,7 +54,11 @@ def _lightning_checkpoint(stage: str, hparams: dict, state_dict: dict) -> dict:
 def tokenizer_checkpoint(vae: MultiScaleVQVAE, source: str) -> dict:
     from var_lightning.training.tokenizer_module import DEFAULT_OPTIM
 
-    hparams = {"tokenizer": asdict(vae.cfg), "loss": {"perceptual_weight": 0.0, "disc_weight": 0.0}, "optim": dict(DEFAULT_OPTIM)}
+    hparams = {
+        "tokenizer": asdict(vae.cfg),
+        "loss": {"perceptual_weight": 0.0, "disc_weight": 0.0},
+        "optim": dict(DEFAULT_OPTIM),
+    }
     sd = {f"vae.{k}": v for k, v in vae.state_dict().items()}
     ckpt = _lightning_checkpoint("tokenizer", hparams, sd)
     ckpt["var_lightning"]["source"] = source
@@ -65,8 +69,11 @@ def var_checkpoint(var: VAR, vae: MultiScaleVQVAE, source: str) -> dict:
     from var_lightning.training.var_module import DEFAULT_OPTIM, DEFAULT_SAMPLING, DEFAULT_TRAIN
 
     hparams = {
-        "transformer": asdict(var.cfg), "tokenizer": asdict(vae.cfg), "tokenizer_source": source,
-        "optim": dict(DEFAULT_OPTIM), "train": dict(DEFAULT_TRAIN),
+        "transformer": asdict(var.cfg),
+        "tokenizer": asdict(vae.cfg),
+        "tokenizer_source": source,
+        "optim": dict(DEFAULT_OPTIM),
+        "train": dict(DEFAULT_TRAIN),
         "sampling": {**DEFAULT_SAMPLING, "top_k": min(900, var.V), "top_p": 0.96},
     }
     sd = {f"var.{k}": v for k, v in var.state_dict().items()}
@@ -80,7 +87,9 @@ def to_lightning(vae_path: str, var_path: str | None, out: str, patch_nums: list
     if var_path is not None:
         var = load_official_var(var_path)
         if patch_nums is not None and tuple(patch_nums) != tuple(var.patch_nums):
-            raise ValueError(f"--patch-nums {patch_nums} disagrees with {var_path}'s schedule {var.patch_nums}")
+            raise ValueError(
+                f"--patch-nums {patch_nums} disagrees with {var_path}'s schedule {var.patch_nums}"
+            )
         vae = load_official_vae(vae_path, patch_nums=var.patch_nums)
         ckpt = var_checkpoint(var, vae, f"{vae_path} + {var_path}")
     else:
@@ -97,7 +106,9 @@ def to_official(ckpt_path: str, out_dir: str) -> list[Path]:
     ckpt = read_checkpoint(ckpt_path, key="ckpt")
     stage = checkpoint_stage(ckpt)
     if stage not in ("tokenizer", "var"):
-        raise ValueError(f"{ckpt_path} is a {stage!r} file, not a var_lightning checkpoint; nothing to convert")
+        raise ValueError(
+            f"{ckpt_path} is a {stage!r} file, not a var_lightning checkpoint; nothing to convert"
+        )
     from var_lightning.tokenizer.config import VQVAEConfig
     from var_lightning.transformer.config import VARConfig
 
@@ -120,13 +131,23 @@ def to_official(ckpt_path: str, out_dir: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(prog="var-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="var-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("to-lightning", help="released .pth files -> a var_lightning checkpoint")
     a.add_argument("--vae", required=True, help="released VQ-VAE state_dict, e.g. vae_ch160v4096z32.pth")
-    a.add_argument("--var", default=None, help="released VAR state_dict, e.g. var_d16.pth (omit for a tokenizer checkpoint)")
+    a.add_argument(
+        "--var",
+        default=None,
+        help="released VAR state_dict, e.g. var_d16.pth (omit for a tokenizer checkpoint)",
+    )
     a.add_argument("--out", required=True, help="output .ckpt path")
-    a.add_argument("--patch-nums", default=None, help="scale schedule for a tokenizer-only conversion, e.g. 1,2,3,4,5,6,8,10,13,16")
+    a.add_argument(
+        "--patch-nums",
+        default=None,
+        help="scale schedule for a tokenizer-only conversion, e.g. 1,2,3,4,5,6,8,10,13,16",
+    )
     b = sub.add_parser("to-official", help="a var_lightning checkpoint -> released-layout .pth files")
     b.add_argument("ckpt")
     b.add_argument("--out-dir", required=True)

@@ -19,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.checkpoints import load_var_module
-from var_lightning.evaluation.sharding import batch_seed
 from var_lightning.cli.runtime import autocast_context, resolve_device
+from var_lightning.evaluation.sharding import batch_seed
 from var_lightning.sample_io import labelled_grid, save_pngs
 from var_lightning.transformer.sampling import sample
 
@@ -44,8 +44,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         task = progress.add_task("sampling", total=n_batches)
         for b in range(n_batches):
             lab = labels[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            out = sample(var, vae, len(lab), labels=lab.to(device), cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p,
-                         more_smooth=cfg.more_smooth, seed=batch_seed(cfg.seed, b))
+            out = sample(
+                var,
+                vae,
+                len(lab),
+                labels=lab.to(device),
+                cfg=cfg.cfg,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                more_smooth=cfg.more_smooth,
+                seed=batch_seed(cfg.seed, b),
+            )
             images.append(out.images.float().cpu())
             progress.advance(task)
     images_N = torch.cat(images)
@@ -57,12 +66,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     save_pngs(images_N, sample_dir, names)
     class_names = cfg.class_names or getattr(module, "class_names", None)
     grid_path = out_dir / "grid.png"
-    labelled_grid(images_N, labels.tolist(), grid_path, per_row=int(cfg.num_per_class), class_names=class_names)
+    labelled_grid(
+        images_N, labels.tolist(), grid_path, per_row=int(cfg.num_per_class), class_names=class_names
+    )
     meta = {
-        "ckpt_path": str(cfg.ckpt_path), "num_images": len(labels), "classes": classes,
-        "num_per_class": int(cfg.num_per_class), "cfg": cfg.cfg, "top_k": cfg.top_k, "top_p": cfg.top_p,
-        "more_smooth": cfg.more_smooth, "seed": cfg.seed, "batch_size": cfg.batch_size, "device": str(device),
-        "precision": cfg.precision, "samples": str(sample_dir), "grid": str(grid_path),
+        "ckpt_path": str(cfg.ckpt_path),
+        "num_images": len(labels),
+        "classes": classes,
+        "num_per_class": int(cfg.num_per_class),
+        "cfg": cfg.cfg,
+        "top_k": cfg.top_k,
+        "top_p": cfg.top_p,
+        "more_smooth": cfg.more_smooth,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "device": str(device),
+        "precision": cfg.precision,
+        "samples": str(sample_dir),
+        "grid": str(grid_path),
     }
     (out_dir / "samples.json").write_text(json.dumps(meta, indent=2))
     log.info("wrote %d images to %s and the grid %s", len(labels), sample_dir, grid_path)

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from var_lightning.data.imagefolder import SafeImageFolder, find_classes
-from var_lightning.data.synthetic import SyntheticShapes, synthetic_class_names
 from var_lightning.data.resumable import ResumableLoader
+from var_lightning.data.synthetic import SyntheticShapes, synthetic_class_names
 from var_lightning.data.transforms import build_transform
 
 log = logging.getLogger(__name__)

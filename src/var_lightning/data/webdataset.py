@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from var_lightning import distributed
+from var_lightning.data.resumable import ProgressAwareLoader, mix_seed
 from var_lightning.data.shards import (
     ImageDecoder,
     Manifest,
@@ -40,7 +41,6 @@ from var_lightning.data.shards import (
     expand_shard_spec,
     iter_tar_samples,
 )
-from var_lightning.data.resumable import ProgressAwareLoader, mix_seed
 
 log = logging.getLogger(__name__)
 

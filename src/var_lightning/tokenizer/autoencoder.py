@@ -52,7 +52,9 @@ class ResnetBlock(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.nin_shortcut = (
-            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else nn.Identity()
+            nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            if in_channels != out_channels
+            else nn.Identity()
         )
 
     def forward(self, x_BChw: torch.Tensor) -> torch.Tensor:
@@ -236,7 +238,9 @@ class MultiScaleVQVAE(nn.Module):
         return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp_(-1, 1)
 
     @torch.no_grad()
-    def img_to_idx(self, img_B3HW: torch.Tensor, patch_nums: Sequence[int] | None = None) -> list[torch.Tensor]:
+    def img_to_idx(
+        self, img_B3HW: torch.Tensor, patch_nums: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
         """Tokenize: K LongTensors (B, l_k) in raster order."""
         return self.quantize.f_to_idx(self.encode(img_B3HW), patch_nums)
 
@@ -249,7 +253,9 @@ class MultiScaleVQVAE(nn.Module):
         return [self.fhat_to_img(f) for f in self.quantize.idx_to_fhat(idx_list, cumulative=True)]
 
     @torch.no_grad()
-    def img_to_reconstruction(self, img_B3HW: torch.Tensor, progressive: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    def img_to_reconstruction(
+        self, img_B3HW: torch.Tensor, progressive: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Quantized reconstruction (B, 3, H, W) in [-1, 1], or the list over scales with ``progressive``."""
         f_hats = self.quantize.f_to_fhats(self.encode(img_B3HW))
         return [self.fhat_to_img(f) for f in f_hats] if progressive else self.fhat_to_img(f_hats[-1])

@@ -109,7 +109,9 @@ class MultiScaleQuantizer(nn.Module):
         # EMA of this rank's code hits per scale (the released layout has this buffer); updated in training.
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
         self.record_hit = 0
-        self.quant_resi = PhiBank(dim, len(self.patch_nums), quant_resi, share_quant_resi, default_qresi_counts)
+        self.quant_resi = PhiBank(
+            dim, len(self.patch_nums), quant_resi, share_quant_resi, default_qresi_counts
+        )
         self.embedding = nn.Embedding(vocab_size, dim)  # default N(0, 1) init, as the released tokenizer
 
     # ------------------------------------------------------------------ helpers
@@ -119,7 +121,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def _check_latent(self, f_BChw: torch.Tensor) -> None:
         H, W = f_BChw.shape[-2:]
-        if H != W or H != self.patch_nums[-1]:
+        if H != W or self.patch_nums[-1] != H:
             raise ValueError(
                 f"latent grid is {H}x{W} but the scale schedule ends at {self.patch_nums[-1]}; the image must be "
                 f"{self.patch_nums[-1]} x the autoencoder's downsample factor pixels on each side"
@@ -189,7 +191,9 @@ class MultiScaleQuantizer(nn.Module):
         """Cumulative reconstructions ``f_hat`` after each scale, each (B, C, H, W)."""
         return self._encode(f_BChw, None, to_fhat=True)
 
-    def _encode(self, f_BChw: torch.Tensor, patch_nums: Sequence[int] | None, to_fhat: bool) -> list[torch.Tensor]:
+    def _encode(
+        self, f_BChw: torch.Tensor, patch_nums: Sequence[int] | None, to_fhat: bool
+    ) -> list[torch.Tensor]:
         self._check_latent(f_BChw)
         patch_nums = self.patch_nums if patch_nums is None else tuple(patch_nums)
         if tuple(patch_nums) != self.patch_nums[: len(patch_nums)]:
@@ -209,7 +213,9 @@ class MultiScaleQuantizer(nn.Module):
         return out
 
     # ------------------------------------------------------------------ Alg. 2
-    def idx_to_fhat(self, idx_list: Sequence[torch.Tensor], cumulative: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    def idx_to_fhat(
+        self, idx_list: Sequence[torch.Tensor], cumulative: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Sum the refined embeddings of the given scales (a prefix of the schedule) into ``f_hat``
         (B, C, H, W); with ``cumulative`` return the partial sums after every scale."""
         H = W = self.patch_nums[-1]

@@ -28,7 +28,9 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
     return groups
 
 
-def adamw(groups: list[dict], lr: float, betas: tuple[float, float], fused: bool | None = None) -> torch.optim.AdamW:
+def adamw(
+    groups: list[dict], lr: float, betas: tuple[float, float], fused: bool | None = None
+) -> torch.optim.AdamW:
     """AdamW, fused on CUDA when available (``fused=None`` picks it automatically)."""
     if fused is None:
         fused = all(p.is_cuda for g in groups for p in g["params"]) and torch.cuda.is_available()

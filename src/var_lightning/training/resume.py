@@ -40,6 +40,7 @@ from var_lightning.data.resumable import (  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
+
 # ---------------------------------------------------------------------------------------------- RNG state
 class RNGStateCallback(L.Callback):
     """Saves the global RNG states (torch CPU/CUDA, numpy, Python) in each checkpoint and restores them when

@@ -22,7 +22,9 @@ def lr_factor(
     final_ratio: float = 0.01,
 ) -> float:
     if kind not in SCHEDULES:
-        raise ValueError(f"unknown lr schedule {kind!r}; choose one of {SCHEDULES} (key model.optim.schedule)")
+        raise ValueError(
+            f"unknown lr schedule {kind!r}; choose one of {SCHEDULES} (key model.optim.schedule)"
+        )
     if step < warmup_steps:
         return warmup_start + (1 - warmup_start) * step / warmup_steps
     if kind == "const":

@@ -30,8 +30,14 @@ from var_lightning.training.schedules import lr_factor
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIM = dict(
-    lr=1e-4, disc_lr=None, betas=(0.5, 0.9), weight_decay=0.0, warmup_steps=0, schedule="const",
-    final_ratio=1.0, grad_clip=2.0,
+    lr=1e-4,
+    disc_lr=None,
+    betas=(0.5, 0.9),
+    weight_decay=0.0,
+    warmup_steps=0,
+    schedule="const",
+    final_ratio=1.0,
+    grad_clip=2.0,
 )
 
 
@@ -83,11 +89,20 @@ class TokenizerModule(L.LightningModule):
             g.update(lr=o["lr"], role="generator")
         if self.loss.discriminator is not None:
             disc_lr = o["disc_lr"] if o["disc_lr"] is not None else o["lr"]
-            groups.append({"params": list(self.loss.discriminator.parameters()), "lr": disc_lr,
-                           "weight_decay": 0.0, "role": "discriminator", "name": "discriminator"})
+            groups.append(
+                {
+                    "params": list(self.loss.discriminator.parameters()),
+                    "lr": disc_lr,
+                    "weight_decay": 0.0,
+                    "role": "discriminator",
+                    "name": "discriminator",
+                }
+            )
         opt = adamw(groups, lr=o["lr"], betas=tuple(o["betas"]))
         max_steps = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
-        fn = lambda step: lr_factor(step, o["warmup_steps"], max_steps, o["schedule"], final_ratio=o["final_ratio"])
+        fn = lambda step: lr_factor(
+            step, o["warmup_steps"], max_steps, o["schedule"], final_ratio=o["final_ratio"]
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -98,7 +113,13 @@ class TokenizerModule(L.LightningModule):
             scaler.unscale_(opt)
         norms = {}
         for role in ("generator", "discriminator"):
-            params = [p for g in opt.param_groups if g.get("role") == role for p in g["params"] if p.grad is not None]
+            params = [
+                p
+                for g in opt.param_groups
+                if g.get("role") == role
+                for p in g["params"]
+                if p.grad is not None
+            ]
             if params:
                 max_norm = clip if clip and clip > 0 else math.inf
                 norms[role] = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -111,7 +132,9 @@ class TokenizerModule(L.LightningModule):
         sched = self.lr_schedulers()
         step = self.global_step
         rec, q = self.vae(img)
-        g_loss, g_logs = self.loss.generator_loss(img, rec, q.vq_loss, step, last_layer=self.vae.decoder.last_layer)
+        g_loss, g_logs = self.loss.generator_loss(
+            img, rec, q.vq_loss, step, last_layer=self.vae.decoder.last_layer
+        )
         logs = {f"train/{k}": v for k, v in g_logs.items()}
         total = g_loss
         if self.loss.disc_active(step):
@@ -143,7 +166,9 @@ class TokenizerModule(L.LightningModule):
         logs = {f"val/{k}": g_logs[k] for k in ("rec_l2", "vq", "perceptual", "loss") if k in g_logs}
         logs["val/psnr"] = psnr(img, rec)
         self.log_dict(logs, prog_bar=False, sync_dist=True, batch_size=B)
-        self.log("val/rec_l1", F.l1_loss(rec.float(), img.float()), prog_bar=True, sync_dist=True, batch_size=B)
+        self.log(
+            "val/rec_l1", F.l1_loss(rec.float(), img.float()), prog_bar=True, sync_dist=True, batch_size=B
+        )
 
     def _log_usage(self, usage: CodebookUsage, split: str) -> None:
         stats = usage.compute(sync=True, device=self.device)
@@ -167,7 +192,9 @@ class TokenizerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ images
     @torch.no_grad()
-    def log_images(self, batch: tuple[torch.Tensor, torch.Tensor], max_images: int = 8) -> dict[str, torch.Tensor]:
+    def log_images(
+        self, batch: tuple[torch.Tensor, torch.Tensor], max_images: int = 8
+    ) -> dict[str, torch.Tensor]:
         """Inputs, reconstructions and per-scale progressive reconstructions, in [0, 1]. The progressive
         grid has one row per image and one column per scale (``nrow`` = K)."""
         img = batch[0][:max_images].to(self.device)
@@ -177,7 +204,11 @@ class TokenizerModule(L.LightningModule):
         self.vae.train(was_training)
         to01 = lambda x: (x.float().clamp(-1, 1) + 1) / 2
         prog_NK = torch.stack(prog, dim=1).flatten(0, 1)
-        return {"inputs": to01(img), "reconstructions": to01(prog[-1]), f"progressive_nrow{len(prog)}": to01(prog_NK)}
+        return {
+            "inputs": to01(img),
+            "reconstructions": to01(prog[-1]),
+            f"progressive_nrow{len(prog)}": to01(prog_NK),
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # record_hit (a plain attribute) sets the usage EMA's rate; saved so a resumed run continues it exactly

@@ -25,10 +25,20 @@ from var_lightning.transformer.var import VAR
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIM = dict(
-    base_lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, weight_decay_end=None, warmup_fraction=0.02,
-    warmup_steps=None, warmup_start=0.005, schedule="lin0", final_ratio=0.01, fused=None,
+    base_lr=1e-4,
+    betas=(0.9, 0.95),
+    weight_decay=0.05,
+    weight_decay_end=None,
+    warmup_fraction=0.02,
+    warmup_steps=None,
+    warmup_start=0.005,
+    schedule="lin0",
+    final_ratio=0.01,
+    fused=None,
 )
-DEFAULT_TRAIN = dict(cond_drop_rate=0.1, label_smoothing=0.0, fused_ce=False, ce_chunk_tokens=8192, compile=False)
+DEFAULT_TRAIN = dict(
+    cond_drop_rate=0.1, label_smoothing=0.0, fused_ce=False, ce_chunk_tokens=8192, compile=False
+)
 DEFAULT_SAMPLING = dict(cfg=1.5, top_k=0, top_p=0.0, seed=0, more_smooth=False)
 
 
@@ -42,14 +52,20 @@ def build_var_config(transformer: dict | VARConfig, tokenizer: VQVAEConfig) -> V
         spec = {k: v for k, v in dict(transformer).items() if v is not None}
         name = spec.pop("preset", None)
         if name is not None and name not in PRESETS:
-            raise ValueError(f"unknown VAR preset {name!r} (key model.transformer.preset); choose one of {sorted(PRESETS)}")
+            raise ValueError(
+                f"unknown VAR preset {name!r} (key model.transformer.preset); choose one of {sorted(PRESETS)}"
+            )
         base = dict(PRESETS[name]) if name else {}
-        base.update(vocab_size=tokenizer.vocab_size, cvae=tokenizer.z_channels, patch_nums=tokenizer.patch_nums)
+        base.update(
+            vocab_size=tokenizer.vocab_size, cvae=tokenizer.z_channels, patch_nums=tokenizer.patch_nums
+        )
         base.update(spec)
         known = {f.name for f in fields(VARConfig)}
         unknown = set(base) - known
         if unknown:
-            raise ValueError(f"unknown transformer config keys {sorted(unknown)} (model.transformer); valid: {sorted(known)}")
+            raise ValueError(
+                f"unknown transformer config keys {sorted(unknown)} (model.transformer); valid: {sorted(known)}"
+            )
         cfg = VARConfig(**base)
     return cfg
 
@@ -92,7 +108,9 @@ class VARModule(L.LightningModule):
         self.train_cfg = {**DEFAULT_TRAIN, **dict(train or {})}
         self.sampling_cfg = {**DEFAULT_SAMPLING, **dict(sampling or {})}
         if not 0.0 <= self.train_cfg["cond_drop_rate"] < 1.0:
-            raise ValueError(f"model.train.cond_drop_rate={self.train_cfg['cond_drop_rate']} must be in [0, 1)")
+            raise ValueError(
+                f"model.train.cond_drop_rate={self.train_cfg['cond_drop_rate']} must be in [0, 1)"
+            )
         self.save_hyperparameters(
             {
                 "transformer": asdict(var_cfg),
@@ -109,7 +127,9 @@ class VARModule(L.LightningModule):
         self.peak_lr: float | None = None
 
     @staticmethod
-    def _build_tokenizer(ckpt: str | None, tokenizer: dict | None, patch_nums: list[int] | None) -> MultiScaleVQVAE:
+    def _build_tokenizer(
+        ckpt: str | None, tokenizer: dict | None, patch_nums: list[int] | None
+    ) -> MultiScaleVQVAE:
         if tokenizer is not None:  # restoring a VAR checkpoint: weights come with its state_dict
             cfg = VQVAEConfig(**dict(tokenizer))
             if patch_nums is not None and tuple(patch_nums) != cfg.patch_nums:
@@ -136,7 +156,9 @@ class VARModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         per_device = getattr(dm, "batch_size", None)
         if per_device is None:
-            raise ValueError("cannot derive the global batch size: the datamodule has no batch_size attribute")
+            raise ValueError(
+                "cannot derive the global batch size: the datamodule has no batch_size attribute"
+            )
         return int(per_device) * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -144,15 +166,25 @@ class VARModule(L.LightningModule):
         global_batch = self.global_batch_size()
         self.peak_lr = o["base_lr"] * global_batch / 256
         max_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = o["warmup_steps"] if o["warmup_steps"] is not None else round(o["warmup_fraction"] * max_steps)
+        warmup = (
+            o["warmup_steps"] if o["warmup_steps"] is not None else round(o["warmup_fraction"] * max_steps)
+        )
         self._max_steps = max_steps
         log.info(
             "lr = base_lr %.3g x global batch %d / 256 = %.3g; %d steps, %d warm-up, schedule %s to x%g",
-            o["base_lr"], global_batch, self.peak_lr, max_steps, warmup, o["schedule"], o["final_ratio"],
+            o["base_lr"],
+            global_batch,
+            self.peak_lr,
+            max_steps,
+            warmup,
+            o["schedule"],
+            o["final_ratio"],
         )
         groups = param_groups(self.var.named_parameters(), o["weight_decay"])
         opt = adamw(groups, lr=self.peak_lr, betas=tuple(o["betas"]), fused=o["fused"])
-        fn = lambda step: lr_factor(step, warmup, max_steps, o["schedule"], o["warmup_start"], o["final_ratio"])
+        fn = lambda step: lr_factor(
+            step, warmup, max_steps, o["schedule"], o["warmup_start"], o["final_ratio"]
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -189,7 +221,7 @@ class VARModule(L.LightningModule):
             idx_list, x_BLCv = self.vae.img_to_var_input(img_B3HW.float())
         return torch.cat(idx_list, dim=1), x_BLCv
 
-    def configure_model(self) -> None:
+    def setup(self, stage: str) -> None:
         """Check the speed flags once, before the first step (``model.train.compile`` /
         ``fused_ce`` / ``ce_chunk_tokens``); compilation itself happens lazily at the first forward."""
         t = self.train_cfg
@@ -201,7 +233,9 @@ class VARModule(L.LightningModule):
         if mode:
             log.info("torch.compile of the transformer blocks (mode=%s): the first steps compile", mode)
 
-    def compute_losses(self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False) -> dict[str, torch.Tensor]:
+    def compute_losses(
+        self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Loss, last-scale loss, token error rates and per-scale loss/accuracy of one batch (images or
         pre-tokenized token pyramids with labels); label dropout only with ``drop_labels``."""
         img, label_B = batch
@@ -213,7 +247,12 @@ class VARModule(L.LightningModule):
         h_BLC, cond_BD = self.var.forward_hidden(label_B, x_BLCv, compile=t.get("compile", False))
         if t.get("fused_ce", False):  # never materialises the (B, L, V) fp32 logits; same numbers
             loss_BL, err_BL = chunked_head_cross_entropy(
-                h_BLC, cond_BD, self.var.head_nm, self.var.head, gt_BL, t["label_smoothing"],
+                h_BLC,
+                cond_BD,
+                self.var.head_nm,
+                self.var.head,
+                gt_BL,
+                t["label_smoothing"],
                 t.get("ce_chunk_tokens", 8192),
             )
         else:
@@ -239,8 +278,16 @@ class VARModule(L.LightningModule):
         out = self.compute_losses(batch, drop_labels=True)
         B = batch[0].shape[0]
         self.log("train/loss", out["loss"].detach(), prog_bar=True, batch_size=B)
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items() if k != "loss" and not k.startswith("scale/")}, batch_size=B)
-        self.log_dict({f"train/{k}": v for k, v in out.items() if k.startswith("scale/")}, on_step=False, on_epoch=True, batch_size=B)
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in out.items() if k != "loss" and not k.startswith("scale/")},
+            batch_size=B,
+        )
+        self.log_dict(
+            {f"train/{k}": v for k, v in out.items() if k.startswith("scale/")},
+            on_step=False,
+            on_epoch=True,
+            batch_size=B,
+        )
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=B)
         return out["loss"]
 
@@ -262,11 +309,22 @@ class VARModule(L.LightningModule):
         """Images (B, 3, H, W) in [0, 1] for the given classes with the module's sampling defaults."""
         s = {**self.sampling_cfg, **overrides}
         labels = torch.as_tensor(labels, device=self.device)
-        return sample(self.var, self.vae, labels.numel(), labels=labels, cfg=s["cfg"], top_k=s["top_k"],
-                      top_p=s["top_p"], more_smooth=s["more_smooth"], seed=s["seed"]).images
+        return sample(
+            self.var,
+            self.vae,
+            labels.numel(),
+            labels=labels,
+            cfg=s["cfg"],
+            top_k=s["top_k"],
+            top_p=s["top_p"],
+            more_smooth=s["more_smooth"],
+            seed=s["seed"],
+        ).images
 
     @torch.no_grad()
-    def log_images(self, batch: tuple[torch.Tensor, torch.Tensor], max_images: int = 8) -> dict[str, torch.Tensor]:
+    def log_images(
+        self, batch: tuple[torch.Tensor, torch.Tensor], max_images: int = 8
+    ) -> dict[str, torch.Tensor]:
         """One row per class (up to 10 classes) of ``max_images`` samples each, seeded."""
         n_cls = min(self.var.num_classes, 10)
         labels = torch.arange(n_cls, device=self.device).repeat_interleave(max_images)
@@ -278,7 +336,11 @@ class VARModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = {"stage": "var"}
-        names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None) if self._trainer else None
+        names = (
+            getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+            if self._trainer
+            else None
+        )
         if names:
             meta["class_names"] = list(names)
         checkpoint["var_lightning"] = meta

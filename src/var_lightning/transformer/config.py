@@ -15,7 +15,9 @@ SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
 
 def _bad(key: str, value: object, why: str) -> ValueError:
-    return ValueError(f"invalid transformer config: {key}={value!r}: {why} (config key model.transformer.{key})")
+    return ValueError(
+        f"invalid transformer config: {key}={value!r}: {why} (config key model.transformer.{key})"
+    )
 
 
 @dataclass

@@ -101,7 +101,9 @@ class SelfAttention(nn.Module):
     scales without a mask.
     """
 
-    def __init__(self, C: int, num_heads: int, attn_l2_norm: bool, attn_drop: float, proj_drop: float) -> None:
+    def __init__(
+        self, C: int, num_heads: int, attn_l2_norm: bool, attn_drop: float, proj_drop: float
+    ) -> None:
         super().__init__()
         self.C, self.num_heads, self.head_dim = C, num_heads, C // num_heads
         self.attn_l2_norm = attn_l2_norm
@@ -156,7 +158,9 @@ class SelfAttention(nn.Module):
             o_BHLc = flex_attention_call(q, k, v, block_mask, self.scale)
         else:
             mask = None if attn_bias is None else attn_bias.to(q.dtype)
-            o_BHLc = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scale)
+            o_BHLc = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scale
+            )
         o_BLC = o_BHLc.transpose(1, 2).reshape(B, L, C)
         return self.proj_drop(self.proj(o_BLC))
 

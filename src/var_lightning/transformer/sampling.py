@@ -26,14 +26,21 @@ def check_compatible(var: VAR, vae: MultiScaleVQVAE) -> None:
     """Raise a clear error when a transformer and a tokenizer cannot work together."""
     problems = []
     if tuple(var.patch_nums) != tuple(vae.patch_nums):
-        problems.append(f"scale schedules differ: transformer patch_nums={tuple(var.patch_nums)}, tokenizer {tuple(vae.patch_nums)}")
-    if var.V != vae.cfg.vocab_size:
-        problems.append(f"vocabulary sizes differ: transformer vocab_size={var.V}, tokenizer {vae.cfg.vocab_size}")
+        problems.append(
+            f"scale schedules differ: transformer patch_nums={tuple(var.patch_nums)}, tokenizer {tuple(vae.patch_nums)}"
+        )
+    if vae.cfg.vocab_size != var.V:
+        problems.append(
+            f"vocabulary sizes differ: transformer vocab_size={var.V}, tokenizer {vae.cfg.vocab_size}"
+        )
     if var.Cvae != vae.cfg.z_channels:
-        problems.append(f"codebook dims differ: transformer cvae={var.Cvae}, tokenizer z_channels={vae.cfg.z_channels}")
+        problems.append(
+            f"codebook dims differ: transformer cvae={var.Cvae}, tokenizer z_channels={vae.cfg.z_channels}"
+        )
     if problems:
         raise ValueError(
-            "the tokenizer does not match the transformer: " + "; ".join(problems)
+            "the tokenizer does not match the transformer: "
+            + "; ".join(problems)
             + " (set model.transformer.patch_nums / vocab_size / cvae to the tokenizer's values, or use the tokenizer the "
             "transformer was trained with)"
         )
@@ -41,7 +48,9 @@ def check_compatible(var: VAR, vae: MultiScaleVQVAE) -> None:
 
 def check_sampling_args(var: VAR, cfg: float, top_k: int, top_p: float) -> None:
     if cfg < 0:
-        raise ValueError(f"cfg={cfg} is negative; guidance strength must be >= 0 (0 = no guidance) (key sampling.cfg)")
+        raise ValueError(
+            f"cfg={cfg} is negative; guidance strength must be >= 0 (0 = no guidance) (key sampling.cfg)"
+        )
     if top_k < 0 or top_k > var.V:
         raise ValueError(
             f"top_k={top_k} is outside 0..{var.V} (the vocabulary size; 0 disables top-k) (key sampling.top_k)"
@@ -145,7 +154,9 @@ class SampleOutput:
     labels: torch.Tensor  # (B,)
 
 
-def resolve_labels(var: VAR, B: int, labels, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def resolve_labels(
+    var: VAR, B: int, labels, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """None -> uniform random classes (one multinomial draw); int -> that class for all (negative = null);
     sequence/tensor -> as given. Out-of-range ids raise a clear error."""
     if labels is None:

@@ -95,12 +95,22 @@ class VAR(nn.Module):
         self.shared_ada_lin = (
             nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(D, 6 * C)) if cfg.shared_aln else nn.Identity()
         )
-        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linspace(0, rate, depth)
+        dpr = [
+            cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)
+        ]  # linspace(0, rate, depth)
         self.blocks = nn.ModuleList(
             [
                 AdaLNSelfAttn(
-                    C, D, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, cfg.attn_drop, dpr[i],
-                    cfg.norm_eps, cfg.shared_aln, cfg.attn_l2_norm,
+                    C,
+                    D,
+                    cfg.num_heads,
+                    cfg.mlp_ratio,
+                    cfg.drop_rate,
+                    cfg.attn_drop,
+                    dpr[i],
+                    cfg.norm_eps,
+                    cfg.shared_aln,
+                    cfg.attn_l2_norm,
                 )
                 for i in range(cfg.depth)
             ]
@@ -168,7 +178,9 @@ class VAR(nn.Module):
         """Logits (B, L, V) float32 from the trunk's output and the class embedding."""
         return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
 
-    def embed_inputs(self, label_B: torch.Tensor, x_BLCv: torch.Tensor, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_inputs(
+        self, label_B: torch.Tensor, x_BLCv: torch.Tensor, end: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, C) of [start tokens; word_embed(teacher-forcing input)] plus level and
         position embeddings, and the class embedding ``cond_BD``."""
         end = self.L if end is None else end
@@ -186,8 +198,10 @@ class VAR(nn.Module):
         (``attn_impl="flex"``, CUDA, no attention dropout), else ``(dense additive mask, None)``."""
         if self.cfg.attn_impl == "flex" and device.type == "cuda":
             if self.cfg.attn_drop > 0 and self.training:
-                log.warning("attn_impl='flex' has no attention dropout: dense mask used (attn_drop=%g)",
-                            self.cfg.attn_drop)
+                log.warning(
+                    "attn_impl='flex' has no attention dropout: dense mask used (attn_drop=%g)",
+                    self.cfg.attn_drop,
+                )
             else:
                 from var_lightning.transformer.flex import get_block_mask
 
@@ -221,5 +235,10 @@ class VAR(nn.Module):
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            n -= self.pos_1LC.numel() + self.pos_start.numel() + self.class_emb.weight.numel() + self.lvl_embed.weight.numel()
+            n -= (
+                self.pos_1LC.numel()
+                + self.pos_start.numel()
+                + self.class_emb.weight.numel()
+                + self.lvl_embed.weight.numel()
+            )
         return n
