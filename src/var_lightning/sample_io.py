@@ -44,14 +44,14 @@ def labelled_grid(
     rows: dict[int, list[np.ndarray]] = {}
     for a, lab in zip(arr, labels, strict=True):
         rows.setdefault(int(lab), []).append(a)
-    label_w, pad = 90, 2
+    names = {lab: (class_names[lab] if class_names and lab < len(class_names) else f"class {lab}") for lab in rows}
+    label_w, pad = 10 + 6 * max(len(n) for n in names.values()), 2
     cell_h, cell_w = H * scale, W * scale
     canvas = Image.new("RGB", (label_w + per_row * (cell_w + pad), len(rows) * (cell_h + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (lab, imgs) in enumerate(rows.items()):
         y = r * (cell_h + pad)
-        name = class_names[lab] if class_names and lab < len(class_names) else f"class {lab}"
-        draw.text((4, y + cell_h // 2 - 5), name[:14], fill="black")
+        draw.text((4, y + cell_h // 2 - 5), names[lab], fill="black")
         for c, a in enumerate(imgs[:per_row]):
             im = Image.fromarray(a).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(im, (label_w + c * (cell_w + pad), y))
