@@ -44,7 +44,9 @@ def labelled_grid(
     rows: dict[int, list[np.ndarray]] = {}
     for a, lab in zip(arr, labels, strict=True):
         rows.setdefault(int(lab), []).append(a)
-    names = {lab: (class_names[lab] if class_names and lab < len(class_names) else f"class {lab}") for lab in rows}
+    names = {
+        lab: (class_names[lab] if class_names and lab < len(class_names) else f"class {lab}") for lab in rows
+    }
     label_w, pad = 10 + 6 * max(len(n) for n in names.values()), 2
     cell_h, cell_w = H * scale, W * scale
     canvas = Image.new("RGB", (label_w + per_row * (cell_w + pad), len(rows) * (cell_h + pad)), "white")
