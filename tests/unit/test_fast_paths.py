@@ -142,7 +142,7 @@ def test_fast_sampler_logits_hook_and_bf16_autocast_equal_plain():
     assert all(torch.equal(logs_plain[si], logs_fast[si]) for si in range(len(TINY_PN)))
 
 
-def test_fast_sampler_delegates_editing_to_plain():
+def test_fast_sampler_edits_exactly_like_plain():
     vae, model = tiny_vae().eval(), tiny_var().eval()
     img = torch.rand(1, 3, 8, 8) * 2 - 1
     mask = torch.zeros(4, 4)

@@ -10,10 +10,10 @@ of one scale (blocks + head) is captured in a CUDA graph and replayed.
 Why it gives the same tokens. The trunk runs the blocks' own code (``forward_modulated``) on the same
 inputs, so fp32 numbers are equal; under autocast the cache stores k, v already in the autocast dtype,
 the cast SDPA would apply anyway. Everything random or data-dependent between scales (guidance, the
-logits hook, top-k/top-p filtering, ``multinomial``, the Gumbel draw of ``more_smooth``, the tokenizer's
-next input) calls the plain sampler's functions eagerly, in the same order and outside any graph, so a
-seeded generator is consumed call for call as in the plain path (specification section d). Editing
-(``edit=``) is delegated to the plain sampler.
+logits hook, top-k/top-p filtering, ``multinomial``, the Gumbel draw of ``more_smooth``, teacher-forced
+edit tokens, the tokenizer's next input) is the plain sampler's own loop (``sampling.run_scales``), run
+eagerly outside any graph, so a seeded generator is consumed call for call as in the plain path
+(specification section d) and editing works the same way.
 
 Shapes: B batch, N transformer rows (2B with guidance, else B), K scales, l tokens of one scale, L tokens
 of all scales, C width, V vocabulary, Cv tokenizer codebook dim.
@@ -36,11 +36,8 @@ from var_lightning.transformer.sampling import (
     EditSpec,
     SampleOutput,
     check_compatible,
-    check_sampling_args,
-    gumbel_soft_embedding,
-    resolve_labels,
-    sample,
-    sample_tokens,
+    run_scales,
+    start_sampling,
 )
 from var_lightning.transformer.var import VAR
 
@@ -132,71 +129,19 @@ class FastSampler:
     ) -> SampleOutput:
         """Generate B images; arguments and result as :func:`var_lightning.transformer.sampling.sample`."""
         var, vae = self.var, self.vae
-        if edit is not None:  # teacher-forced tokens: the plain path owns the editing semantics
-            return sample(
-                var,
-                vae,
-                B,
-                labels=labels,
-                cfg=cfg,
-                top_k=top_k,
-                top_p=top_p,
-                more_smooth=more_smooth,
-                seed=seed,
-                generator=generator,
-                edit=edit,
-                logits_hook=logits_hook,
-            )
-        check_sampling_args(var, cfg, top_k, top_p)
-        device = var.pos_1LC.device
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
-        label_B = resolve_labels(var, B, labels, generator, device)
-        K, patch_nums = len(var.patch_nums), var.patch_nums
-        guided = cfg > 0
-        n_rows = 2 * B if guided else B
-
-        cond_label = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
-        sos_BD = cond_BD = var.class_emb(cond_label)
-        lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
-        x_NlC = (
-            sos_BD.unsqueeze(1).expand(n_rows, var.first_l, -1)
-            + var.pos_start.expand(n_rows, var.first_l, -1)
-            + lvl_pos_1LC[:, : var.first_l]
+        st = start_sampling(var, vae, B, labels, cfg, top_k, top_p, seed, generator, edit)
+        n_rows = st.x_NlC.shape[0]
+        ada_B16C = [block.modulation(st.cond) for block in var.blocks]
+        head_ada_B12C = var.head_nm.modulation(st.cond_BD)
+        plan, run_scale = self._prepare(
+            n_rows, st.x_NlC.device, st.x_NlC, ada_B16C, head_ada_B12C, st.cond_BD.dtype
         )
-        cond = var.cond(cond_BD)
-        ada_B16C = [block.modulation(cond) for block in var.blocks]
-        head_ada_B12C = var.head_nm.modulation(cond_BD)
-        codebook_VC = vae.quantize.embedding.weight
-        f_hat = sos_BD.new_zeros(B, var.Cvae, patch_nums[-1], patch_nums[-1])
-        tokens: list[torch.Tensor] = []
-        cur_L = 0
-        plan, run_scale = self._prepare(n_rows, device, x_NlC, ada_B16C, head_ada_B12C, f_hat.dtype)
         with self._attached(plan):
-            for si, pn in enumerate(patch_nums):
-                ratio = si / (K - 1) if K > 1 else 0.0
-                cur_L += pn * pn
-                logits_BlV = run_scale(si, x_NlC)
-                if guided:
-                    t = cfg * ratio
-                    logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
-                if logits_hook is not None:
-                    logits_hook(si, logits_BlV.clone())
-                idx_Bl = sample_tokens(logits_BlV, top_k, top_p, generator)
-                if more_smooth:
-                    tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-                    h_BlCv = gumbel_soft_embedding(logits_BlV.mul(1 + ratio), codebook_VC, tau, generator)
-                else:
-                    h_BlCv = vae.quantize.embedding(idx_Bl)
-                h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, var.Cvae, pn, pn)
-                tokens.append(idx_Bl)
-                f_hat, next_BCvhw = vae.quantize.next_autoregressive_input(si, f_hat, h_BCvhw)
-                if si != K - 1:
-                    nxt = next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2)
-                    x_NlC = var.word_embed(nxt) + lvl_pos_1LC[:, cur_L : cur_L + patch_nums[si + 1] ** 2]
-                    x_NlC = x_NlC.repeat(2, 1, 1) if guided else x_NlC
+            f_hat, tokens = run_scales(
+                var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook
+            )
         images = self.decode(f_hat).add_(1).mul_(0.5)
-        return SampleOutput(images=images, tokens=tokens, labels=label_B)
+        return SampleOutput(images=images, tokens=tokens, labels=st.label_B)
 
     __call__ = sample
 

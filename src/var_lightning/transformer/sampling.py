@@ -173,6 +173,115 @@ def resolve_labels(
     return label_B
 
 
+@dataclass
+class SamplingStart:
+    """What every sampler computes before the first scale: labels, the class embeddings (conditional rows,
+    then unconditional rows when guided), the AdaLN input, the first scale's input tokens and the per-scale
+    keep masks of an edit."""
+
+    label_B: torch.Tensor  # (B,)
+    cond_BD: torch.Tensor  # (N, D), N = 2B with guidance else B
+    cond: torch.Tensor  # the blocks' AdaLN input: cond_BD or its shared projection
+    x_NlC: torch.Tensor  # (N, l_1, C) first-scale input
+    lvl_pos_1LC: torch.Tensor  # (1, L, C) level + position embeddings
+    guided: bool
+    generator: torch.Generator | None
+    masks: list[torch.Tensor] | None  # per-scale keep masks (B or 1, 1, h, w) when editing
+
+
+def start_sampling(
+    var: VAR,
+    vae: MultiScaleVQVAE,
+    B: int,
+    labels: int | Sequence[int] | torch.Tensor | None,
+    cfg: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    generator: torch.Generator | None,
+    edit: EditSpec | None,
+) -> SamplingStart:
+    """Checks, the seeded generator, labels (one multinomial draw when random) and the first input."""
+    check_compatible(var, vae)
+    check_sampling_args(var, cfg, top_k, top_p)
+    device = var.pos_1LC.device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    label_B = resolve_labels(var, B, labels, generator, device)
+    patch_nums = var.patch_nums
+    guided = cfg > 0  # with cfg == 0 the unconditional half cannot change the logits: skip it
+    n_rows = 2 * B if guided else B
+    masks = None
+    if edit is not None:
+        edit.check(patch_nums, B)
+        masks = scale_masks(edit.keep_mask_BHW.to(device), patch_nums, edit.keep_first_scale)
+    cond_label = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
+    sos_BD = cond_BD = var.class_emb(cond_label)
+    lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
+    x_NlC = (
+        sos_BD.unsqueeze(1).expand(n_rows, var.first_l, -1)
+        + var.pos_start.expand(n_rows, var.first_l, -1)
+        + lvl_pos_1LC[:, : var.first_l]
+    )
+    return SamplingStart(label_B, cond_BD, var.cond(cond_BD), x_NlC, lvl_pos_1LC, guided, generator, masks)
+
+
+def run_scales(
+    var: VAR,
+    vae: MultiScaleVQVAE,
+    st: SamplingStart,
+    run_scale: Callable[[int, torch.Tensor], torch.Tensor],
+    cfg: float,
+    top_k: int,
+    top_p: float,
+    more_smooth: bool,
+    edit: EditSpec | None,
+    logits_hook: Callable[[int, torch.Tensor], None] | None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The coarse-to-fine loop shared by every sampler: ``run_scale(si, x_NlC) -> logits (N, l, V)`` is the
+    transformer (with whatever cache the caller keeps); guidance, filtering, the random draws, teacher-forced
+    edit tokens and the ``f_hat`` update happen here, identically for all. Returns ``f_hat`` (B, Cv, h, w)
+    and the tokens of every scale."""
+    B, K, patch_nums = st.label_B.shape[0], len(var.patch_nums), var.patch_nums
+    device = st.x_NlC.device
+    codebook_VC = vae.quantize.embedding.weight
+    f_hat = st.cond_BD.new_zeros(B, var.Cvae, patch_nums[-1], patch_nums[-1])
+    tokens: list[torch.Tensor] = []
+    x_NlC, cur_L = st.x_NlC, 0
+    for si, pn in enumerate(patch_nums):
+        ratio = si / (K - 1) if K > 1 else 0.0
+        cur_L += pn * pn
+        logits_BlV = run_scale(si, x_NlC)
+        if st.guided:
+            t = cfg * ratio
+            logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
+        if logits_hook is not None:
+            logits_hook(si, logits_BlV.clone())
+        idx_Bl = sample_tokens(logits_BlV, top_k, top_p, st.generator)
+        if more_smooth:
+            tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+            h_BlCv = gumbel_soft_embedding(logits_BlV.mul(1 + ratio), codebook_VC, tau, st.generator)
+        else:
+            h_BlCv = vae.quantize.embedding(idx_Bl)
+        h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, var.Cvae, pn, pn)
+        if st.masks is not None:
+            keep_B1hw = st.masks[si]
+            gt_Bl = edit.keep_idx[si].to(device).expand(B, -1)
+            gt_BCvhw = vae.quantize.embedding(gt_Bl).transpose(1, 2).reshape(B, var.Cvae, pn, pn)
+            # where() rather than the notebook's gt*m + h*(1-m): equal for finite values, and a
+            # non-finite sampled value at a kept position cannot leak into f_hat.
+            h_BCvhw = torch.where(keep_B1hw.bool(), gt_BCvhw, h_BCvhw)
+            keep_Bl = keep_B1hw.view(-1, pn * pn).expand(B, -1).bool()
+            idx_Bl = torch.where(keep_Bl, gt_Bl, idx_Bl)
+        tokens.append(idx_Bl)
+        f_hat, next_BCvhw = vae.quantize.next_autoregressive_input(si, f_hat, h_BCvhw)
+        if si != K - 1:
+            nxt = next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2)
+            x_NlC = var.word_embed(nxt) + st.lvl_pos_1LC[:, cur_L : cur_L + patch_nums[si + 1] ** 2]
+            x_NlC = x_NlC.repeat(2, 1, 1) if st.guided else x_NlC
+    return f_hat, tokens
+
+
 @torch.no_grad()
 def sample(
     var: VAR,
@@ -195,70 +304,18 @@ def sample(
     generator on the model's device (CPU and CUDA streams differ); ``generator`` passes one in.
     ``logits_hook(si, logits_BlV)`` sees the guided logits of every scale before filtering.
     """
-    check_compatible(var, vae)
-    check_sampling_args(var, cfg, top_k, top_p)
-    device = var.pos_1LC.device
-    if generator is None and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    label_B = resolve_labels(var, B, labels, generator, device)
-    K, patch_nums = len(var.patch_nums), var.patch_nums
-    guided = cfg > 0  # with cfg == 0 the unconditional half cannot change the logits: skip it
-    n_rows = 2 * B if guided else B
-    masks = None
-    if edit is not None:
-        edit.check(patch_nums, B)
-        masks = scale_masks(edit.keep_mask_BHW.to(device), patch_nums, edit.keep_first_scale)
+    st = start_sampling(var, vae, B, labels, cfg, top_k, top_p, seed, generator, edit)
 
-    cond_label = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
-    sos_BD = cond_BD = var.class_emb(cond_label)
-    lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
-    x_BlC = (
-        sos_BD.unsqueeze(1).expand(n_rows, var.first_l, -1)
-        + var.pos_start.expand(n_rows, var.first_l, -1)
-        + lvl_pos_1LC[:, : var.first_l]
-    )
-    cond = var.cond(cond_BD)
-    codebook_VC = vae.quantize.embedding.weight
-    f_hat = sos_BD.new_zeros(B, var.Cvae, patch_nums[-1], patch_nums[-1])
-    tokens: list[torch.Tensor] = []
-    cur_L = 0
+    def run_scale(si: int, x_NlC: torch.Tensor) -> torch.Tensor:
+        h_NlC = x_NlC
+        for block in var.blocks:  # each block appends this scale's k, v to its cache
+            h_NlC = block(h_NlC, st.cond, None)
+        return var.get_logits(h_NlC, st.cond_BD)
+
     var.kv_caching(True)
     try:
-        for si, pn in enumerate(patch_nums):
-            ratio = si / (K - 1) if K > 1 else 0.0
-            cur_L += pn * pn
-            h_BlC = x_BlC
-            for block in var.blocks:
-                h_BlC = block(h_BlC, cond, None)
-            logits_BlV = var.get_logits(h_BlC, cond_BD)
-            if guided:
-                t = cfg * ratio
-                logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
-            if logits_hook is not None:
-                logits_hook(si, logits_BlV.clone())
-            idx_Bl = sample_tokens(logits_BlV, top_k, top_p, generator)
-            if more_smooth:
-                tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-                h_BlCv = gumbel_soft_embedding(logits_BlV.mul(1 + ratio), codebook_VC, tau, generator)
-            else:
-                h_BlCv = vae.quantize.embedding(idx_Bl)
-            h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, var.Cvae, pn, pn)
-            if masks is not None:
-                keep_B1hw = masks[si]
-                gt_Bl = edit.keep_idx[si].to(device).expand(B, -1)
-                gt_BCvhw = vae.quantize.embedding(gt_Bl).transpose(1, 2).reshape(B, var.Cvae, pn, pn)
-                # where() rather than the notebook's gt*m + h*(1-m): equal for finite values, and a
-                # non-finite sampled value at a kept position cannot leak into f_hat.
-                h_BCvhw = torch.where(keep_B1hw.bool(), gt_BCvhw, h_BCvhw)
-                keep_Bl = keep_B1hw.view(-1, pn * pn).expand(B, -1).bool()
-                idx_Bl = torch.where(keep_Bl, gt_Bl, idx_Bl)
-            tokens.append(idx_Bl)
-            f_hat, next_BCvhw = vae.quantize.next_autoregressive_input(si, f_hat, h_BCvhw)
-            if si != K - 1:
-                nxt = next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2)
-                x_BlC = var.word_embed(nxt) + lvl_pos_1LC[:, cur_L : cur_L + patch_nums[si + 1] ** 2]
-                x_BlC = x_BlC.repeat(2, 1, 1) if guided else x_BlC
+        f_hat, tokens = run_scales(var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook)
     finally:
         var.kv_caching(False)
     images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
-    return SampleOutput(images=images, tokens=tokens, labels=label_B)
+    return SampleOutput(images=images, tokens=tokens, labels=st.label_B)
