@@ -141,6 +141,20 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def result_row(task: str, B: int, first: float, times: list[float], device: torch.device) -> dict:
+    """One table row: median time, images/s, ms/image and peak memory of a timed loop."""
+    med = statistics.median(times)
+    return dict(
+        task=task,
+        batch=B,
+        first_s=first,
+        median_s=med,
+        img_per_s=B / med,
+        ms_per_img=1e3 * med / B,
+        peak_gib=peak_gib(device),
+    )
+
+
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -177,16 +191,7 @@ def bench_sampling(
 
     reset_peak(device)
     first, times = timed(step, device, args.warmup, args.iters)
-    med = statistics.median(times)
-    return dict(
-        task="sample",
-        batch=B,
-        first_s=first,
-        median_s=med,
-        img_per_s=B / med,
-        ms_per_img=1e3 * med / B,
-        peak_gib=peak_gib(device),
-    )
+    return result_row("sample", B, first, times, device)
 
 
 def bench_training(
@@ -227,18 +232,9 @@ def bench_training(
 
     reset_peak(device)
     first, times = timed(step, device, args.train_warmup, args.train_iters)
-    med = statistics.median(times)
     var.cfg.attn_impl = "sdpa"
     var.eval()
-    return dict(
-        task="train",
-        batch=B,
-        first_s=first,
-        median_s=med,
-        img_per_s=B / med,
-        ms_per_img=1e3 * med / B,
-        peak_gib=peak_gib(device),
-    )
+    return result_row("train", B, first, times, device)
 
 
 # ---------------------------------------------------------------------- report
