@@ -1,51 +1,201 @@
-"""Reading checkpoints of either stage (and the released weights) with clear errors.
+"""Reading and writing checkpoint files safely: no load path executes pickled code.
 
-A var_lightning checkpoint is a Lightning checkpoint with ``checkpoint["var_lightning"]["stage"]`` set to
-``"tokenizer"`` or ``"var"``; ``hyper_parameters`` hold the model configs, ``state_dict`` the weights
-(``vae.*`` for the tokenizer, ``var.*`` for the transformer).
+Every ``.ckpt`` / ``.pth`` is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
+plain containers. A file that needs more (a pickled class, a function) is refused with
+:class:`UnsafeCheckpointError`; ``trust_pickle=True`` loads it anyway with a warning naming the file, for
+the rare foreign file the user vouches for. ``.safetensors`` files are read with the safetensors library.
+
+Two kinds of content come through here:
+
+* a **var_lightning checkpoint**: a Lightning checkpoint (or a ``var-convert`` output) with
+  ``checkpoint["var_lightning"]["stage"]`` = ``"tokenizer"`` or ``"var"``, the model configs in
+  ``hyper_parameters`` and the weights in ``state_dict`` (``vae.*``, ``var.*``). As ``.safetensors`` the
+  tensors are the state_dict and the rest is JSON in the header metadata (key ``var_lightning``).
+* a **released state_dict** in the published layout (``vae_ch160v4096z32.pth``, ``var_d16.pth`` ...), or
+  the published trainer's ``ar-ckpt-*.pth``, as ``.pth`` or ``.safetensors``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.tokenizer.config import VQVAEConfig
-
 log = logging.getLogger(__name__)
 
+SAFETENSORS_SUFFIX = ".safetensors"
+_META_KEY = "var_lightning"
 
-def read_checkpoint(path: str | Path, key: str = "model.tokenizer_ckpt") -> dict[str, Any]:
-    """torch.load on CPU with errors that name the file and the config key."""
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used here; the message names the file, the key and the fix."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file needs full unpickling, which can execute code; refused unless ``trust_pickle=true``."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _resolve(path: str | os.PathLike, key: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p} (config key {key})")
+        hint = " (it is a directory: give the checkpoint file inside it)" if p.is_dir() else ""
+        raise FileNotFoundError(f"{key}={str(path)!r}: no such file{hint}")
+    return p
+
+
+def torch_load(
+    path: str | os.PathLike,
+    key: str = "ckpt_path",
+    trust_pickle: bool = False,
+    map_location: str | torch.device = "cpu",
+    mmap: bool = False,
+) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file and the config key.
+
+    Refuses (``UnsafeCheckpointError``) a file whose unpickling would need arbitrary classes or callables,
+    unless ``trust_pickle``: then it is loaded with ``weights_only=False`` after a warning. A truncated or
+    corrupt file raises ``CheckpointError``.
+    """
+    p = _resolve(path, key)
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:  # Lightning checkpoints may hold pickled non-tensor state
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise RuntimeError(
-                f"cannot read checkpoint {p} (config key {key}): {type(e).__name__}: {e}"
+        return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            raise UnsafeCheckpointError(
+                f"{key}={p}: refused to load: the file holds pickled Python objects beyond tensors and plain "
+                f"containers ({_first_line(e)}), and unpickling them can execute code. var_lightning and the "
+                f"released VAR checkpoints never need this. If you trust the file's origin, pass "
+                f"trust_pickle=true (command line) / trust_pickle=True (Python) to load it anyway"
             ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"{key}={p}: cannot read the file ({type(e).__name__}: {_first_line(e)}); it is truncated, corrupt "
+            f"or not a PyTorch checkpoint"
+        ) from e
+    msg = (
+        f"trust_pickle=true: loading {p} with full unpickling (weights_only=False); any code the file "
+        f"carries runs now"
+    )
+    log.warning(msg)
+    warnings.warn(msg, stacklevel=2)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=False, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 - whatever the trusted file raises, name it
+        raise CheckpointError(
+            f"{key}={p}: cannot read the file ({type(e).__name__}: {_first_line(e)})"
+        ) from e
+
+
+# ---------------------------------------------------------------------------------------------- safetensors
+def read_safetensors(path: str | os.PathLike, key: str = "ckpt_path", device: str = "cpu") -> dict[str, Any]:
+    """A ``.safetensors`` file as a checkpoint dict: a var_lightning one (metadata key ``var_lightning``)
+    becomes ``{"state_dict", "hyper_parameters", "var_lightning"}``, anything else its plain state_dict."""
+    from safetensors import SafetensorError, safe_open
+
+    p = _resolve(path, key)
+    try:
+        with safe_open(str(p), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{key}={p}: cannot read the safetensors file ({type(e).__name__}: {_first_line(e)})"
+        ) from e
+    if _META_KEY not in meta:
+        return tensors
+    try:
+        info = json.loads(meta[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{key}={p}: the '{_META_KEY}' metadata is not valid JSON ({e})") from e
+    return {
+        "state_dict": tensors,
+        "hyper_parameters": info.get("hyper_parameters", {}),
+        _META_KEY: info.get("meta", {}),
+    }
+
+
+def write_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write a checkpoint dict (see the module docstring) as ``.safetensors``: a var_lightning checkpoint
+    keeps its hyper-parameters and metadata as JSON; a plain state_dict is written as it is."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if isinstance(ckpt.get("state_dict"), Mapping) and _META_KEY in ckpt:
+        tensors = ckpt["state_dict"]
+        info = {"hyper_parameters": ckpt.get("hyper_parameters", {}), "meta": ckpt[_META_KEY]}
+        metadata = {_META_KEY: json.dumps(info), "format": "pt"}
+    else:
+        tensors, metadata = ckpt, {"format": "pt"}
+    bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"safetensors holds tensors only; not tensors: {bad[:5]}")
+    # safetensors refuses shared or non-contiguous storage: give every tensor its own contiguous copy
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file(plain, str(p), metadata=metadata)
+    return p
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    key: str = "ckpt_path",
+    trust_pickle: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``) as a dict, loaded safely."""
+    p = _resolve(path, key)
+    if p.suffix == SAFETENSORS_SUFFIX:
+        return read_safetensors(p, key, device=str(map_location))
+    obj = torch_load(p, key, trust_pickle=trust_pickle, map_location=map_location)
     if not isinstance(obj, dict):
-        raise ValueError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict (config key {key})")
+        raise CheckpointError(f"{key}={p}: holds a {type(obj).__name__}, not a checkpoint or state_dict")
     return obj
 
 
-def checkpoint_stage(ckpt: dict[str, Any]) -> str:
+def save_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write ``ckpt`` as ``fmt`` (``pth`` or ``safetensors``; default from the suffix), atomically: a
+    temporary file in the same directory, flushed to disk, then renamed over ``path``."""
+    p = Path(path)
+    fmt = fmt or ("safetensors" if p.suffix == SAFETENSORS_SUFFIX else "pth")
+    if fmt not in ("pth", "safetensors"):
+        raise ValueError(f"format={fmt!r}: choose pth or safetensors")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "safetensors":
+            write_safetensors(ckpt, tmp)
+        else:
+            torch.save(dict(ckpt), tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- content
+def checkpoint_stage(ckpt: Mapping[str, Any]) -> str:
     """'tokenizer' or 'var' for var_lightning checkpoints, 'official-vae' / 'official-var' for released
     state_dicts (or the published trainer's checkpoints), 'unknown' otherwise."""
-    meta = ckpt.get("var_lightning")
-    if isinstance(meta, dict) and "stage" in meta:
+    meta = ckpt.get(_META_KEY)
+    if isinstance(meta, Mapping) and "stage" in meta:
         return str(meta["stage"])
-    if "state_dict" in ckpt and isinstance(ckpt.get("hyper_parameters"), dict):
+    if "state_dict" in ckpt and isinstance(ckpt.get("hyper_parameters"), Mapping):
         hp = ckpt["hyper_parameters"]
         return "var" if "transformer" in hp else ("tokenizer" if "tokenizer" in hp else "unknown")
     if "trainer" in ckpt:
@@ -58,57 +208,5 @@ def checkpoint_stage(ckpt: dict[str, Any]) -> str:
     return "unknown"
 
 
-def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def sub_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def load_tokenizer(path: str | Path, patch_nums: Sequence[int] | None = None) -> MultiScaleVQVAE:
-    """A frozen-ready tokenizer from a tokenizer-stage checkpoint or the released VQ-VAE weights.
-
-    ``patch_nums`` is the schedule the caller will use: a var_lightning tokenizer must have been trained
-    with it; the released tokenizer has no stored schedule and takes it (256px schedule by default).
-    """
-    ckpt = read_checkpoint(path)
-    stage = checkpoint_stage(ckpt)
-    if stage == "tokenizer":
-        cfg = VQVAEConfig(**dict(ckpt["hyper_parameters"]["tokenizer"]))
-        if patch_nums is not None and tuple(patch_nums) != cfg.patch_nums:
-            raise ValueError(
-                f"tokenizer checkpoint {path} was trained with scale schedule {cfg.patch_nums}, but "
-                f"schedule.patch_nums={tuple(patch_nums)}; use the same schedule for both stages "
-                f"(e.g. schedule=<the tokenizer's>) or train a tokenizer for this schedule"
-            )
-        vae = MultiScaleVQVAE(cfg)
-        vae.load_state_dict(sub_state_dict(ckpt["state_dict"], "vae."))
-        return vae
-    if stage == "official-vae":
-        from var_lightning.interop.official import load_official_vae
-
-        return load_official_vae(ckpt, patch_nums=patch_nums)
-    if stage in ("var", "official-var"):
-        raise ValueError(
-            f"{path} is a transformer (VAR-stage) checkpoint, but a tokenizer checkpoint is expected here "
-            f"(model.tokenizer_ckpt): pass the checkpoint written by `var-train experiment=tokenizer_*` or "
-            f"vae_ch160v4096z32.pth"
-        )
-    raise ValueError(
-        f"{path} is not a tokenizer checkpoint: it has neither var_lightning metadata nor the released "
-        f"tokenizer's keys (found keys like {sorted(ckpt)[:5]}) (config key model.tokenizer_ckpt)"
-    )
-
-
-def load_var_module(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt_path"):
-    """A :class:`VARModule` restored from a VAR-stage checkpoint (EMA weights when the run used EMA)."""
-    from var_lightning.training.var_module import VARModule
-
-    ckpt = read_checkpoint(path, key=key)
-    stage = checkpoint_stage(ckpt)
-    if stage != "var":
-        hint = " (convert released weights with `var-convert`)" if stage.startswith("official") else ""
-        raise ValueError(
-            f"{path} is a {stage!r} checkpoint, but a VAR-stage checkpoint is expected ({key}){hint}"
-        )
-    module = VARModule(**dict(ckpt["hyper_parameters"]))
-    module.load_state_dict(ckpt["state_dict"])
-    module.class_names = ckpt.get("var_lightning", {}).get("class_names")
-    return module.to(map_location).eval()

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import tiny_vae_cfg
-from var_lightning.checkpoints import load_var_module
 from var_lightning.data.synthetic import SyntheticShapes
+from var_lightning.loading import load_models
 from var_lightning.tokenizer.usage import CodebookUsage
 from var_lightning.training.tokenizer_module import TokenizerModule
+from var_lightning.training.var_module import next_scale_losses
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 VAL_SIZE, IMAGE, CLASSES = 32, 8, 4  # as in ddp_run.py
@@ -75,14 +76,11 @@ def test_tokenizer_metrics_and_codebook_usage_are_reduced_over_ranks(ddp_runs):
 def test_var_metrics_are_reduced_over_ranks(ddp_runs):
     run = ddp_runs / "var"
     logged = json.loads((run / "metrics.json").read_text())
-    module = load_var_module(run / "checkpoints" / "last.ckpt")
+    var, vae, _ = load_models(run / "checkpoints" / "last.ckpt")
     img, labels = _val_set()
     with torch.no_grad():
-        per_rank = [
-            module.compute_losses((img[r::2], labels[r::2]), drop_labels=False)["loss"].item()
-            for r in range(2)
-        ]
-        full = module.compute_losses((img, labels), drop_labels=False)["loss"].item()
+        per_rank = [next_scale_losses(var, vae, (img[r::2], labels[r::2]))["loss"].item() for r in range(2)]
+        full = next_scale_losses(var, vae, (img, labels))["loss"].item()
     assert logged["val/loss"] == pytest.approx(full, abs=1e-5)
     assert logged["val/loss"] == pytest.approx(sum(per_rank) / 2, abs=1e-5)
     assert abs(per_rank[0] - per_rank[1]) > 1e-4  # one rank's value would not pass

@@ -172,12 +172,12 @@ def test_unreadable_image_and_empty_mask(ckpt, tmp_path):
 
 
 def test_released_layout_weights_give_the_same_edit(ckpt, tmp_path):
-    from var_lightning.checkpoints import load_var_module
     from var_lightning.interop.official import export_official_vae, export_official_var
+    from var_lightning.loading import load_models
 
-    module = load_var_module(ckpt)
-    torch.save(export_official_var(module.var), tmp_path / "var_d2.pth")
-    torch.save(export_official_vae(module.vae), tmp_path / "vae.pth")
+    var, vae, _ = load_models(ckpt)
+    torch.save(export_official_var(var), tmp_path / "var_d2.pth")
+    torch.save(export_official_vae(vae), tmp_path / "vae.pth")
     common = ["image=synthetic:1:0", BOX, "mode=class-edit", "class=2", "cfg=1.5"]
     edit_run(ckpt, tmp_path / "ours", *common)
     meta = edit_run(

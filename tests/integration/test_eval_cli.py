@@ -31,9 +31,10 @@ from var_lightning.evaluation import (
     load_classifier,
     psnr,
 )
+from var_lightning.loading import load_models
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
-from var_lightning.training.var_module import VARModule
+from var_lightning.training.var_module import VARModule, next_scale_losses
 
 CONF = Path(var_lightning.__file__).parent / "conf"
 NUM_CLASSES = 4
@@ -225,13 +226,11 @@ def test_loss_mode_reports_exact_means_over_the_split(tmp_path, var_ckpt):
     ):
         assert key in m, key
     assert m["test/loss_avg"] == m["test/loss"] and m["test/num_images"] == 40
-    module = evaluate.load_var_module(var_ckpt)
+    var, vae, _ = load_models(var_ckpt)
     test_set = SyntheticShapes(40, 16, NUM_CLASSES, split="test", seed=0)
     x, y = zip(*(test_set[i] for i in range(40)), strict=True)
     with torch.no_grad():
-        full = module.compute_losses(
-            (torch.stack(x), torch.tensor(y)), drop_labels=False
-        )  # one batch of all 40
+        full = next_scale_losses(var, vae, (torch.stack(x), torch.tensor(y)))  # one batch of all 40
     for key in ("loss", "loss_last", "token_err_avg", "token_err_last"):
         assert m[f"test/{key}"] == pytest.approx(full[key].item(), rel=1e-5), key
 

@@ -10,8 +10,9 @@ import torch
 from omegaconf import open_dict
 
 from tests.integration.test_configs import compose_train
-from var_lightning.checkpoints import load_tokenizer, load_var_module
 from var_lightning.cli.train import train
+from var_lightning.loading import load_models, load_tokenizer
+from var_lightning.transformer.sampling import sample
 
 TINY_DATA = [
     "data.image_size=16",
@@ -156,9 +157,9 @@ def test_var_overfit_loss_falls_and_checkpoint_samples(tmp_path, tokenizer_ckpt)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 20
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
-    module = load_var_module(tmp_path / "checkpoints" / "last.ckpt")
-    imgs = module.generate([0, 1], cfg=1.0, top_k=0, top_p=0.0)
-    assert imgs.shape == (2, 3, 16, 16) and module.class_names and len(module.class_names) == 10
+    var, vae, info = load_models(tmp_path / "checkpoints" / "last.ckpt")
+    imgs = sample(var, vae, 2, labels=[0, 1], cfg=1.0, top_k=0, top_p=0.0).images
+    assert imgs.shape == (2, 3, 16, 16) and info.class_names and len(info.class_names) == 10
 
 
 def test_var_rejects_a_schedule_that_differs_from_the_tokenizer(tmp_path, tokenizer_ckpt):
@@ -170,10 +171,12 @@ def test_var_rejects_a_schedule_that_differs_from_the_tokenizer(tmp_path, tokeni
 def test_var_rejects_a_tokenizer_checkpoint_of_the_wrong_stage(tmp_path, tokenizer_ckpt):
     cfg = var_cfg(tmp_path, tokenizer_ckpt, "trainer.max_epochs=1", "logger=none")
     train(cfg)
-    with pytest.raises(ValueError, match=r"transformer \(VAR-stage\) checkpoint"):
-        load_tokenizer(tmp_path / "checkpoints" / "last.ckpt")
-    with pytest.raises(ValueError, match="'tokenizer' checkpoint"):
-        load_var_module(tokenizer_ckpt)
+    # a VAR checkpoint serves as a tokenizer checkpoint (its frozen tokenizer is inside)...
+    inner = load_tokenizer(tmp_path / "checkpoints" / "last.ckpt").state_dict()
+    assert all(torch.equal(v, load_tokenizer(tokenizer_ckpt).state_dict()[k]) for k, v in inner.items())
+    # ...but a tokenizer checkpoint cannot stand in for a transformer
+    with pytest.raises(ValueError, match="is a tokenizer checkpoint, but a transformer"):
+        load_models(tokenizer_ckpt)
     with pytest.raises(FileNotFoundError, match="model.tokenizer_ckpt"):
         load_tokenizer(tmp_path / "missing.ckpt")
 
@@ -225,7 +228,7 @@ def test_var_sample_cli_writes_pngs_grid_and_is_reproducible(tmp_path, tokenizer
     assert (tmp_path / "a" / "grid.png").is_file() and meta["num_images"] == 4
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         bad = compose(config_name="sample", overrides=[f"ckpt_path={ckpt}", "classes=[10]"])
-    with pytest.raises(ValueError, match="class id 10 is out of range"):
+    with pytest.raises(ValueError, match=r"classes=\[10\]: 10 is out of range.*10 classes.*\(key classes\)"):
         run(bad, tmp_path / "c")
 
 
@@ -244,7 +247,7 @@ def test_scaling_callback_writes_results_the_collector_reads(tmp_path, tokenizer
     assert not found.failed and len(found.runs) == 1
     run = found.runs[0]
     assert run.params == sum(
-        p.numel() for p in load_var_module(tmp_path / "checkpoints" / "last.ckpt").var.parameters()
+        p.numel() for p in load_models(tmp_path / "checkpoints" / "last.ckpt").var.parameters()
     )
     assert [h["epoch"] for h in run.history] == [0, 1]
     assert run.history[-1]["images_seen"] == run.history[-1]["step"] * 16

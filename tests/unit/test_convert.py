@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from tests.helpers import tiny_vae, tiny_var
-from var_lightning.checkpoints import load_tokenizer, load_var_module, read_checkpoint
+from var_lightning.checkpoints import read_checkpoint
 from var_lightning.cli.convert import main
 from var_lightning.interop.official import export_official_vae, export_official_var
+from var_lightning.loading import load_models, load_tokenizer
+from var_lightning.transformer.sampling import sample
 
 
 def _released_files(tmp_path):
@@ -34,15 +36,15 @@ def test_round_trip_is_lossless_and_the_checkpoint_samples(tmp_path):
         )
         == 0
     )
-    module = load_var_module(out)
+    var2, vae2, info = load_models(out)
     x = torch.randn(2, sum(p * p for p in var.patch_nums) - 1, var.Cvae)
     label = torch.tensor([0, 4])
-    torch.testing.assert_close(module.var(label, x), var(label, x), rtol=0, atol=0)
+    torch.testing.assert_close(var2(label, x), var(label, x), rtol=0, atol=0)
     img = torch.rand(1, 3, 8, 8) * 2 - 1
-    assert all(
-        torch.equal(a, b) for a, b in zip(module.vae.img_to_idx(img), vae.img_to_idx(img), strict=True)
-    )
-    assert module.generate([1, 2], cfg=1.0, top_k=5).shape == (2, 3, 8, 8)
+    assert all(torch.equal(a, b) for a, b in zip(vae2.img_to_idx(img), vae.img_to_idx(img), strict=True))
+    assert sample(var2, vae2, 2, labels=[1, 2], cfg=1.0, top_k=5).images.shape == (2, 3, 8, 8)
+    # the released protocol (cfg 1.5, top-p 0.96), top-k 900/4096 of this V = 64
+    assert info.sampling == {"cfg": 1.5, "top_k": 14, "top_p": 0.96, "more_smooth": False}
 
     back = tmp_path / "back"
     assert main(["to-official", str(out), "--out-dir", str(back)]) == 0

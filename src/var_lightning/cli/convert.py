@@ -6,12 +6,16 @@
     var-convert to-lightning --vae vae_ch160v4096z32.pth --var var_d36.pth --out var_d36.ckpt
     # released VQ-VAE alone -> a tokenizer-stage checkpoint (a VAR stage's model.tokenizer_ckpt)
     var-convert to-lightning --vae vae_ch160v4096z32.pth --out vae.ckpt --patch-nums 1,2,3,4,5,6,8,10,13,16
+    # a released model by name (Hugging Face Hub cache), written as safetensors
+    var-convert to-lightning --pretrained var_d16 --out var_d16.safetensors
     # back to the published layout (plain state_dicts loadable strictly by the published classes)
-    var-convert to-official outputs/.../last.ckpt --out-dir released/
+    var-convert to-official outputs/.../last.ckpt --out-dir released/ [--format safetensors]
 
 The VAR file carries its scale schedule (``lvl_1L``), so the tokenizer takes the transformer's schedule.
 A written checkpoint holds weights and configs, no optimizer state: fine-tune from it with
-``var-train ... init_from=<file>``, not ``ckpt_path=`` (which resumes a run).
+``var-train ... init_from=<file>``, not ``resume=`` (which continues a run). ``--format safetensors``
+(or an ``.safetensors`` output name) writes tensors plus JSON metadata: nothing in it can execute code.
+Every command that takes a checkpoint reads both formats.
 """
 
 from __future__ import annotations
@@ -22,16 +26,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from var_lightning import __version__
-from var_lightning.checkpoints import checkpoint_stage, read_checkpoint, sub_state_dict
-from var_lightning.interop.official import (
-    export_official_vae,
-    export_official_var,
-    load_official_vae,
-    load_official_var,
-)
+from var_lightning.checkpoints import CheckpointError, checkpoint_stage, read_checkpoint, save_checkpoint
+from var_lightning.interop.official import export_official_vae, export_official_var
+from var_lightning.loading import imagenet_class_names, load_models, resolve_sampling
+from var_lightning.pretrained import RELEASED_SAMPLING
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.transformer.var import VAR
 
@@ -65,8 +64,8 @@ def tokenizer_checkpoint(vae: MultiScaleVQVAE, source: str) -> dict:
     return ckpt
 
 
-def var_checkpoint(var: VAR, vae: MultiScaleVQVAE, source: str) -> dict:
-    from var_lightning.training.var_module import DEFAULT_OPTIM, DEFAULT_SAMPLING, DEFAULT_TRAIN
+def var_checkpoint(var: VAR, vae: MultiScaleVQVAE, source: str, class_names: list[str] | None = None) -> dict:
+    from var_lightning.training.var_module import DEFAULT_OPTIM, DEFAULT_TRAIN
 
     hparams = {
         "transformer": asdict(var.cfg),
@@ -74,56 +73,81 @@ def var_checkpoint(var: VAR, vae: MultiScaleVQVAE, source: str) -> dict:
         "tokenizer_source": source,
         "optim": dict(DEFAULT_OPTIM),
         "train": dict(DEFAULT_TRAIN),
-        "sampling": {**DEFAULT_SAMPLING, "top_k": min(900, var.V), "top_p": 0.96},
+        # the published protocol; a vocabulary smaller than its top-k gets 900/4096 of its size
+        "sampling": {**resolve_sampling(RELEASED_SAMPLING, var.V), "seed": 0},
     }
     sd = {f"var.{k}": v for k, v in var.state_dict().items()}
     sd.update({f"vae.{k}": v for k, v in vae.state_dict().items()})
     ckpt = _lightning_checkpoint("var", hparams, sd)
     ckpt["var_lightning"]["source"] = source
+    if class_names:
+        ckpt["var_lightning"]["class_names"] = list(class_names)
     return ckpt
 
 
-def to_lightning(vae_path: str, var_path: str | None, out: str, patch_nums: list[int] | None) -> Path:
-    if var_path is not None:
-        var = load_official_var(var_path)
-        if patch_nums is not None and tuple(patch_nums) != tuple(var.patch_nums):
-            raise ValueError(
-                f"--patch-nums {patch_nums} disagrees with {var_path}'s schedule {var.patch_nums}"
-            )
-        vae = load_official_vae(vae_path, patch_nums=var.patch_nums)
-        ckpt = var_checkpoint(var, vae, f"{vae_path} + {var_path}")
-    else:
-        vae = load_official_vae(vae_path, patch_nums=patch_nums)
-        ckpt = tokenizer_checkpoint(vae, str(vae_path))
+def _fmt(out: Path, fmt: str | None) -> str:
+    return fmt or ("safetensors" if out.suffix == ".safetensors" else "pth")
+
+
+def to_lightning(
+    vae_path: str | None,
+    var_path: str | None,
+    out: str,
+    patch_nums: list[int] | None,
+    pretrained: str | None = None,
+    fmt: str | None = None,
+    trust_pickle: bool = False,
+) -> Path:
+    """Released files (or a released model by name) -> one var_lightning checkpoint."""
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out_path)
-    log.info("wrote %s (%s stage)", out_path, ckpt["var_lightning"]["stage"])
+    if pretrained is not None or var_path is not None:
+        if patch_nums is not None:
+            raise ValueError(
+                "--patch-nums applies to a tokenizer-only conversion; the VAR file carries its schedule"
+            )
+        models = load_models(
+            var_path, pretrained=pretrained, vae_path=vae_path, trust_pickle=trust_pickle, key="--var"
+        )
+        names = models.info.class_names or (
+            imagenet_class_names() if models.var.num_classes == 1000 else None
+        )
+        src = " + ".join(models.info.files.values())
+        ckpt = var_checkpoint(models.var, models.vae, src, names)
+    else:
+        if vae_path is None:
+            raise ValueError("give --vae (a tokenizer-only conversion), --var with --vae, or --pretrained")
+        from var_lightning.loading import load_tokenizer
+
+        vae = load_tokenizer(vae_path, patch_nums=patch_nums, trust_pickle=trust_pickle, key="--vae")
+        if (
+            checkpoint_stage(read_checkpoint(vae_path, key="--vae", trust_pickle=trust_pickle))
+            != "official-vae"
+        ):
+            raise ValueError(
+                f"--vae {vae_path} is not a released tokenizer state_dict (vae_ch160v4096z32.pth's layout)"
+            )
+        ckpt = tokenizer_checkpoint(vae, str(vae_path))
+    save_checkpoint(ckpt, out_path, _fmt(out_path, fmt))
+    log.info("wrote %s (%s stage, %s)", out_path, ckpt["var_lightning"]["stage"], _fmt(out_path, fmt))
     return out_path
 
 
-def to_official(ckpt_path: str, out_dir: str) -> list[Path]:
-    ckpt = read_checkpoint(ckpt_path, key="ckpt")
+def to_official(ckpt_path: str, out_dir: str, fmt: str = "pth", trust_pickle: bool = False) -> list[Path]:
+    """A var_lightning checkpoint -> released-layout state_dicts (``vae.pth`` and ``var_d<depth>.pth``)."""
+    ckpt = read_checkpoint(ckpt_path, key="ckpt", trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     if stage not in ("tokenizer", "var"):
         raise ValueError(
             f"{ckpt_path} is a {stage!r} file, not a var_lightning checkpoint; nothing to convert"
         )
-    from var_lightning.tokenizer.config import VQVAEConfig
-    from var_lightning.transformer.config import VARConfig
-
-    hp, sd = ckpt["hyper_parameters"], ckpt["state_dict"]
+    models = load_models(ckpt_path, trust_pickle=trust_pickle, require_var=False, key="ckpt")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    vae = MultiScaleVQVAE(VQVAEConfig(**dict(hp["tokenizer"])))
-    vae.load_state_dict(sub_state_dict(sd, "vae."))
-    written = [out / "vae.pth"]
-    torch.save(export_official_vae(vae), written[0])
-    if stage == "var":
-        var = VAR(VARConfig(**dict(hp["transformer"])))
-        var.load_state_dict(sub_state_dict(sd, "var."))
-        written.append(out / f"var_d{var.depth}.pth")
-        torch.save(export_official_var(var), written[-1])
+    suffix = ".safetensors" if fmt == "safetensors" else ".pth"
+    written = [save_checkpoint(export_official_vae(models.vae), out / f"vae{suffix}", fmt)]
+    if models.var is not None:
+        written.append(
+            save_checkpoint(export_official_var(models.var), out / f"var_d{models.var.depth}{suffix}", fmt)
+        )
     for p in written:
         log.info("wrote %s", p)
     return written
@@ -136,13 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("to-lightning", help="released .pth files -> a var_lightning checkpoint")
-    a.add_argument("--vae", required=True, help="released VQ-VAE state_dict, e.g. vae_ch160v4096z32.pth")
+    a.add_argument("--vae", default=None, help="released VQ-VAE state_dict, e.g. vae_ch160v4096z32.pth")
     a.add_argument(
         "--var",
         default=None,
         help="released VAR state_dict, e.g. var_d16.pth (omit for a tokenizer checkpoint)",
     )
-    a.add_argument("--out", required=True, help="output .ckpt path")
+    a.add_argument(
+        "--pretrained",
+        default=None,
+        help="a released model by name (var_d16 ... var_d36) instead of --var/--vae",
+    )
+    a.add_argument("--out", required=True, help="output path (.ckpt, or .safetensors)")
     a.add_argument(
         "--patch-nums",
         default=None,
@@ -151,14 +180,26 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("to-official", help="a var_lightning checkpoint -> released-layout .pth files")
     b.add_argument("ckpt")
     b.add_argument("--out-dir", required=True)
+    for p in (a, b):
+        p.add_argument(
+            "--format",
+            choices=["pth", "safetensors"],
+            default=None,
+            help="default: from --out's suffix (pth)",
+        )
+        p.add_argument(
+            "--trust-pickle",
+            action="store_true",
+            help="load input files that need full unpickling (can execute code; never needed for our files)",
+        )
     args = parser.parse_args(argv)
     try:
         if args.cmd == "to-lightning":
             pn = [int(x) for x in args.patch_nums.split(",")] if args.patch_nums else None
-            to_lightning(args.vae, args.var, args.out, pn)
+            to_lightning(args.vae, args.var, args.out, pn, args.pretrained, args.format, args.trust_pickle)
         else:
-            to_official(args.ckpt, args.out_dir)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+            to_official(args.ckpt, args.out_dir, args.format or "pth", args.trust_pickle)
+    except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:
         print(f"var-convert: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,11 @@
     var-edit ckpt_path=<run>/checkpoints/last.ckpt image=photo.jpg box=[0.25,0.25,0.75,0.75] mode=inpaint
     var-edit ckpt_path=<run>/checkpoints/last.ckpt image=photo.jpg box=[0.1,0.1,0.8,0.8] mode=outpaint
     var-edit ckpt_path=<run>/checkpoints/last.ckpt image=synthetic:0:3 mask=region.png mode=class-edit class=5
-    var-edit ckpt_path=var_d36.pth vae_path=vae_ch160v4096z32.pth image=photo.jpg box=[0.1,0.1,0.8,0.8]
+    var-edit pretrained=var_d36 image=photo.jpg box=[0.1,0.1,0.8,0.8] mode=class-edit class=207 cfg=3
+
+Any model file works (``var_lightning.loading``); cfg / top_k / top_p default to the checkpoint's own
+sampling settings, ``more_smooth`` to true (the published editing notebook). The fast sampler is the
+default (``sampler=plain`` gives the same tokens).
 
 The region is a box (``[x0, y0, x1, y1]``, fractions if all <= 1, else pixels of the model-resolution
 image) or a mask PNG (white = the region); ``inpaint`` and ``class-edit`` regenerate it, ``outpaint`` keeps
@@ -20,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.checkpoints import load_var_module
+from var_lightning.cli.common import inference_sampler, load_for_inference, sampling_settings
 from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.edit_io import (
     edit_panel,
@@ -36,9 +39,7 @@ from var_lightning.edit_io import (
     save_image,
     synthetic_image,
 )
-from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.transformer.editing import box_region, edit, edit_label, keep_mask_for, to_token_grid
-from var_lightning.transformer.var import VAR
 
 log = logging.getLogger("var_lightning.edit")
 
@@ -64,18 +65,6 @@ def resolve_class(value: Any, class_names: list[str] | None) -> int | None:
     )
 
 
-def load_models(cfg: DictConfig, device: torch.device) -> tuple[VAR, MultiScaleVQVAE, list[str] | None]:
-    """A var-train VAR checkpoint (tokenizer inside), or the released var_d*.pth with ``vae_path``."""
-    if cfg.vae_path:
-        from var_lightning.interop.official import load_official_vae, load_official_var
-
-        var = load_official_var(cfg.ckpt_path, map_location=device)
-        vae = load_official_vae(cfg.vae_path, map_location=device, patch_nums=var.patch_nums)
-        return var, vae, None
-    module = load_var_module(cfg.ckpt_path, map_location=device)
-    return module.var, module.vae, getattr(module, "class_names", None)
-
-
 def check_region_options(cfg: DictConfig) -> None:
     if (cfg.mask is None) == (cfg.box is None):
         raise ValueError(
@@ -91,7 +80,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.mask is not None:
         open_image(cfg.mask, key="mask")
     device = resolve_device(cfg.device)
-    var, vae, class_names = load_models(cfg, device)
+    models = load_for_inference(cfg, device)
+    var, vae, class_names = models.var, models.vae, models.info.class_names
+    settings = sampling_settings(cfg, models)
     size, grid = vae.cfg.image_size, var.patch_nums[-1]
     label = edit_label(cfg.mode, resolve_class(cfg.get("class"), class_names), var.num_classes)
 
@@ -115,13 +106,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             image_13HW,
             keep_hw,
             label=label,
-            cfg=cfg.cfg,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
             seed=cfg.seed,
             num_variations=cfg.num_variations,
-            more_smooth=cfg.more_smooth,
             keep_first_scale=cfg.keep_first_scale,
+            sampler=inference_sampler(cfg, models),
+            **settings,
         )
     images = result.images.float().cpu()
     original = image_13HW[0].add(1).mul(0.5)
@@ -136,18 +125,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     kept_l1 = ((images - recon).abs().mean(1) * keep_px).sum((1, 2)) / keep_px.sum().clamp(min=1)
     name = class_names[label] if label is not None and class_names and label < len(class_names) else None
     meta = {
-        "ckpt_path": str(cfg.ckpt_path),
-        "vae_path": cfg.vae_path,
+        "model": models.info.as_dict(),
         "image": str(cfg.image),
         "mask": cfg.mask,
         "box": list(cfg.box) if cfg.box is not None else None,
         "mode": cfg.mode,
         "class": label,
         "class_name": name,
-        "cfg": cfg.cfg,
-        "top_k": cfg.top_k,
-        "top_p": cfg.top_p,
-        "more_smooth": cfg.more_smooth,
+        **settings,
+        "sampler": cfg.sampler,
         "seed": cfg.seed,
         "num_variations": cfg.num_variations,
         "keep_first_scale": cfg.keep_first_scale,

@@ -32,8 +32,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from var_lightning.checkpoints import checkpoint_stage, load_tokenizer, load_var_module, read_checkpoint
-from var_lightning.cli.common import check_image_size
+from var_lightning.cli.common import (
+    check_image_size,
+    inference_sampler,
+    load_for_inference,
+    sampling_settings,
+)
 from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.evaluation import npz, report
 from var_lightning.evaluation.extractors import FeatureExtractor, InceptionWeightsUnavailable, build_extractor
@@ -56,7 +60,7 @@ from var_lightning.evaluation.sharding import (
 from var_lightning.evaluation.splits import datamodule_source_id, dataset_split
 from var_lightning.evaluation.token_metrics import accumulate_token_metrics
 from var_lightning.sample_io import save_pngs
-from var_lightning.transformer.sampling import check_sampling_args, sample
+from var_lightning.training.var_module import next_scale_losses
 
 log = logging.getLogger("var_lightning.eval")
 MODES = ("generation", "loss", "reconstruction")
@@ -150,34 +154,24 @@ def _reference(cfg: DictConfig, extractor: FeatureExtractor, dm: Any, keep: bool
 # --------------------------------------------------------------------------------------------- generation
 def _sample_checkpoint(cfg: DictConfig, ctx: Context, evaluator: GenerationEvaluator, out_dir: Path) -> dict:
     g = cfg.generation
-    module = load_var_module(
-        _require(cfg.ckpt_path, "ckpt_path", "give a VAR checkpoint or generation.samples"),
-        map_location=ctx.device,
-    )
-    var, vae = module.var, module.vae
-    try:
-        check_sampling_args(var, g.cfg, g.top_k, g.top_p)
-    except ValueError as err:
-        raise ValueError(str(err).replace("(key sampling.", "(key generation.")) from err
+    models = load_for_inference(cfg, ctx.device)
+    var, info = models.var, models.info
+    settings = sampling_settings(g, models, prefix="generation.")
+    draw = inference_sampler(cfg, models)
     classes = list(range(var.num_classes)) if g.classes is None else [int(c) for c in g.classes]
-    var.check_labels(torch.tensor(classes), allow_null=False)
+    bad = [c for c in classes if not 0 <= c < var.num_classes]
+    if bad:
+        raise ValueError(
+            f"generation.classes: {bad[0]} is out of range; this model has {var.num_classes} classes "
+            f"(0..{var.num_classes - 1}) (key generation.classes)"
+        )
     count = dict(num_samples=g.num_samples) if g.num_samples else dict(num_per_class=g.num_per_class)
     labels_N = class_balanced_labels(classes=classes, seed=cfg.seed, **count)
     png_dir = out_dir / "samples"
 
     def generate(labels_B: torch.Tensor, seed: int) -> torch.Tensor:
         with autocast_context(ctx.device, cfg.precision):
-            out = sample(
-                var,
-                vae,
-                labels_B.numel(),
-                labels=labels_B.to(ctx.device),
-                cfg=g.cfg,
-                top_k=g.top_k,
-                top_p=g.top_p,
-                more_smooth=g.more_smooth,
-                seed=seed,
-            )
+            out = draw(labels_B.numel(), labels=labels_B.to(ctx.device), seed=seed, **settings)
         return out.images.float()
 
     def write_pngs(images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
@@ -208,7 +202,7 @@ def _sample_checkpoint(cfg: DictConfig, ctx: Context, evaluator: GenerationEvalu
         )
         log.info("packed %s (arr_0 uint8 NHWC, arr_1 labels) for the ADM evaluator", npz_path)
     return {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "model": info.as_dict(),
         "samples": {
             "count": labels_N.numel(),
             "num_classes": len(classes),
@@ -218,10 +212,8 @@ def _sample_checkpoint(cfg: DictConfig, ctx: Context, evaluator: GenerationEvalu
             "format": "png",
         },
         "sampling": {
-            "cfg": g.cfg,
-            "top_k": g.top_k,
-            "top_p": g.top_p,
-            "more_smooth": g.more_smooth,
+            **settings,
+            "sampler": cfg.sampler,
             "seed": cfg.seed,
             "seed_rule": "seed * 100003 + global batch index",
             "batch_size": cfg.batch_size,
@@ -321,13 +313,13 @@ def _loader(cfg: DictConfig, ctx: Context, dataset: Any) -> DataLoader:
 
 
 def run_loss(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
-    ckpt = _require(cfg.ckpt_path, "ckpt_path", "give a VAR checkpoint")
     dm = _require(_datamodule(cfg), "data", "loss mode needs a data config (data=imagenet data.root=...)")
-    module = load_var_module(ckpt, map_location=ctx.device)
-    check_image_size(module, dm)
+    models = load_for_inference(cfg, ctx.device)
+    check_image_size(models, dm)
     dataset = dataset_split(dm, cfg.loss.split, "loss.split")
+    smoothing = float(models.info.hyper_parameters.get("train", {}).get("label_smoothing", 0.0))
     metrics = accumulate_token_metrics(
-        functools.partial(module.compute_losses, drop_labels=False),
+        functools.partial(next_scale_losses, models.var, models.vae, label_smoothing=smoothing),
         _loader(cfg, ctx, dataset),
         ctx.device,
         cfg.loss.limit_batches,
@@ -337,7 +329,7 @@ def run_loss(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
         return None
     out = report.report_header(
         "loss",
-        checkpoint=str(Path(ckpt).resolve()),
+        model=models.info.as_dict(),
         split=cfg.loss.split,
         data=type(dm).__name__,
         metrics=metrics,
@@ -348,22 +340,21 @@ def run_loss(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
 
 
 # --------------------------------------------------------------------------------------------- reconstruction
-def _tokenizer(path: str, device: torch.device) -> torch.nn.Module:
-    stage = checkpoint_stage(read_checkpoint(path, key="ckpt_path"))
-    vae = load_var_module(path).vae if stage == "var" else load_tokenizer(path)
-    return vae.to(device).eval()
+def _tokenizer(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The tokenizer of any checkpoint kind (a tokenizer alone, or the one inside a VAR checkpoint)."""
+    models = load_for_inference(cfg, device, require_var=False)
+    return models.vae.to(device).eval(), models.info.as_dict()
 
 
 def run_reconstruction(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
     r = cfg.reconstruction
-    ckpt = _require(cfg.ckpt_path, "ckpt_path", "give a tokenizer (or VAR) checkpoint")
     dm = _require(_datamodule(cfg), "data", "reconstruction mode needs a data config (data=...)")
     extractor = _extractor(cfg, ctx) if r.rfid else None
     lpips_spec = OmegaConf.to_container(r.lpips, resolve=True) if r.lpips is not None else None
     lpips = build_lpips(lpips_spec, "reconstruction.lpips")
     if isinstance(lpips, torch.nn.Module):
         lpips.to(ctx.device)
-    vae = _tokenizer(ckpt, ctx.device)
+    vae, model_info = _tokenizer(cfg, ctx.device)
     check_image_size(SimpleNamespace(vae=vae), dm)
     metrics = ReconstructionMetrics(extractor, lpips, device=ctx.device)
     with torch.no_grad():
@@ -385,7 +376,7 @@ def run_reconstruction(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | N
     out = report.report_header(
         "reconstruction",
         extractor,
-        checkpoint=str(Path(ckpt).resolve()),
+        model=model_info,
         split=r.split,
         metrics=values,
         num_images=int(metrics.sums[0].item()),

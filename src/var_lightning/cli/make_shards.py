@@ -107,6 +107,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tok.add_argument("--no-flip", action="store_true", help="do not store the mirrored image's tokens")
     tok.add_argument("--device", default="cpu")
     tok.add_argument("--batch-size", type=int, default=64)
+    tok.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a --tokenizer file that needs full unpickling (can execute code; never needed for our files)",
+    )
     return p.parse_args(argv)
 
 
@@ -249,10 +254,12 @@ def token_samples(samples, order, classes, root, vae, args, image_size: int):
 
 
 def load_tokenizer_for_shards(args: argparse.Namespace):
-    from var_lightning.checkpoints import load_tokenizer
+    from var_lightning.loading import load_tokenizer
 
     patch_nums = tuple(int(x) for x in args.patch_nums.split(",")) if args.patch_nums else None
-    vae = load_tokenizer(args.tokenizer, patch_nums=patch_nums)
+    vae = load_tokenizer(
+        args.tokenizer, patch_nums=patch_nums, trust_pickle=args.trust_pickle, key="--tokenizer"
+    )
     size = args.image_size or vae.cfg.image_size
     if size != vae.cfg.image_size:
         raise SystemExit(

@@ -1,7 +1,12 @@
-"""`var-sample`: a VAR checkpoint -> N PNG images per class and a labelled grid.
+"""`var-sample`: a VAR model -> N PNG images per class and a labelled grid.
 
-    var-sample ckpt_path=outputs/var_tiny/runs/<run>/checkpoints/last.ckpt num_per_class=8
-    var-sample ckpt_path=var_d16.ckpt classes=[207,360,387] cfg=4.0 top_k=900 top_p=0.95 more_smooth=true
+    var-sample pretrained=var_d16 classes=[207,360] num_per_class=4           # the released weights
+    var-sample ckpt_path=outputs/var_tiny/runs/<run>/checkpoints/last.ckpt      # a var-train checkpoint
+    var-sample ckpt_path=var_d16.pth vae_path=vae_ch160v4096z32.pth cfg=4.0 top_k=900 top_p=0.95 more_smooth=true
+
+Any model file works (``var_lightning.loading``). cfg / top_k / top_p / more_smooth default to the
+checkpoint's own sampling settings (the published protocol for the released weights). The fast sampler
+(static KV cache, CUDA graphs on GPU) is the default; ``sampler=plain`` gives the same tokens.
 
 Batch ``b`` is drawn with its own generator seeded ``seed * 100003 + b`` (distinct seeds per batch, so
 identical settings give identical files, and no two batches repeat the same noise).
@@ -18,43 +23,47 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.checkpoints import load_var_module
+from var_lightning.cli.common import inference_sampler, load_for_inference, sampling_settings
 from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.evaluation.sharding import batch_seed
 from var_lightning.sample_io import labelled_grid, save_pngs
-from var_lightning.transformer.sampling import sample
 
 log = logging.getLogger("var_lightning.sample")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
-    module = load_var_module(cfg.ckpt_path, map_location=device)
-    var, vae = module.var, module.vae
-    classes = list(range(var.num_classes)) if cfg.classes is None else [int(c) for c in cfg.classes]
-    var.check_labels(torch.tensor(classes), allow_null=False)
     if cfg.num_per_class < 1 or cfg.batch_size < 1:
-        raise ValueError("num_per_class and batch_size must be >= 1")
+        raise ValueError(
+            f"num_per_class={cfg.num_per_class} and batch_size={cfg.batch_size} must be >= 1 "
+            "(keys num_per_class, batch_size)"
+        )
+    models = load_for_inference(cfg, device)
+    var, info = models.var, models.info
+    settings = sampling_settings(cfg, models)
+    classes = list(range(var.num_classes)) if cfg.classes is None else [int(c) for c in cfg.classes]
+    bad = [c for c in classes if not 0 <= c < var.num_classes]
+    if bad:
+        raise ValueError(
+            f"classes={list(cfg.classes)}: {bad[0]} is out of range; this model has {var.num_classes} classes "
+            f"(0..{var.num_classes - 1}) (key classes)"
+        )
+    draw = inference_sampler(cfg, models)
     labels = torch.tensor(classes).repeat_interleave(int(cfg.num_per_class))
     images, names = [], []
     from rich.progress import Progress
 
     n_batches = (len(labels) + cfg.batch_size - 1) // cfg.batch_size
+    log.info(
+        "sampling %d images (%d classes) with %s sampler, cfg=%g top_k=%d top_p=%g more_smooth=%s",
+        len(labels), len(classes), cfg.sampler, settings["cfg"], settings["top_k"], settings["top_p"],
+        settings["more_smooth"],
+    )  # fmt: skip
     with Progress() as progress, autocast_context(device, cfg.precision):
         task = progress.add_task("sampling", total=n_batches)
         for b in range(n_batches):
             lab = labels[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            out = sample(
-                var,
-                vae,
-                len(lab),
-                labels=lab.to(device),
-                cfg=cfg.cfg,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                more_smooth=cfg.more_smooth,
-                seed=batch_seed(cfg.seed, b),
-            )
+            out = draw(len(lab), labels=lab.to(device), seed=batch_seed(cfg.seed, b), **settings)
             images.append(out.images.float().cpu())
             progress.advance(task)
     images_N = torch.cat(images)
@@ -64,21 +73,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         per_class_index[lab] += 1
     sample_dir = out_dir / "samples"
     save_pngs(images_N, sample_dir, names)
-    class_names = cfg.class_names or getattr(module, "class_names", None)
+    class_names = list(cfg.class_names) if cfg.class_names else info.class_names
     grid_path = out_dir / "grid.png"
     labelled_grid(
         images_N, labels.tolist(), grid_path, per_row=int(cfg.num_per_class), class_names=class_names
     )
     meta = {
-        "ckpt_path": str(cfg.ckpt_path),
+        "model": info.as_dict(),
         "num_images": len(labels),
         "classes": classes,
+        "class_names": [class_names[c] if class_names and c < len(class_names) else None for c in classes],
         "num_per_class": int(cfg.num_per_class),
-        "cfg": cfg.cfg,
-        "top_k": cfg.top_k,
-        "top_p": cfg.top_p,
-        "more_smooth": cfg.more_smooth,
+        **settings,
+        "sampler": cfg.sampler,
         "seed": cfg.seed,
+        "seed_rule": "seed * 100003 + batch index",
         "batch_size": cfg.batch_size,
         "device": str(device),
         "precision": cfg.precision,

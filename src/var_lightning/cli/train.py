@@ -16,6 +16,7 @@ Resuming and fine-tuning (docs/scale_out.md):
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     """Instantiate data, model and trainer; the scale schedule is handed to the model from ``schedule``."""
     datamodule = instantiate(cfg.data)
     patch_nums = list(cfg.schedule.patch_nums) if cfg.get("schedule") else None
-    model = instantiate(cfg.model, patch_nums=patch_nums, _convert_="all")
+    extra_model = {}
+    if str(cfg.model.get("_target_", "")).endswith("VARModule"):  # loads model.tokenizer_ckpt
+        extra_model["trust_pickle"] = bool(cfg.get("trust_pickle", False))
+    model = instantiate(cfg.model, patch_nums=patch_nums, _convert_="all", **extra_model)
     check_image_size(model, datamodule)
     check_pretokenized(model, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -124,7 +128,17 @@ def resume_checkpoint(cfg: DictConfig, stage: str) -> str | None:
     resume, legacy = cfg.get("resume"), cfg.get("ckpt_path")
     if resume is not None and legacy is not None:
         raise ValueError(f"both resume={resume} and ckpt_path={legacy} are set; use resume only")
-    return resolve_resume(resume if resume is not None else legacy, cfg.paths.output_dir, stage)
+    return resolve_resume(
+        resume if resume is not None else legacy, cfg.paths.output_dir, stage, bool(cfg.get("trust_pickle"))
+    )
+
+
+def _weights_only(method: Any, cfg: DictConfig) -> dict[str, bool]:
+    """``weights_only=True`` for Lightning's own checkpoint reads (``trust_pickle`` turns it off), on the
+    Lightning versions whose fit/test take the argument (older ones load with torch's default)."""
+    if "weights_only" not in inspect.signature(method).parameters:
+        return {}
+    return {"weights_only": not bool(cfg.get("trust_pickle", False))}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -142,18 +156,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if ckpt_path is None:
                 from var_lightning.training.finetune import init_from_checkpoint
 
-                init_from_checkpoint(model, cfg.init_from)
+                init_from_checkpoint(model, cfg.init_from, bool(cfg.get("trust_pickle", False)))
             else:
                 log.info(
                     "init_from=%s ignored: resuming %s, which already continues from it",
                     cfg.init_from,
                     ckpt_path,
                 )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only=True: Lightning's own read of the resume checkpoint cannot execute code either
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **_weights_only(trainer.fit, cfg))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test"):
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, **_weights_only(trainer.test, cfg))
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None and trainer.is_global_zero:

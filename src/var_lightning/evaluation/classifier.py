@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from var_lightning.checkpoints import torch_load
 from var_lightning.distributed import rank
 
 _log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def save_classifier(path: str | Path, model: SmallClassifier, meta: dict[str, An
 
 def load_classifier(path: str | Path, map_location: torch.device | str = "cpu") -> SmallClassifier:
     """Rebuild a classifier saved by ``save_classifier``, in eval mode; ``model.meta`` holds the meta."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = torch_load(path, key="extractor.path", map_location=map_location)  # weights_only=True
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a classifier checkpoint written by save_classifier")
     model = SmallClassifier(ClassifierConfig(**ckpt["config"]))

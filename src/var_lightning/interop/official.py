@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from var_lightning.checkpoints import SAFETENSORS_SUFFIX, UnsafeCheckpointError, read_safetensors, torch_load
 from var_lightning.distributed import rank
 from var_lightning.interop.infer import (
     StateDict,
@@ -77,12 +76,15 @@ def _read(
     if isinstance(src, (str, os.PathLike)):
         name = str(src)
         try:
-            obj = torch.load(Path(src), map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:
+            if str(src).endswith(SAFETENSORS_SUFFIX):
+                obj = read_safetensors(src, key="path", device=str(map_location))
+            else:
+                obj = torch_load(src, key="path", map_location=map_location)
+        except UnsafeCheckpointError as e:
             raise OfficialCheckpointError(
-                f"{name}: torch.load(weights_only=True) refused the file ({str(e).splitlines()[0]}). The released "
-                "checkpoints are plain state_dicts and load this way; if you trust this file, load it yourself with "
-                f"torch.load(..., weights_only=False) and pass the state_dict to {loader}"
+                f"{name}: torch.load(weights_only=True) refused the file ({e}). The released checkpoints are "
+                f"plain state_dicts and load this way; if you trust this file, load it with "
+                f"var_lightning.checkpoints.read_checkpoint(path, trust_pickle=True) and pass the state_dict to {loader}"
             ) from e
     else:
         name, obj = "the given state_dict", src
@@ -344,7 +346,7 @@ def load_official_vae(
 ) -> MultiScaleVQVAE:
     """Tokenizer from a published-layout state_dict (e.g. ``vae_ch160v4096z32.pth``), in eval mode.
 
-    src: a file (read with ``torch.load(weights_only=True)``), a state_dict, or a training checkpoint of
+    src: a file (``.pth`` read with ``torch.load(weights_only=True)``, or ``.safetensors``), a state_dict, or a training checkpoint of
         the published trainer (its ``trainer['vae_local']`` is used).
     cfg: None infers everything the tensors determine (``infer_vae_config``). patch_nums: the scale
         schedule when cfg is None (the weights do not depend on it): default the trainer checkpoint's, else

@@ -1,8 +1,9 @@
 """``init_from``: start a run from another run's weights (or the released ones), with a fresh optimizer.
 
 Sources: a ``var-train`` checkpoint of the same stage (its ``state_dict``, i.e. the EMA weights when that run
-used EMA) or a released file (``vae_ch160v4096z32.pth`` for the tokenizer stage, ``var_d16.pth`` ... for
-the VAR stage). Continuing a run with its optimizer, step and data position is ``resume=<ckpt>`` instead.
+used EMA), a released file (``vae_ch160v4096z32.pth`` for the tokenizer stage, ``var_d16.pth`` ... for
+the VAR stage; ``.pth`` or ``.safetensors``) or, for the VAR stage, a released model's name
+(``init_from=var_d16``, resolved through the Hugging Face Hub cache). Continuing a run with its optimizer, step and data position is ``resume=<ckpt>`` instead.
 
 What the VAR stage adapts, and why it can (every decision is logged):
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from var_lightning.checkpoints import checkpoint_stage, read_checkpoint, sub_state_dict
+from var_lightning.pretrained import PRETRAINED, resolve_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +172,19 @@ def adapt_var_state(
     return out
 
 
-def _var_source(path: str) -> tuple[str, dict[str, torch.Tensor], tuple[int, ...], dict[str, Any]]:
-    """(kind, transformer state_dict, its schedule, tokenizer hparams or {}) of a VAR checkpoint/release."""
-    ckpt = read_checkpoint(path, key=_KEY)
+def _var_source(
+    path: str, trust_pickle: bool = False
+) -> tuple[str, dict[str, torch.Tensor], tuple[int, ...], dict[str, Any]]:
+    """(kind, transformer state_dict, its schedule, tokenizer hparams or {}) of a VAR checkpoint, a released
+    file (``.pth`` / ``.safetensors``) or a released model's name (``var_d16`` ..., through the Hub cache)."""
+    if not Path(path).expanduser().exists() and path in PRETRAINED:
+        from var_lightning.interop.official import load_official_var
+
+        files = resolve_pretrained(path)
+        sd = read_checkpoint(files.var_path, key=_KEY, trust_pickle=trust_pickle)
+        var = load_official_var(sd)
+        return f"released {path} ({files.var_path})", var.state_dict(), tuple(var.patch_nums), {}
+    ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     if stage == "var":
         hp = ckpt.get("hyper_parameters", {})
@@ -190,11 +202,11 @@ def _var_source(path: str) -> tuple[str, dict[str, torch.Tensor], tuple[int, ...
     raise _stage_mismatch(path, stage, "var")
 
 
-def init_var_module(module: nn.Module, path: str | Path) -> InitReport:
+def init_var_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
     """Load a VAR checkpoint's transformer weights into ``module.var`` (a VARModule), adapting class count
     and schedule. The tokenizer stays the one from ``model.tokenizer_ckpt``; a different one is warned about."""
     path = str(path)
-    kind, sd, old_pns, tok_hp = _var_source(path)
+    kind, sd, old_pns, tok_hp = _var_source(path, trust_pickle)
     report = InitReport(path, kind)
     new_sd = adapt_var_state(sd, old_pns, module.var, report, path)
     missing, unexpected = module.var.load_state_dict(new_sd, strict=False)
@@ -213,10 +225,10 @@ def init_var_module(module: nn.Module, path: str | Path) -> InitReport:
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
-def init_tokenizer_module(module: nn.Module, path: str | Path) -> InitReport:
+def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
     """Load autoencoder (and, from a var-train checkpoint, discriminator) weights into a TokenizerModule."""
     path = str(path)
-    ckpt = read_checkpoint(path, key=_KEY)
+    ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     disc = getattr(module.loss, "discriminator", None)
     if stage == "tokenizer":
@@ -246,10 +258,15 @@ def init_tokenizer_module(module: nn.Module, path: str | Path) -> InitReport:
     return report
 
 
-def init_from_checkpoint(module: nn.Module, path: str | Path) -> InitReport:
-    """Dispatch on the module's stage: VARModule (has ``var``) or TokenizerModule."""
-    if not Path(str(path)).expanduser().is_file():
-        raise FileNotFoundError(f"{_KEY}={path}: no such file (a var-train .ckpt or a released .pth)")
-    if hasattr(module, "var"):
-        return init_var_module(module, path)
-    return init_tokenizer_module(module, path)
+def init_from_checkpoint(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
+    """Dispatch on the module's stage: VARModule (has ``var``) or TokenizerModule. ``path``: a checkpoint
+    file, or for the VAR stage a released model's name (``init_from=var_d16``)."""
+    is_var = hasattr(module, "var")
+    if not Path(str(path)).expanduser().is_file() and not (is_var and str(path) in PRETRAINED):
+        raise FileNotFoundError(
+            f"{_KEY}={path}: no such file (a var-train .ckpt, a released .pth / .safetensors"
+            f"{', or a released model name: ' + ', '.join(PRETRAINED) if is_var else ''})"
+        )
+    if is_var:
+        return init_var_module(module, path, trust_pickle)
+    return init_tokenizer_module(module, path, trust_pickle)

@@ -30,6 +30,7 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 
+from var_lightning.checkpoints import CheckpointError, UnsafeCheckpointError, torch_load
 from var_lightning.data.resumable import (  # noqa: F401  (re-exported)
     ProgressAwareLoader,
     ResumableLoader,
@@ -102,14 +103,17 @@ def candidate_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(unique.values(), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
-def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
     """Open a checkpoint cheaply (memory-mapped: the tensors are not read) and return it; raises when the
-    file is truncated or not a checkpoint, which is what a job killed while saving leaves behind."""
-    p = Path(path)
+    file is truncated or not a checkpoint, which is what a job killed while saving leaves behind.
+    Loaded with ``weights_only=True``; a file that needs full unpickling raises
+    :class:`~var_lightning.checkpoints.UnsafeCheckpointError` unless ``trust_pickle``."""
     try:
-        ckpt = torch.load(p, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as e:
-        raise RuntimeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        ckpt = torch_load(path, key="resume", trust_pickle=trust_pickle, mmap=True)
+    except UnsafeCheckpointError:
+        raise
+    except (CheckpointError, FileNotFoundError) as e:
+        raise RuntimeError(str(e).split(": ", 1)[-1]) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise RuntimeError("not a Lightning checkpoint (no state_dict)")
     return ckpt
@@ -137,7 +141,9 @@ def check_resumable(ckpt: dict[str, Any], path: Path, stage: str | None, key: st
         )
 
 
-def resolve_resume(resume: str | None, run_dir: str | os.PathLike, stage: str | None = None) -> str | None:
+def resolve_resume(
+    resume: str | None, run_dir: str | os.PathLike, stage: str | None = None, trust_pickle: bool = False
+) -> str | None:
     """The checkpoint path to hand to ``trainer.fit(ckpt_path=...)``.
 
     ``None``: start fresh. ``'auto'``: the newest readable checkpoint of ``run_dir`` (pin the run directory
@@ -153,7 +159,7 @@ def resolve_resume(resume: str | None, run_dir: str | os.PathLike, stage: str | 
         p = Path(str(resume)).expanduser()
         if p.is_file():
             try:
-                ckpt = inspect_checkpoint(p)
+                ckpt = inspect_checkpoint(p, trust_pickle)
             except RuntimeError as e:
                 raise ValueError(
                     f"resume={p}: the checkpoint cannot be read ({e}); pick another file or resume=auto"
@@ -168,7 +174,7 @@ def resolve_resume(resume: str | None, run_dir: str | os.PathLike, stage: str | 
     candidates = candidate_checkpoints(search)
     for i, path in enumerate(candidates):
         try:
-            ckpt = inspect_checkpoint(path)
+            ckpt = inspect_checkpoint(path, trust_pickle)
         except RuntimeError as e:
             log.warning(
                 "resume: skipping unreadable checkpoint %s (%s)%s",

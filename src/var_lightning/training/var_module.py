@@ -13,6 +13,7 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
+from var_lightning.loading import load_tokenizer, resolve_sampling, scaled_top_k
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.chunked_ce import chunked_head_cross_entropy
@@ -39,7 +40,8 @@ DEFAULT_OPTIM = dict(
 DEFAULT_TRAIN = dict(
     cond_drop_rate=0.1, label_smoothing=0.0, fused_ce=False, ce_chunk_tokens=8192, compile=False
 )
-DEFAULT_SAMPLING = dict(cfg=1.5, top_k=0, top_p=0.0, seed=0, more_smooth=False)
+# top_k None = 900/4096 of the vocabulary (var_lightning.loading.scaled_top_k): 900 for the released V = 4096
+DEFAULT_SAMPLING = dict(cfg=1.5, top_k=None, top_p=0.96, seed=0, more_smooth=False)
 
 
 def build_var_config(transformer: dict | VARConfig, tokenizer: VQVAEConfig) -> VARConfig:
@@ -94,10 +96,11 @@ class VARModule(L.LightningModule):
         train: dict | None = None,
         sampling: dict | None = None,
         tokenizer_source: str | None = None,
+        trust_pickle: bool = False,
     ) -> None:
         super().__init__()
         tokenizer_source = tokenizer_ckpt or tokenizer_source
-        vae = self._build_tokenizer(tokenizer_ckpt, tokenizer, patch_nums)
+        vae = self._build_tokenizer(tokenizer_ckpt, tokenizer, patch_nums, trust_pickle)
         var_cfg = build_var_config(transformer, vae.cfg)
         if patch_nums is not None and tuple(patch_nums) != tuple(var_cfg.patch_nums):
             raise ValueError(
@@ -106,7 +109,7 @@ class VARModule(L.LightningModule):
             )
         self.optim_cfg = {**DEFAULT_OPTIM, **dict(optim or {})}
         self.train_cfg = {**DEFAULT_TRAIN, **dict(train or {})}
-        self.sampling_cfg = {**DEFAULT_SAMPLING, **dict(sampling or {})}
+        self.sampling_cfg = self._sampling_defaults(sampling, var_cfg.vocab_size)
         if not 0.0 <= self.train_cfg["cond_drop_rate"] < 1.0:
             raise ValueError(
                 f"model.train.cond_drop_rate={self.train_cfg['cond_drop_rate']} must be in [0, 1)"
@@ -127,8 +130,24 @@ class VARModule(L.LightningModule):
         self.peak_lr: float | None = None
 
     @staticmethod
+    def _sampling_defaults(sampling: dict | None, vocab_size: int) -> dict[str, Any]:
+        """The sampling defaults stored in every checkpoint (used by log_images and, unless overridden, by
+        var-sample / var-eval / var-edit), complete and checked against the vocabulary."""
+        given = {**DEFAULT_SAMPLING, **dict(sampling or {})}
+        if given["top_k"] is not None and not 0 <= int(given["top_k"]) <= vocab_size:
+            raise ValueError(
+                f"model.sampling.top_k={given['top_k']} is outside 0..{vocab_size} (the tokenizer's vocabulary); "
+                f"use null for 900/4096 of the vocabulary ({scaled_top_k(vocab_size)} here) or 0 to disable top-k"
+            )
+        if not 0.0 <= float(given["top_p"]) <= 1.0 or float(given["cfg"]) < 0:
+            raise ValueError(
+                f"model.sampling: top_p={given['top_p']} must be in [0, 1] and cfg={given['cfg']} >= 0"
+            )
+        return {**resolve_sampling(given, vocab_size), "seed": int(given["seed"])}
+
+    @staticmethod
     def _build_tokenizer(
-        ckpt: str | None, tokenizer: dict | None, patch_nums: list[int] | None
+        ckpt: str | None, tokenizer: dict | None, patch_nums: list[int] | None, trust_pickle: bool
     ) -> MultiScaleVQVAE:
         if tokenizer is not None:  # restoring a VAR checkpoint: weights come with its state_dict
             cfg = VQVAEConfig(**dict(tokenizer))
@@ -142,9 +161,7 @@ class VARModule(L.LightningModule):
                 "the VAR stage needs a tokenizer: set model.tokenizer_ckpt=/path/to/tokenizer.ckpt "
                 "(from `var-train experiment=tokenizer_*`) or the released vae_ch160v4096z32.pth"
             )
-        from var_lightning.checkpoints import load_tokenizer
-
-        return load_tokenizer(ckpt, patch_nums=patch_nums)
+        return load_tokenizer(ckpt, patch_nums=patch_nums, trust_pickle=trust_pickle)
 
     # ------------------------------------------------------------------ mode and optimisation
     def train(self, mode: bool = True) -> VARModule:
@@ -202,24 +219,8 @@ class VARModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def tokenize(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ground-truth tokens (B, L) and the teacher-forcing input (B, L - l_1, Cv), in fp32, no grad.
-
-        Accepts images (B, 3, H, W) or, from pre-tokenized shards, the token pyramid itself (B, L) integer:
-        then only the cheap embedding lookup + phi convs of ``idx_to_var_input`` run, not the encoder."""
-        with torch.no_grad(), torch.autocast(device_type=img_B3HW.device.type, enabled=False):
-            if img_B3HW.ndim == 2 and not img_B3HW.is_floating_point():
-                gt_BL = img_B3HW.long()
-                sizes = [pn * pn for pn in self.vae.patch_nums]
-                lo, hi = (int(v) for v in torch.aminmax(gt_BL))  # one host sync per step
-                if gt_BL.shape[1] != sum(sizes) or hi >= self.vae.cfg.vocab_size or lo < 0:
-                    raise ValueError(
-                        f"pre-tokenized batch of {gt_BL.shape[1]} tokens (ids {lo}..{hi}) does "
-                        f"not fit the tokenizer (schedule {self.vae.patch_nums} = {sum(sizes)} tokens, vocabulary "
-                        f"{self.vae.cfg.vocab_size}); re-tokenize the shards with this tokenizer (var-make-shards --tokenizer)"
-                    )
-                return gt_BL, self.vae.quantize.idx_to_var_input(gt_BL.split(sizes, dim=1))
-            idx_list, x_BLCv = self.vae.img_to_var_input(img_B3HW.float())
-        return torch.cat(idx_list, dim=1), x_BLCv
+        """Ground-truth tokens (B, L) and the teacher-forcing input (B, L - l_1, Cv); see :func:`tokenize`."""
+        return tokenize(self.vae, img_B3HW)
 
     def setup(self, stage: str) -> None:
         """Check the speed flags once, before the first step (``model.train.compile`` /
@@ -238,41 +239,17 @@ class VARModule(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """Loss, last-scale loss, token error rates and per-scale loss/accuracy of one batch (images or
         pre-tokenized token pyramids with labels); label dropout only with ``drop_labels``."""
-        img, label_B = batch
-        gt_BL, x_BLCv = self.tokenize(img)
-        if drop_labels and self.train_cfg["cond_drop_rate"] > 0:
-            drop_B = torch.rand(label_B.shape[0], device=label_B.device) < self.train_cfg["cond_drop_rate"]
-            label_B = torch.where(drop_B, self.var.num_classes, label_B)
         t = self.train_cfg
-        h_BLC, cond_BD = self.var.forward_hidden(label_B, x_BLCv, compile=t.get("compile", False))
-        if t.get("fused_ce", False):  # never materialises the (B, L, V) fp32 logits; same numbers
-            loss_BL, err_BL = chunked_head_cross_entropy(
-                h_BLC,
-                cond_BD,
-                self.var.head_nm,
-                self.var.head,
-                gt_BL,
-                t["label_smoothing"],
-                t.get("ce_chunk_tokens", 8192),
-            )
-        else:
-            logits_BLV = self.var.get_logits(h_BLC, cond_BD)
-            B, L, V = logits_BLV.shape
-            loss_BL = F.cross_entropy(
-                logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=t["label_smoothing"]
-            ).view(B, L)
-            err_BL = (logits_BLV.argmax(dim=-1) != gt_BL).float()
-        a, b = self.var.begin_ends[-1]
-        out = {
-            "loss": loss_BL.mean(),
-            "loss_last": loss_BL[:, a:b].mean(),
-            "token_err_avg": err_BL.mean(),
-            "token_err_last": err_BL[:, a:b].mean(),
-        }
-        for si, (a, b) in enumerate(self.var.begin_ends):
-            out[f"scale/loss_s{si}"] = loss_BL[:, a:b].mean().detach()
-            out[f"scale/acc_s{si}"] = 1 - err_BL[:, a:b].mean()
-        return out
+        return next_scale_losses(
+            self.var,
+            self.vae,
+            batch,
+            cond_drop_rate=t["cond_drop_rate"] if drop_labels else 0.0,
+            label_smoothing=t["label_smoothing"],
+            fused_ce=t.get("fused_ce", False),
+            ce_chunk_tokens=t.get("ce_chunk_tokens", 8192),
+            compile=t.get("compile", False),
+        )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.compute_losses(batch, drop_labels=True)
@@ -344,3 +321,68 @@ class VARModule(L.LightningModule):
         if names:
             meta["class_names"] = list(names)
         checkpoint["var_lightning"] = meta
+
+
+@torch.no_grad()
+def tokenize(vae: MultiScaleVQVAE, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth tokens (B, L) and the teacher-forcing input (B, L - l_1, Cv), in fp32, no grad.
+
+    Accepts images (B, 3, H, W) or, from pre-tokenized shards, the token pyramid itself (B, L) integer:
+    then only the cheap embedding lookup + phi convs of ``idx_to_var_input`` run, not the encoder."""
+    with torch.autocast(device_type=img_B3HW.device.type, enabled=False):
+        if img_B3HW.ndim == 2 and not img_B3HW.is_floating_point():
+            gt_BL = img_B3HW.long()
+            sizes = [pn * pn for pn in vae.patch_nums]
+            lo, hi = (int(v) for v in torch.aminmax(gt_BL))  # one host sync per step
+            if gt_BL.shape[1] != sum(sizes) or hi >= vae.cfg.vocab_size or lo < 0:
+                raise ValueError(
+                    f"pre-tokenized batch of {gt_BL.shape[1]} tokens (ids {lo}..{hi}) does "
+                    f"not fit the tokenizer (schedule {vae.patch_nums} = {sum(sizes)} tokens, vocabulary "
+                    f"{vae.cfg.vocab_size}); re-tokenize the shards with this tokenizer (var-make-shards --tokenizer)"
+                )
+            return gt_BL, vae.quantize.idx_to_var_input(gt_BL.split(sizes, dim=1))
+        idx_list, x_BLCv = vae.img_to_var_input(img_B3HW.float())
+    return torch.cat(idx_list, dim=1), x_BLCv
+
+
+def next_scale_losses(
+    var: VAR,
+    vae: MultiScaleVQVAE,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    cond_drop_rate: float = 0.0,
+    label_smoothing: float = 0.0,
+    fused_ce: bool = False,
+    ce_chunk_tokens: int = 8192,
+    compile: bool | str = False,
+) -> dict[str, torch.Tensor]:
+    """The next-scale prediction objective of one batch: mean token cross-entropy (uniform 1/L weights, as
+    published), the last scale's loss, token error rates (all scales / last) and per-scale loss and
+    accuracy. ``cond_drop_rate`` replaces that fraction of labels with the null class (training only)."""
+    img, label_B = batch
+    gt_BL, x_BLCv = tokenize(vae, img)
+    if cond_drop_rate > 0:
+        drop_B = torch.rand(label_B.shape[0], device=label_B.device) < cond_drop_rate
+        label_B = torch.where(drop_B, var.num_classes, label_B)
+    h_BLC, cond_BD = var.forward_hidden(label_B, x_BLCv, compile=compile)
+    if fused_ce:  # never materialises the (B, L, V) fp32 logits; same numbers
+        loss_BL, err_BL = chunked_head_cross_entropy(
+            h_BLC, cond_BD, var.head_nm, var.head, gt_BL, label_smoothing, ce_chunk_tokens
+        )
+    else:
+        logits_BLV = var.get_logits(h_BLC, cond_BD)
+        B, L, V = logits_BLV.shape
+        loss_BL = F.cross_entropy(
+            logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=label_smoothing
+        ).view(B, L)
+        err_BL = (logits_BLV.argmax(dim=-1) != gt_BL).float()
+    a, b = var.begin_ends[-1]
+    out = {
+        "loss": loss_BL.mean(),
+        "loss_last": loss_BL[:, a:b].mean(),
+        "token_err_avg": err_BL.mean(),
+        "token_err_last": err_BL[:, a:b].mean(),
+    }
+    for si, (a, b) in enumerate(var.begin_ends):
+        out[f"scale/loss_s{si}"] = loss_BL[:, a:b].mean().detach()
+        out[f"scale/acc_s{si}"] = 1 - err_BL[:, a:b].mean()
+    return out

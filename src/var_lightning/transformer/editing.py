@@ -35,15 +35,16 @@ H,W image side, h,w token grid (h = w = pn_K).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.transformer.sampling import EditSpec, check_compatible, sample, scale_masks
+from var_lightning.transformer.sampling import EditSpec, SampleOutput, check_compatible, sample, scale_masks
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class EditResult:
 
     images: torch.Tensor  # (B*N, 3, H, W) in [0, 1]
     tokens: list[torch.Tensor]  # K tensors (B*N, l): the tokens that formed f_hat (the image's where kept)
-    labels: torch.Tensor  # (B*N,): the class sampled with (num_classes = null)
+    labels: torch.Tensor  # (B*N,): the class each row was sampled with (num_classes = null)
     keep_mask: torch.Tensor  # (B or 1, h, w) at the last scale, 1 = kept
     scale_masks: list[torch.Tensor]  # K tensors (B or 1, 1, pn, pn): the keep mask used at each scale
     image_tokens: list[torch.Tensor]  # K tensors (B, l): the input image's tokens
@@ -155,6 +156,26 @@ class EditResult:
     def kept_fraction(self) -> float:
         """Fraction of last-scale tokens teacher-forced from the image."""
         return self.keep_mask.float().mean().item()
+
+
+def _labels_per_image(
+    var: VAR, label: int | Sequence[int | None] | torch.Tensor | None, B: int
+) -> torch.Tensor:
+    """(B,) class ids: one label for all images, or one per image; None = the null class."""
+    null = var.num_classes
+    if label is None:
+        label_B = torch.full((B,), null, dtype=torch.long)
+    elif isinstance(label, torch.Tensor) and label.ndim == 0 or isinstance(label, int):
+        label_B = torch.full((B,), int(label), dtype=torch.long)
+    else:
+        values = label.tolist() if isinstance(label, torch.Tensor) else list(label)
+        if len(values) != B:
+            raise ValueError(
+                f"got {len(values)} labels for {B} images; give one label, or one per image (key class)"
+            )
+        label_B = torch.tensor([null if v is None else int(v) for v in values], dtype=torch.long)
+    var.check_labels(label_B, allow_null=True)
+    return label_B.to(var.pos_1LC.device)
 
 
 def _check_image(image_B3HW: torch.Tensor) -> torch.Tensor:
@@ -175,7 +196,7 @@ def edit(
     vae: MultiScaleVQVAE,
     image_B3HW: torch.Tensor,
     keep_mask: torch.Tensor,
-    label: int | None = None,
+    label: int | Sequence[int] | torch.Tensor | None = None,
     cfg: float = 1.5,
     top_k: int = 0,
     top_p: float = 0.0,
@@ -184,15 +205,20 @@ def edit(
     more_smooth: bool = False,
     keep_first_scale: bool = True,
     generator: torch.Generator | None = None,
+    sampler: Callable[..., SampleOutput] | None = None,
 ) -> EditResult:
     """Regenerate the positions where ``keep_mask`` is 0 and teacher-force the image's tokens elsewhere.
 
     image_B3HW: (B, 3, H, W) or (3, H, W) in [-1, 1] at the tokenizer's resolution. keep_mask: 1 = keep,
     (h, w) or (B, h, w) at the token grid, or at pixel resolution (reduced with ``to_token_grid``).
     label: None samples with the null class (in/out-painting); a class id makes it class-conditional
-    (class-edit). cfg / top_k / top_p / more_smooth / seed: as in ``sample`` (the notebook used cfg=3,
-    top_k=900, top_p=0.95, more_smooth=True). All ``B * num_variations`` rows are drawn in one batch from
-    one generator seeded with ``seed``. keep_first_scale: see the module docstring.
+    (class-edit) for every image, a sequence or tensor of B ids gives each image its own class (None
+    entries, or ``num_classes``, are the null class). cfg / top_k / top_p / more_smooth / seed: as in
+    ``sample`` (the notebook used cfg=3, top_k=900, top_p=0.95, more_smooth=True). All
+    ``B * num_variations`` rows are drawn in one batch from one generator seeded with ``seed``.
+    keep_first_scale: see the module docstring. sampler: a function with the signature of
+    :func:`~var_lightning.transformer.sampling.sample` minus ``var, vae`` (e.g. ``FastSampler(var,
+    vae).sample``); default the plain sampler. Both give the same tokens for the same seed.
     """
     check_compatible(var, vae)
     if num_variations < 1:
@@ -204,19 +230,16 @@ def edit(
     keep_Bhw = keep_hw.unsqueeze(0) if keep_hw.ndim == 2 else keep_hw
     if keep_Bhw.shape[0] not in (1, B):
         raise ValueError(f"got {keep_Bhw.shape[0]} keep masks for {B} images; give one mask or one per image")
-    if label is not None:
-        var.check_labels(torch.tensor([int(label)]), allow_null=True)
+    label_B = _labels_per_image(var, label, B)
 
     image_tokens = vae.img_to_idx(image_B3HW)
     keep_idx = [t.repeat_interleave(N, dim=0) for t in image_tokens]
     keep_rows = keep_Bhw.repeat_interleave(N, dim=0) if keep_Bhw.shape[0] > 1 else keep_Bhw
     spec = EditSpec(keep_idx=keep_idx, keep_mask_BHW=keep_rows, keep_first_scale=keep_first_scale)
-    labels = var.num_classes if label is None else int(label)
-    out = sample(
-        var,
-        vae,
+    draw = sampler if sampler is not None else functools.partial(sample, var, vae)
+    out = draw(
         B * N,
-        labels=labels,
+        labels=label_B.repeat_interleave(N),
         cfg=cfg,
         top_k=top_k,
         top_p=top_p,

@@ -37,6 +37,7 @@ from var_lightning.transformer.sampling import (
     SampleOutput,
     check_compatible,
     run_scales,
+    sample,
     start_sampling,
 )
 from var_lightning.transformer.var import VAR
@@ -141,7 +142,7 @@ class FastSampler:
                 var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook
             )
         images = self.decode(f_hat).add_(1).mul_(0.5)
-        return SampleOutput(images=images, tokens=tokens, labels=st.label_B)
+        return SampleOutput(images=images, tokens=tokens, labels=st.label_B, f_hat=f_hat)
 
     __call__ = sample
 
@@ -297,3 +298,22 @@ def sample_fast(
     whose capture only pays off when a :class:`FastSampler` is reused)."""
     sampler = FastSampler(var, vae, cuda_graphs=False)
     return sampler.sample(B, labels, cfg, top_k, top_p, more_smooth, seed, generator, edit, logits_hook)
+
+
+SAMPLERS = ("fast", "plain")
+
+
+def build_sampler(
+    var: VAR, vae: MultiScaleVQVAE, kind: str = "fast", channels_last: bool = True, key: str = "sampler"
+) -> Callable[..., SampleOutput]:
+    """The sampling function the commands use, with :func:`sample`'s signature minus ``var, vae``.
+
+    ``fast`` (default): a :class:`FastSampler` (static KV cache, AdaLN once per image, a CUDA graph per
+    scale on GPU, channels-last decode), reused across calls so graphs are captured once per batch size.
+    ``plain``: :func:`~var_lightning.transformer.sampling.sample`. Both draw the same tokens for a seed.
+    """
+    if kind == "plain":
+        return functools.partial(sample, var, vae)
+    if kind == "fast":
+        return FastSampler(var, vae, cuda_graphs=True, channels_last=channels_last).sample
+    raise ValueError(f"{key}={kind!r}: choose one of {', '.join(SAMPLERS)}")

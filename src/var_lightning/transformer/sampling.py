@@ -46,17 +46,19 @@ def check_compatible(var: VAR, vae: MultiScaleVQVAE) -> None:
         )
 
 
-def check_sampling_args(var: VAR, cfg: float, top_k: int, top_p: float) -> None:
+def check_sampling_args(var: VAR, cfg: float, top_k: int, top_p: float, prefix: str = "sampling.") -> None:
+    """Raise a clear error for settings the sampler cannot use; ``prefix`` is prepended to the key names in
+    the messages (``""`` for a command whose keys are plain ``cfg`` / ``top_k`` / ``top_p``)."""
     if cfg < 0:
         raise ValueError(
-            f"cfg={cfg} is negative; guidance strength must be >= 0 (0 = no guidance) (key sampling.cfg)"
+            f"cfg={cfg} is negative; guidance strength must be >= 0 (0 = no guidance) (key {prefix}cfg)"
         )
     if top_k < 0 or top_k > var.V:
         raise ValueError(
-            f"top_k={top_k} is outside 0..{var.V} (the vocabulary size; 0 disables top-k) (key sampling.top_k)"
+            f"top_k={top_k} is outside 0..{var.V} (the vocabulary size; 0 disables top-k) (key {prefix}top_k)"
         )
     if not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} is outside [0, 1] (0 disables top-p) (key sampling.top_p)")
+        raise ValueError(f"top_p={top_p} is outside [0, 1] (0 disables top-p) (key {prefix}top_p)")
 
 
 def filter_logits_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
@@ -152,6 +154,7 @@ class SampleOutput:
     images: torch.Tensor  # (B, 3, H, W) in [0, 1]
     tokens: list[torch.Tensor]  # K tensors (B, l): the tokens that formed f_hat (kept ones when editing)
     labels: torch.Tensor  # (B,)
+    f_hat: torch.Tensor | None = None  # (B, Cv, h, w): the final latent the images were decoded from
 
 
 def resolve_labels(
@@ -302,7 +305,8 @@ def sample(
     Guidance at scale k of K: ``t = cfg * k / (K - 1)``, ``logits = (1 + t) * cond - t * uncond`` (no
     guidance at the first scale; ``cfg`` is w - 1 in the ``u + w (c - u)`` form). ``seed`` seeds a fresh
     generator on the model's device (CPU and CUDA streams differ); ``generator`` passes one in.
-    ``logits_hook(si, logits_BlV)`` sees the guided logits of every scale before filtering.
+    ``logits_hook(si, logits_BlV)`` sees the guided logits of every scale before filtering. The result
+    holds the images, the tokens of every scale, the labels and the final latent ``f_hat``.
     """
     st = start_sampling(var, vae, B, labels, cfg, top_k, top_p, seed, generator, edit)
 
@@ -318,4 +322,4 @@ def sample(
     finally:
         var.kv_caching(False)
     images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
-    return SampleOutput(images=images, tokens=tokens, labels=st.label_B)
+    return SampleOutput(images=images, tokens=tokens, labels=st.label_B, f_hat=f_hat)

@@ -1,0 +1,178 @@
+"""The released VAR weights by name: ``pretrained=var_d16`` ... ``var_d36``.
+
+The authors publish the files on the Hugging Face Hub (repository ``FoundationVision/var``): one
+transformer per depth (``var_d16.pth`` ... ``var_d36.pth``) and the tokenizer they all share
+(``vae_ch160v4096z32.pth``). :func:`resolve_pretrained` turns a name into local files through
+``huggingface_hub`` itself, so its cache (``HF_HOME`` / ``HF_HUB_CACHE``), offline mode
+(``HF_HUB_OFFLINE=1``) and revision pinning behave as everywhere else on the user's machine. A local
+``.pth`` (with the tokenizer beside it) or a directory holding the files works the same way, with no
+network at all.
+
+The schedule and resolution are not looked up here: the transformer file records its schedule
+(``lvl_1L``), and the loader (:mod:`var_lightning.loading`) reads it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HUB_REPO = "FoundationVision/var"
+VAE_FILE = "vae_ch160v4096z32.pth"
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """One released model: its file, the resolution it was trained at and the paper's FID (cfg 1.5,
+    top-k 900, top-p 0.96, 50k samples)."""
+
+    name: str
+    var_file: str
+    resolution: int
+    fid: float
+    params: str
+
+
+PRETRAINED: dict[str, PretrainedSpec] = {
+    s.name: s
+    for s in (
+        PretrainedSpec("var_d16", "var_d16.pth", 256, 3.55, "310M"),
+        PretrainedSpec("var_d20", "var_d20.pth", 256, 2.95, "600M"),
+        PretrainedSpec("var_d24", "var_d24.pth", 256, 2.33, "1.0B"),
+        PretrainedSpec("var_d30", "var_d30.pth", 256, 1.97, "2.0B"),
+        PretrainedSpec("var_d36", "var_d36.pth", 512, 2.63, "2.3B"),
+    )
+}
+# The published FID protocol (README "Sampling & Zero-shot Inference"): the released models' defaults.
+RELEASED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
+
+
+class PretrainedUnavailable(FileNotFoundError):
+    """The released files are neither cached nor downloadable here; the message says how to place them."""
+
+
+@dataclass(frozen=True)
+class PretrainedFiles:
+    var_path: Path
+    vae_path: Path
+    name: str | None  # the registry name when resolved by name
+    origin: str  # "hub" or "local"
+    revision: str | None = None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where huggingface_hub keeps downloads: ``cache_dir``, else ``$HF_HUB_CACHE`` / ``$HF_HOME/hub``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _unavailable(spec: PretrainedSpec, cache: Path, revision: str | None, why: str) -> PretrainedUnavailable:
+    files = f"{spec.var_file} and {VAE_FILE}"
+    rev = f" --revision {revision}" if revision else ""
+    return PretrainedUnavailable(
+        f"pretrained={spec.name}: the released files {files} (Hugging Face Hub repository {HUB_REPO}"
+        f"{', revision ' + revision if revision else ''}) are not in the cache {cache} and cannot be downloaded "
+        f"here ({why}). Either\n"
+        f"  1. on a machine with internet, fill the cache: `hf download {HUB_REPO} {spec.var_file} {VAE_FILE}"
+        f"{rev}` (or any var_lightning command with pretrained={spec.name} once), and copy the cache here "
+        f"(HF_HOME / HF_HUB_CACHE point at it); or\n"
+        f"  2. put {files} in one directory and pass pretrained=<that directory> (or the path of "
+        f"{spec.var_file}; the tokenizer is found beside it)"
+    )
+
+
+def _hub_file(spec: PretrainedSpec, filename: str, revision: str | None, cache: Path) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    common = dict(repo_id=HUB_REPO, filename=filename, revision=revision, cache_dir=str(cache))
+    try:  # the cache first: no network round trip when the file is there
+        return Path(hf_hub_download(**common, local_files_only=True))
+    except LocalEntryNotFoundError:
+        if _offline():
+            raise _unavailable(spec, cache, revision, "HF_HUB_OFFLINE is set") from None
+    log.info("downloading %s from the Hugging Face Hub (%s) into %s", filename, HUB_REPO, cache)
+    try:
+        return Path(hf_hub_download(**common))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+        raise _unavailable(spec, cache, revision, f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+
+
+def _local(path: Path, vae_path: str | os.PathLike | None) -> PretrainedFiles:
+    """A released transformer file (tokenizer beside it or ``vae_path``), or a directory holding both."""
+    if path.is_dir():
+        found = sorted(p for p in path.glob("var_d*") if p.suffix in (".pth", ".safetensors"))
+        if not found:
+            raise FileNotFoundError(
+                f"pretrained={path}: the directory holds no released transformer (var_d16.pth ... var_d36.pth)"
+            )
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise ValueError(
+                f"pretrained={path}: the directory holds several transformers ({names}); pass the file, e.g. "
+                f"pretrained={found[0]}"
+            )
+        var_path = found[0]
+    else:
+        var_path = path
+    if vae_path is not None:
+        vae = Path(vae_path).expanduser()
+    else:
+        candidates = [
+            var_path.parent / VAE_FILE,
+            var_path.parent / Path(VAE_FILE).with_suffix(".safetensors"),
+        ]
+        vae = next((c for c in candidates if c.is_file()), candidates[0])
+    if not vae.is_file():
+        raise FileNotFoundError(
+            f"pretrained={path}: the tokenizer {vae} is missing; put {VAE_FILE} beside {var_path.name} or pass "
+            f"vae_path=/path/to/{VAE_FILE}"
+        )
+    return PretrainedFiles(var_path, vae, None, "local")
+
+
+def resolve_pretrained(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    vae_path: str | os.PathLike | None = None,
+) -> PretrainedFiles:
+    """Local paths of a released transformer and the tokenizer.
+
+    name_or_path: a registry name (``var_d16`` ... ``var_d36``; resolved through the Hub cache, downloaded
+    when missing and online), a released transformer file, or a directory holding ``var_d*.pth`` and
+    ``vae_ch160v4096z32.pth``. revision: a Hub branch, tag or commit to pin (names only). cache_dir:
+    overrides huggingface_hub's cache location. vae_path: an explicit tokenizer file.
+    """
+    text = str(name_or_path)
+    spec = PRETRAINED.get(text) or PRETRAINED.get(f"var_{text}")
+    if spec is None:
+        p = Path(text).expanduser()
+        if p.exists():
+            return _local(p, vae_path)
+        raise ValueError(
+            f"pretrained={text!r} is neither a released model ({', '.join(PRETRAINED)}) nor an existing file or "
+            "directory"
+        )
+    cache = hub_cache_dir(cache_dir)
+    var_path = _hub_file(spec, spec.var_file, revision, cache)
+    vae = Path(vae_path).expanduser() if vae_path is not None else _hub_file(spec, VAE_FILE, revision, cache)
+    return PretrainedFiles(var_path, vae, spec.name, "hub", revision)
