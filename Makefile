@@ -59,22 +59,21 @@ demo-var: $(STAMP)
 	  hydra.run.dir=$(DEMO_DIR)/var $(ARGS)
 
 demo-sample: $(STAMP)
-	$(BIN)/var-sample ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt num_per_class=8 cfg=2.0 top_k=0 top_p=0 \
-	  hydra.run.dir=$(DEMO_DIR)/samples
+	$(BIN)/var-sample ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt num_per_class=8 hydra.run.dir=$(DEMO_DIR)/samples
 
 demo-classifier: $(STAMP)
 	$(BIN)/var-classifier hydra.run.dir=$(DEMO_DIR)/classifier
 
 demo-eval: $(STAMP)
 	$(BIN)/var-eval ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt data=synthetic extractor=classifier \
-	  extractor.path=$(DEMO_DIR)/classifier/classifier.pt generation.num_per_class=20 generation.cfg=2.0 \
-	  generation.top_k=0 generation.top_p=0 real_baseline_split=test hydra.run.dir=$(DEMO_DIR)/eval
+	  extractor.path=$(DEMO_DIR)/classifier/classifier.pt generation.num_per_class=20 \
+	  real_baseline_split=test hydra.run.dir=$(DEMO_DIR)/eval
 
 demo-edit: $(STAMP)
 	$(BIN)/var-edit ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt image=synthetic:0:4 mode=inpaint \
-	  box=[0.25,0.25,0.75,0.75] top_k=0 top_p=0 hydra.run.dir=$(DEMO_DIR)/edit/inpaint
+	  box=[0.25,0.25,0.75,0.75] hydra.run.dir=$(DEMO_DIR)/edit/inpaint
 	$(BIN)/var-edit ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt image=synthetic:0:4 mode=class-edit class=5 \
-	  box=[0.15,0.15,0.85,0.85] cfg=3 top_k=0 top_p=0 hydra.run.dir=$(DEMO_DIR)/edit/class_edit
+	  box=[0.15,0.15,0.85,0.85] cfg=3 hydra.run.dir=$(DEMO_DIR)/edit/class_edit
 
 train-tokenizer: $(STAMP) ## train a tokenizer: make train-tokenizer EXP=tokenizer_imagenet256 ARGS="data.root=..."
 	$(BIN)/var-train experiment=$(or $(EXP),tokenizer_tiny) $(ARGS)
@@ -85,7 +84,7 @@ train-var: $(STAMP) ## train a VAR: make train-var EXP=var_d16_imagenet256 ARGS=
 eval: $(STAMP) ## offline evaluation: make eval ARGS="ckpt_path=... reference=..." (see docs/evaluation.md)
 	$(BIN)/var-eval $(ARGS)
 
-sample: $(STAMP) ## sample from a VAR checkpoint: make sample ARGS="ckpt_path=... num_per_class=8"
+sample: $(STAMP) ## sample: make sample ARGS="pretrained=var_d16 classes=[207,360]" (or ckpt_path=...)
 	$(BIN)/var-sample $(ARGS)
 
 SCALING_DIR ?= outputs/scaling_cpu

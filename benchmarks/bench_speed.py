@@ -5,7 +5,9 @@ decode included. Training = one teacher-forced step on random tokens: forward, c
 grad-norm clip 2.0, fused AdamW (as the published implementation's anchors in
 ``shared/notes/performance-anchors.md``). Random weights: speed does not depend on them.
 
-Variants name the levers they use: ``plain`` (none), ``fast`` (all), and ``+lever`` / ``-lever`` edits,
+Variants run interleaved, round by round with the order reversed every round, and the table reports
+medians (running one variant's calls and then the next's lets drift on the machine masquerade as a
+speed-up). Variants name the levers they use: ``plain`` (none), ``fast`` (all), and ``+lever`` / ``-lever`` edits,
 e.g. ``fast-compile`` or ``plain+flex``. Levers: flex (FlexAttention block mask, CUDA), compile
 (torch.compile of the blocks), fused_ce (chunked head + cross-entropy), static_kv (the FastSampler:
 static KV cache, AdaLN once per image), cuda_graphs (one graph per scale), bf16_decode (bf16 weights,
@@ -123,25 +125,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(
-    fn: Callable[[int], None], device: torch.device, warmup: int, iters: int
-) -> tuple[float, list[float]]:
-    """(seconds of the first call, which includes compilation or graph capture; timed calls after warm-up)."""
-    times = []
+def interleaved(
+    fns: dict[str, Callable[[int], None]], device: torch.device, warmup: int, iters: int
+) -> dict[str, tuple[float, list[float]]]:
+    """Per variant: (seconds of its first call, which includes compilation or graph capture; its timed calls
+    after warm-up). Variants run round by round (A B C, then C B A, ...), so drift on the machine during the
+    run (clocks, other jobs, allocator warm-up) touches every variant alike; report medians."""
+    names = list(fns)
+    first: dict[str, float] = {}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, float | None] = dict.fromkeys(names)
     for i in range(warmup + iters):
-        sync(device)
-        t0 = time.perf_counter()
-        fn(i)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times[0], times[warmup:]
+        for name in names if i % 2 == 0 else names[::-1]:
+            reset_peak(device)
+            sync(device)
+            t0 = time.perf_counter()
+            fns[name](i)
+            sync(device)
+            dt_s = time.perf_counter() - t0
+            first.setdefault(name, dt_s)
+            peak = peak_gib(device)
+            if peak is not None:
+                peaks[name] = max(peaks[name] or 0.0, peak)
+            if i >= warmup:
+                times[name].append(dt_s)
+    return {n: (first[n], times[n], peaks[n]) for n in names}
 
 
 def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def result_row(task: str, B: int, first: float, times: list[float], device: torch.device) -> dict:
+def result_row(task: str, B: int, first: float, times: list[float], peak: float | None) -> dict:
     """One table row: median time, images/s, ms/image and peak memory of a timed loop."""
     med = statistics.median(times)
     return dict(
@@ -151,7 +166,7 @@ def result_row(task: str, B: int, first: float, times: list[float], device: torc
         median_s=med,
         img_per_s=B / med,
         ms_per_img=1e3 * med / B,
-        peak_gib=peak_gib(device),
+        peak_gib=peak,
     )
 
 
@@ -162,9 +177,10 @@ def reset_peak(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------- the two workloads
-def bench_sampling(
+def sampling_step(
     var: VAR, vae: MultiScaleVQVAE, B: int, levers: set[str], args: argparse.Namespace, device: torch.device
-) -> dict:
+) -> Callable[[int], None]:
+    """One sampling call (seed = call index) with the levers' sampler."""
     var.eval()
     top_k = min(900, var.V)
     labels = torch.arange(B, device=device) % var.num_classes
@@ -178,7 +194,7 @@ def bench_sampling(
             vae,
             cuda_graphs="cuda_graphs" in levers,
             decode_dtype=torch.bfloat16 if bf16 else None,
-            channels_last=bf16,
+            channels_last=True,  # what the commands use (build_sampler); exact up to fp32 rounding
         )
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
@@ -189,17 +205,14 @@ def bench_sampling(
             else:
                 sample(var, vae, B, seed=i, **kw)
 
-    reset_peak(device)
-    first, times = timed(step, device, args.warmup, args.iters)
-    return result_row("sample", B, first, times, device)
+    return step
 
 
-def bench_training(
+def training_step(
     var: VAR, B: int, levers: set[str], args: argparse.Namespace, device: torch.device
-) -> dict:
-    """One optimizer step per call, like ``VARModule.training_step`` without the tokenizer."""
-    var.train()
-    var.cfg.attn_impl = "flex" if "flex" in levers else "sdpa"
+) -> Callable[[int], None]:
+    """One optimizer step per call, like ``VARModule.training_step`` without the tokenizer. Each variant has
+    its own optimizer; all update the same weights (speed does not depend on their values)."""
     opt = adamw(
         param_groups(var.named_parameters(), 0.05), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda"
     )
@@ -212,6 +225,8 @@ def bench_training(
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
     def step(i: int) -> None:
+        var.train()
+        var.cfg.attn_impl = "flex" if "flex" in levers else "sdpa"
         drop_B = torch.rand(B, device=device) < 0.1
         labels = torch.where(drop_B, var.num_classes, label_B)
         with amp:
@@ -229,12 +244,10 @@ def bench_training(
         torch.nn.utils.clip_grad_norm_(var.parameters(), 2.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        var.cfg.attn_impl = "sdpa"
+        var.eval()
 
-    reset_peak(device)
-    first, times = timed(step, device, args.train_warmup, args.train_iters)
-    var.cfg.attn_impl = "sdpa"
-    var.eval()
-    return result_row("train", B, first, times, device)
+    return step
 
 
 # ---------------------------------------------------------------------- report
@@ -321,28 +334,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
 
     rows: list[dict] = []
-    for name, levers in variants.items():
-        if "sample" in args.what:
-            for B in args.sample_batch:
-                r = bench_sampling(var, vae, B, levers, args, device)
-                rows.append(
-                    dict(
-                        variant=name, levers=sorted(levers & {"static_kv", "cuda_graphs", "bf16_decode"}), **r
-                    )
-                )
-                log.info(
-                    "sample %-12s B=%-4d %8.1f img/s %8.2f ms/img", name, B, r["img_per_s"], r["ms_per_img"]
-                )
-        if "train" in args.what:
-            r = bench_training(var, args.train_batch, levers, args, device)
-            rows.append(dict(variant=name, levers=sorted(levers & {"flex", "compile", "fused_ce"}), **r))
-            log.info(
-                "train  %-12s B=%-4d %8.1f img/s (first step %.1fs)",
-                name,
-                args.train_batch,
-                r["img_per_s"],
-                r["first_s"],
+    workloads: list[tuple[str, int, dict[str, Callable[[int], None]]]] = []
+    if "sample" in args.what:
+        for B in args.sample_batch:
+            fns = {n: sampling_step(var, vae, B, lv, args, device) for n, lv in variants.items()}
+            workloads.append(("sample", B, fns))
+    if "train" in args.what:
+        fns = {n: training_step(var, args.train_batch, lv, args, device) for n, lv in variants.items()}
+        workloads.append(("train", args.train_batch, fns))
+    for task, B, fns in workloads:
+        warmup, iters = (
+            (args.warmup, args.iters) if task == "sample" else (args.train_warmup, args.train_iters)
+        )
+        for name, (first, times, peak) in interleaved(fns, device, warmup, iters).items():
+            kind = (
+                {"static_kv", "cuda_graphs", "bf16_decode"}
+                if task == "sample"
+                else {"flex", "compile", "fused_ce"}
             )
+            r = result_row(task, B, first, times, peak)
+            rows.append(dict(variant=name, levers=sorted(variants[name] & kind), **r))
+            log.info(
+                "%s %-12s B=%-4d %8.1f img/s %8.2f ms/img", task, name, B, r["img_per_s"], r["ms_per_img"]
+            )
+    speedups = {}
+    for r in rows:
+        base = next(x for x in rows if x["task"] == r["task"] and x["batch"] == r["batch"])
+        speedups.setdefault((r["task"], r["batch"]), {})[r["variant"]] = base["median_s"] / r["median_s"]
+    for (task, B), sp in speedups.items():
+        log.info(
+            "%s B=%d, relative to %s: %s",
+            task,
+            B,
+            next(iter(sp)),
+            ", ".join(f"{k} {v:.2f}x" for k, v in sp.items()),
+        )
 
     text = table(rows)
     print(text)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -46,6 +47,15 @@ class UnsafeCheckpointError(CheckpointError):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _unpickling_reason(e: BaseException) -> str:
+    """The useful line of torch's weights-only refusal (which global it met), without terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    for line in text.splitlines():
+        if "Unsupported global" in line or "Unsupported operand" in line or "GLOBAL" in line:
+            return line.strip()
+    return _first_line(e)
 
 
 def _resolve(path: str | os.PathLike, key: str) -> Path:
@@ -76,7 +86,7 @@ def torch_load(
         if not trust_pickle:
             raise UnsafeCheckpointError(
                 f"{key}={p}: refused to load: the file holds pickled Python objects beyond tensors and plain "
-                f"containers ({_first_line(e)}), and unpickling them can execute code. var_lightning and the "
+                f"containers ({_unpickling_reason(e)}), and unpickling them can execute code. var_lightning and the "
                 f"released VAR checkpoints never need this. If you trust the file's origin, pass "
                 f"trust_pickle=true (command line) / trust_pickle=True (Python) to load it anyway"
             ) from e
@@ -149,6 +159,15 @@ def write_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return p
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """By content, whatever the suffix: an 8-byte little-endian header length, then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
 def read_checkpoint(
     path: str | os.PathLike,
     key: str = "ckpt_path",
@@ -157,7 +176,7 @@ def read_checkpoint(
 ) -> dict[str, Any]:
     """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``) as a dict, loaded safely."""
     p = _resolve(path, key)
-    if p.suffix == SAFETENSORS_SUFFIX:
+    if p.suffix == SAFETENSORS_SUFFIX or is_safetensors(p):
         return read_safetensors(p, key, device=str(map_location))
     obj = torch_load(p, key, trust_pickle=trust_pickle, map_location=map_location)
     if not isinstance(obj, dict):

@@ -35,6 +35,7 @@ from var_lightning.pretrained import (
     VAE_FILE,
     PretrainedFiles,
     resolve_pretrained,
+    resolve_tokenizer,
 )
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
@@ -374,8 +375,7 @@ def load_tokenizer(
     the released tokenizer has no stored schedule and takes it (256 px by default)."""
     p = Path(path).expanduser()
     if not p.exists() and (p.name in (VAE_FILE, Path(VAE_FILE).stem) or str(path) in PRETRAINED):
-        files = resolve_pretrained(str(path) if str(path) in PRETRAINED else "var_d16")
-        p = files.vae_path
+        p = resolve_tokenizer()  # the released tokenizer, shared by all released models
     ckpt = read_checkpoint(p, key=key, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     if stage in ("tokenizer", "var"):

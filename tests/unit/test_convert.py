@@ -77,3 +77,40 @@ def test_wrong_inputs_are_reported(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     assert main(["to-official", str(tmp_path / "vae.pth"), "--out-dir", str(tmp_path / "o")]) == 2
     assert "not a var_lightning checkpoint" in capsys.readouterr().err
+
+
+def test_safetensors_in_both_directions_load_everywhere(tmp_path):
+    vae, var = _released_files(tmp_path)
+    st = tmp_path / "model.safetensors"
+    args = [
+        "to-lightning",
+        "--vae",
+        str(tmp_path / "vae.pth"),
+        "--var",
+        str(tmp_path / "var.pth"),
+        "--out",
+        str(st),
+    ]
+    assert main(args) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(st), framework="pt") as f:  # a real safetensors file: tensors + JSON metadata
+        assert "var_lightning" in f.metadata() and "var.head.weight" in f.keys()  # noqa: SIM118
+    var2, vae2, info = load_models(st)
+    assert info.kind == "var_lightning" and info.stage == "var"
+    x = torch.randn(2, var.L - 1, var.Cvae)
+    torch.testing.assert_close(var2(torch.tensor([0, 3]), x), var(torch.tensor([0, 3]), x), rtol=0, atol=0)
+    assert all(torch.equal(v, vae2.state_dict()[k]) for k, v in vae.state_dict().items())
+    # back to the published layout as safetensors: loadable by our loader and as plain tensors
+    out = tmp_path / "released"
+    assert main(["to-official", str(st), "--out-dir", str(out), "--format", "safetensors"]) == 0
+    from safetensors.torch import load_file
+
+    assert set(load_file(out / "var_d2.safetensors")) == set(export_official_var(var))
+    var3, vae3, info3 = load_models(out / "var_d2.safetensors", vae_path=out / "vae.safetensors")
+    assert info3.kind == "released"
+    torch.testing.assert_close(var3(torch.tensor([1, 2]), x), var(torch.tensor([1, 2]), x), rtol=0, atol=0)
+    # the default format follows the suffix; --format overrides
+    assert main(["to-lightning", "--vae", str(tmp_path / "vae.pth"), "--out", str(tmp_path / "t.ckpt"),
+                 "--patch-nums", "1,2,3,4", "--format", "safetensors"]) == 0  # fmt: skip
+    assert read_checkpoint(tmp_path / "t.ckpt") != {} and (tmp_path / "t.ckpt").read_bytes()[8:9] == b"{"

@@ -312,3 +312,46 @@ def test_panel_has_original_mask_and_every_result(tmp_path):
     assert w == 5 * (cell + 4) + 4 and h == 16 + cell + 4
     mask_cell = np.asarray(Image.open(path))[16 : 16 + cell, 4 + cell + 4 : 4 + 2 * cell + 4]
     assert (mask_cell[: cell // 2] == 255).all() and (mask_cell[cell // 2 :] == 0).all()
+
+
+# ---------------------------------------------------------------- one label per image, any sampler
+def test_each_image_can_have_its_own_class(models):
+    vae, var = models
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    keep = torch.zeros(4, 4)
+    keep[:, :2] = 1
+    out = edit(var, vae, images, keep, label=[1, 3], num_variations=2, cfg=1.0, seed=2)
+    assert out.labels.tolist() == [1, 1, 3, 3]
+    # one label for the batch equals that label given per image
+    same = edit(var, vae, images, keep, label=[4, 4], num_variations=2, cfg=1.0, seed=2)
+    one = edit(var, vae, images, keep, label=4, num_variations=2, cfg=1.0, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(same.tokens, one.tokens, strict=True))
+    # image b's rows reach the sampler with image b's class
+    seen = []
+
+    def spy(B, labels, **kw):
+        seen.append(labels.tolist())
+        return sample(var, vae, B, labels=labels, **kw)
+
+    mixed = edit(var, vae, images, keep, label=[4, 1], num_variations=2, cfg=1.0, seed=2, sampler=spy)
+    assert seen == [[4, 4, 1, 1]] and mixed.labels.tolist() == [4, 4, 1, 1]
+    assert all(torch.equal(a[:2], b[:2]) for a, b in zip(mixed.tokens, one.tokens, strict=True))
+    nulls = edit(var, vae, images, keep, label=[None, 2], cfg=1.0, seed=2)
+    assert nulls.labels.tolist() == [var.num_classes, 2]
+    with pytest.raises(ValueError, match="got 3 labels for 2 images"):
+        edit(var, vae, images, keep, label=[1, 2, 3])
+    with pytest.raises(ValueError, match="class id 9 is out of range"):
+        edit(var, vae, images, keep, label=[1, 9])
+
+
+def test_the_fast_sampler_edits_identically(models, image):
+    from var_lightning.transformer.fast_sampling import FastSampler
+
+    vae, var = models
+    keep = torch.ones(4, 4)
+    keep[1:3, 1:3] = 0
+    plain = edit(var, vae, image, keep, label=2, num_variations=3, cfg=1.5, top_k=20, top_p=0.9, seed=4)
+    fast = edit(var, vae, image, keep, label=2, num_variations=3, cfg=1.5, top_k=20, top_p=0.9, seed=4,
+                sampler=FastSampler(var, vae, channels_last=True).sample)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(plain.tokens, fast.tokens, strict=True))
+    torch.testing.assert_close(fast.images, plain.images, rtol=0, atol=1e-4)

@@ -25,6 +25,7 @@ import hydra
 import pytorch_lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -110,7 +111,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     extra_model = {}
     if str(cfg.model.get("_target_", "")).endswith("VARModule"):  # loads model.tokenizer_ckpt
         extra_model["trust_pickle"] = bool(cfg.get("trust_pickle", False))
-    model = instantiate(cfg.model, patch_nums=patch_nums, _convert_="all", **extra_model)
+    try:
+        model = instantiate(cfg.model, patch_nums=patch_nums, _convert_="all", **extra_model)
+    except (
+        InstantiationException
+    ) as e:  # show our own message (it names the key and the fix), not Hydra's wrapper
+        if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise
     check_image_size(model, datamodule)
     check_pretokenized(model, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))

@@ -17,11 +17,18 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from var_lightning.checkpoints import SAFETENSORS_SUFFIX, UnsafeCheckpointError, read_safetensors, torch_load
+from var_lightning.checkpoints import (
+    SAFETENSORS_SUFFIX,
+    UnsafeCheckpointError,
+    is_safetensors,
+    read_safetensors,
+    torch_load,
+)
 from var_lightning.distributed import rank
 from var_lightning.interop.infer import (
     StateDict,
@@ -76,7 +83,7 @@ def _read(
     if isinstance(src, (str, os.PathLike)):
         name = str(src)
         try:
-            if str(src).endswith(SAFETENSORS_SUFFIX):
+            if str(src).endswith(SAFETENSORS_SUFFIX) or (Path(src).is_file() and is_safetensors(src)):
                 obj = read_safetensors(src, key="path", device=str(map_location))
             else:
                 obj = torch_load(src, key="path", map_location=map_location)

@@ -1,0 +1,193 @@
+"""No load path executes pickled code: a checkpoint whose unpickling would write a marker file is refused by
+every entry point (var-train resume / init_from / model.tokenizer_ckpt, var-sample, var-eval in all modes,
+var-edit, var-convert, var-make-shards --tokenizer, pretrained=<dir>, vae_path=), the marker never
+appears, and the message names the file and the opt-in. ``trust_pickle`` loads it, with a warning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from tests.helpers import tiny_vae, tiny_vae_cfg
+from tests.integration.test_configs import CONF, compose_train
+from tests.unit.test_webdataset import write_tree
+from var_lightning.checkpoints import UnsafeCheckpointError, read_checkpoint
+from var_lightning.cli import convert, make_shards
+from var_lightning.cli.train import train
+from var_lightning.interop.official import OfficialCheckpointError, export_official_vae
+from var_lightning.training.var_module import VARModule
+
+REFUSED = (UnsafeCheckpointError, OfficialCheckpointError)
+
+
+class Payload:
+    """Unpickling this opens (creates) the marker file: what a malicious checkpoint would do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture()
+def evil(tmp_path) -> tuple[Path, Path]:
+    """(a checkpoint-shaped file carrying the payload, the marker path it would create)."""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.ckpt"
+    torch.save(
+        {
+            "state_dict": {"var.x": torch.zeros(1)},
+            "hyper_parameters": {"payload": Payload(marker)},
+            "var_lightning": {"stage": "var"},
+            "optimizer_states": [],
+            "loops": {},
+        },
+        path,
+    )
+    yield path, marker
+    assert not marker.exists(), "the payload ran"
+
+
+def refused(fn, path: Path) -> str:
+    with pytest.raises(REFUSED) as err:
+        fn()
+    msg = str(err.value)
+    assert str(path) in msg and "trust_pickle" in msg.replace("trust-pickle", "trust_pickle"), msg
+    return msg
+
+
+def compose_root(name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+TINY_TOK = [
+    "experiment=tokenizer_tiny",
+    "data.train_size=32",
+    "data.val_size=16",
+    "data.test_size=16",
+    "logger=none",
+]
+
+
+@pytest.mark.parametrize("key", ["resume", "init_from"])
+def test_var_train_resume_and_init_from(evil, tmp_path, key):
+    path, _ = evil
+    cfg = compose_train([*TINY_TOK, f"{key}={path}"], tmp_path / "run")
+    refused(lambda: train(cfg), path)
+
+
+def test_var_train_tokenizer_ckpt(evil, tmp_path):
+    path, _ = evil
+    cfg = compose_train(
+        ["experiment=var_tiny", f"model.tokenizer_ckpt={path}", "logger=none"], tmp_path / "run"
+    )
+    refused(lambda: train(cfg), path)
+
+
+def test_var_train_resume_auto_refuses_a_planted_checkpoint(evil, tmp_path):
+    path, _ = evil
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(path, run_dir / "checkpoints" / "last.ckpt")
+    cfg = compose_train([*TINY_TOK, "resume=auto"], run_dir)
+    refused(lambda: train(cfg), run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_var_sample_and_var_edit(evil, tmp_path):
+    from var_lightning.cli import edit, sample
+
+    path, _ = evil
+    cfg = compose_root("sample", [f"ckpt_path={path}", "device=cpu"])
+    refused(lambda: sample.run(cfg, tmp_path / "s"), path)
+    cfg = compose_root(
+        "edit", [f"ckpt_path={path}", "device=cpu", "image=synthetic:0:0", "box=[0.2,0.2,0.8,0.8]"]
+    )
+    refused(lambda: edit.run(cfg, tmp_path / "e"), path)
+
+
+@pytest.mark.parametrize("mode", ["loss", "reconstruction", "generation"])
+def test_var_eval_every_mode(evil, tmp_path, mode):
+    from var_lightning.cli import evaluate
+
+    path, _ = evil
+    extra = ["extractor=tiny-random", "reconstruction.lpips=null", "generation.num_samples=4"]
+    cfg = compose_root(
+        "eval",
+        [f"mode={mode}", f"ckpt_path={path}", "device=cpu", "data=synthetic", "data.val_size=8", *extra],
+    )
+    with open_dict(cfg):
+        cfg.cache_dir = str(tmp_path / "cache")
+    refused(lambda: evaluate.run(cfg, tmp_path / "out"), path)
+
+
+def test_var_convert_both_directions(evil, tmp_path, capsys):
+    path, _ = evil
+    assert convert.main(["to-official", str(path), "--out-dir", str(tmp_path / "o")]) == 2
+    assert (
+        convert.main(
+            ["to-lightning", "--var", str(path), "--vae", str(path), "--out", str(tmp_path / "x.ckpt")]
+        )
+        == 2
+    )
+    assert convert.main(["to-lightning", "--vae", str(path), "--out", str(tmp_path / "y.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("refused to load") == 3 and str(path) in err and "--trust-pickle" not in err
+
+
+def test_var_make_shards_tokenizer(evil, tmp_path):
+    path, _ = evil
+    tree = write_tree(tmp_path / "tree" / "train")
+    args = make_shards.parse_args(
+        [str(tree), str(tmp_path / "out"), "--workers", "0", "--no-progress", "--tokenizer", str(path)]
+    )
+    refused(lambda: make_shards.make_shards(args), path)
+
+
+def test_released_file_paths(evil, tmp_path):
+    from var_lightning.loading import load_models
+
+    path, _ = evil
+    folder = tmp_path / "released"
+    folder.mkdir()
+    shutil.copy(path, folder / "var_d16.pth")
+    torch.save(export_official_vae(tiny_vae()), folder / "vae_ch160v4096z32.pth")
+    refused(lambda: load_models(pretrained=folder), folder / "var_d16.pth")
+    # a good transformer with a malicious tokenizer
+    torch.manual_seed(0)
+    module = VARModule(
+        transformer=dict(depth=1, width=32, num_heads=1, num_classes=3), tokenizer=asdict(tiny_vae_cfg())
+    )
+    from var_lightning.interop.official import export_official_var
+
+    torch.save(export_official_var(module.var), folder / "var_d16.pth")
+    refused(lambda: load_models(folder / "var_d16.pth", vae_path=path), path)
+
+
+def test_the_console_script_exits_with_the_message(evil, tmp_path):
+    path, _ = evil
+    exe = shutil.which("var-sample") or str(Path(sys.executable).parent / "var-sample")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    out = subprocess.run([exe, f"ckpt_path={path}", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert out.returncode != 0 and "refused to load" in out.stderr and str(path) in out.stderr
+
+
+def test_trust_pickle_loads_it_with_a_warning_naming_the_file(evil):
+    path, marker = evil
+    with pytest.warns(UserWarning, match=f"trust_pickle=true: loading {path}"):
+        ckpt = read_checkpoint(path, trust_pickle=True)
+    assert "payload" in ckpt["hyper_parameters"] and marker.exists()
+    marker.unlink()  # the fixture checks that nothing else ran it
