@@ -149,6 +149,12 @@ def _local(path: Path, vae_path: str | os.PathLike | None) -> PretrainedFiles:
     return PretrainedFiles(var_path, vae, None, "local")
 
 
+def resolve_transformer(name: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Local path of a released transformer alone (fine-tuning needs no tokenizer file from the Hub)."""
+    spec = PRETRAINED[name]
+    return _hub_file(spec, spec.var_file, revision, hub_cache_dir(cache_dir))
+
+
 def resolve_tokenizer(revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Local path of the released tokenizer ``vae_ch160v4096z32.pth`` (Hub cache, downloaded when online)."""
     return _hub_file(PRETRAINED["var_d16"], VAE_FILE, revision, hub_cache_dir(cache_dir))

@@ -111,6 +111,20 @@ def test_init_from_released_layout_files(tmp_path):
         assert torch.equal(tok2.vae.state_dict()[k], v), k
 
 
+def test_init_from_a_released_name_resolves_through_the_hub_cache(tmp_path, monkeypatch):
+    from tests.unit.test_pretrained import COMMIT_A, add_snapshot
+
+    src = var_module(num_classes=5, seed=1)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    add_snapshot(tmp_path / "hub", COMMIT_A, {"var_d16.pth": export_official_var(src.var)})
+    dst = var_module(num_classes=5, seed=3)
+    report = init_from_checkpoint(dst, "var_d16")
+    assert report.kind.startswith("released var_d16") and torch.equal(dst.var.head.weight, src.var.head.weight)
+    with pytest.raises(FileNotFoundError, match="or a released model name"):
+        init_from_checkpoint(dst, "var_d99")
+
+
 def test_tokenizer_checkpoint_brings_the_discriminator(tmp_path):
     torch.manual_seed(0)
     tok = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))

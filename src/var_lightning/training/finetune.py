@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from var_lightning.checkpoints import checkpoint_stage, read_checkpoint, sub_state_dict
-from var_lightning.pretrained import PRETRAINED, resolve_pretrained
+from var_lightning.pretrained import PRETRAINED, resolve_transformer
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,10 @@ def _var_source(
     if not Path(path).expanduser().exists() and path in PRETRAINED:
         from var_lightning.interop.official import load_official_var
 
-        files = resolve_pretrained(path)
-        sd = read_checkpoint(files.var_path, key=_KEY, trust_pickle=trust_pickle)
+        var_path = resolve_transformer(path)
+        sd = read_checkpoint(var_path, key=_KEY, trust_pickle=trust_pickle)
         var = load_official_var(sd)
-        return f"released {path} ({files.var_path})", var.state_dict(), tuple(var.patch_nums), {}
+        return f"released {path} ({var_path})", var.state_dict(), tuple(var.patch_nums), {}
     ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     if stage == "var":
