@@ -149,7 +149,9 @@ def _local(path: Path, vae_path: str | os.PathLike | None) -> PretrainedFiles:
     return PretrainedFiles(var_path, vae, None, "local")
 
 
-def resolve_transformer(name: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+def resolve_transformer(
+    name: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Local path of a released transformer alone (fine-tuning needs no tokenizer file from the Hub)."""
     spec = PRETRAINED[name]
     return _hub_file(spec, spec.var_file, revision, hub_cache_dir(cache_dir))

@@ -1,25 +1,36 @@
-"""Every shipped config composes and instantiates (data, model, trainer, callbacks, loggers)."""
+"""Every shipped config composes, instantiates and runs; unknown keys are caught with the closest valid one;
+the YAML defaults are the code's; the published recipes differ only in their published values."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 import var_lightning
+from tests.helpers import tiny_vae_cfg
 
 CONF = Path(var_lightning.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 TINY = {"tokenizer_tiny", "var_tiny"}
 
 
-def compose_train(overrides: list[str], tmp_path: Path):
+def compose_root(name: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=False)
+        return compose(config_name=name, overrides=overrides)
+
+
+def compose_train(overrides: list[str], tmp_path: Path):
+    cfg = compose_root("train", overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
         cfg.paths.log_dir = str(tmp_path)
@@ -32,13 +43,16 @@ def test_configs_are_shipped_inside_the_package():
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes(name, tmp_path):
+def test_experiment_composes_and_validates(name, tmp_path):
+    from var_lightning.cli.validate import validate_config
+
     cfg = compose_train(
         [f"experiment={name}", "model.tokenizer_ckpt=/nonexistent.ckpt"]
-        if name.startswith("var")
+        if name.startswith(("var", "scaling"))
         else [f"experiment={name}"],
         tmp_path,
     )
+    validate_config(cfg, "train")
     assert cfg.task_name == name
     assert cfg.model._target_.startswith("var_lightning.training.")
     assert list(cfg.schedule.patch_nums) == sorted(cfg.schedule.patch_nums)
@@ -50,45 +64,46 @@ def test_debug_configs_compose(debug, tmp_path):
     assert cfg.task_name == "debug"
 
 
-RELEASED_TOKENIZER = dict(vocab_size=4096, z_channels=32, ch=160, share_quant_resi=4)
+TINY_TOKENIZER = dict(
+    vocab_size=256, z_channels=16, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, norm_groups=8
+)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_instantiates(name, tmp_path):
-    """Data, model (on the meta device for the published sizes), callbacks, loggers and trainer build."""
-    import torch
+    """Data, model (on the meta device for the published sizes), callbacks, loggers and trainer build; the
+    class count comes from the data."""
     from hydra.utils import instantiate
 
-    from var_lightning.cli.common import instantiate_callbacks, instantiate_loggers
+    from var_lightning.cli.common import (
+        fit_data_to_model,
+        instantiate_callbacks,
+        instantiate_loggers,
+        transformer_with_data_classes,
+    )
 
     overrides = [f"experiment={name}"]
     if name.startswith("tokenizer"):
-        overrides.append("++model.loss.perceptual_random_backbone=true")
+        overrides.append("model.loss.perceptual_random_backbone=true")
     cfg = compose_train(overrides, tmp_path)
     dm = instantiate(cfg.data)
-    assert dm.image_size > 0
+    if hasattr(dm, "_classes"):  # an ImageNet folder this machine does not have: pin the class list
+        dm._classes = [f"n{i:08d}" for i in range(1000)]
     patch_nums = list(cfg.schedule.patch_nums)
     if name.startswith("tokenizer"):
         model = instantiate(cfg.model, patch_nums=patch_nums, _convert_="all")
-        assert model.vae.cfg.image_size == cfg.data.image_size
     else:
-        tok = {**RELEASED_TOKENIZER, "patch_nums": patch_nums}
-        if name in TINY or name.startswith("scaling"):
-            tok = dict(
-                vocab_size=256,
-                z_channels=16,
-                ch=32,
-                ch_mult=[1, 2, 2],
-                num_res_blocks=1,
-                norm_groups=8,
-                patch_nums=patch_nums,
-            )
+        small = name in TINY or name.startswith("scaling")
+        tok = {**(TINY_TOKENIZER if small else {}), "patch_nums": patch_nums}
+        transformer = transformer_with_data_classes(cfg.model, dm)
         with torch.device("meta"):
             model = instantiate(
-                cfg.model, tokenizer_ckpt=None, tokenizer=tok, patch_nums=patch_nums, _convert_="all"
-            )
-        assert model.var.cfg.num_classes == (10 if name in TINY or name.startswith("scaling") else 1000)
-        assert model.vae.cfg.image_size == cfg.data.image_size
+                cfg.model, tokenizer_ckpt=None, tokenizer=tok, patch_nums=patch_nums, transformer=transformer,
+                _convert_="all",
+            )  # fmt: skip
+        assert model.var.cfg.num_classes == dm.num_classes == (10 if small else 1000)
+    fit_data_to_model(model, dm)
+    assert dm.image_size == model.vae.cfg.image_size  # data.image_size: null took the model's
     callbacks = instantiate_callbacks(cfg.callbacks)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer_cfg = dict(cfg.trainer)
@@ -96,6 +111,242 @@ def test_experiment_instantiates(name, tmp_path):
         trainer_cfg.update(accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true")
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+# ---------------------------------------------------------------------------------------------- run as shipped
+@pytest.fixture(scope="module")
+def tiny_var_ckpt(tmp_path_factory) -> Path:
+    from var_lightning.training.var_module import VARModule
+
+    torch.manual_seed(0)
+    module = VARModule(
+        transformer=dict(depth=1, width=32, num_heads=1, num_classes=10, drop_path_rate=0.0),
+        tokenizer=asdict(tiny_vae_cfg(patch_nums=(1, 2, 4), ch=16, norm_groups=8)),
+    )
+    path = tmp_path_factory.mktemp("root") / "var.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "var_lightning": {"stage": "var"}}, path)  # fmt: skip
+    return path
+
+
+def test_a_bare_var_train_trains_the_cpu_tokenizer(tmp_path):
+    from var_lightning.cli.train import train
+
+    cfg = compose_train(["trainer.max_steps=2", "logger=none", "data.val_size=32"], tmp_path)
+    train(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["tokenizer"]["ch"] == 32
+
+
+def test_the_inference_root_configs_run_as_shipped(tiny_var_ckpt, tmp_path):
+    """sample / edit / eval / classifier with only their required inputs (a model, an image, a feature
+    extractor that needs no download) run end to end."""
+    from var_lightning.cli import classifier, edit, evaluate, sample
+
+    meta = sample.run(
+        compose_root("sample", [f"ckpt_path={tiny_var_ckpt}", "num_per_class=1"]), tmp_path / "s"
+    )
+    assert meta["num_images"] == 10
+    out = edit.run(compose_root("edit", [f"ckpt_path={tiny_var_ckpt}", "image=synthetic:0:0", "box=[0.2,0.2,0.8,0.8]",
+                                         "num_variations=1"]), tmp_path / "e")  # fmt: skip
+    assert len(out["results"]) == 1
+    cfg = compose_root("eval", [f"ckpt_path={tiny_var_ckpt}", "data=synthetic", "extractor=tiny-random",
+                                "generation.num_per_class=2", "metrics.kid=false"])  # fmt: skip
+    with open_dict(cfg):
+        cfg.cache_dir = str(tmp_path / "cache")
+    report = evaluate.run(cfg, tmp_path / "v")
+    assert report["samples"]["count"] == 20 and math.isfinite(report["metrics"]["fid"])
+    cfg = compose_root(
+        "classifier", ["epochs=1", "data.train_size=64", "data.val_size=32", "data.test_size=32"]
+    )
+    with open_dict(cfg):
+        cfg.out = str(tmp_path / "c" / "classifier.pt")
+    assert (classifier.run(cfg)["num_classes"]) == 10 and (tmp_path / "c" / "classifier.pt").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- typos
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["model.optim.lrr=3"], "unknown config key model.optim.lrr: did you mean model.optim.lr?"),
+        (["+model.optim.lrr=3"], "unknown config key model.optim.lrr: did you mean model.optim.lr?"),
+        (["experiment=var_tiny", "model.depht=4"], "model.depht: did you mean model.transformer.depth?"),
+        (["experiment=var_tiny", "+model.depht=4"], "model.depht: did you mean model.transformer.depth?"),
+        (["trainer.max_step=2"], "trainer.max_step: did you mean trainer.max_steps?"),
+        (["+data.image_sise=32"], "data.image_sise: did you mean data.image_size?"),
+        (["data=imagenett"], "data=imagenett: no such option in group 'data' (did you mean data=imagenet?)"),
+        (["+resum=auto"], "unknown config key resum: did you mean resume?"),
+        (["experiment=var_tiny", "+model.train.progressive.untill=0.5"],
+         "model.train.progressive.untill: did you mean model.train.progressive.until?"),
+        (["+callbacks.model_checkpoint.save_lst=true"],
+         "callbacks.model_checkpoint.save_lst: did you mean callbacks.model_checkpoint.save_last?"),
+    ],
+)  # fmt: skip
+def test_var_train_typos_name_the_key_and_the_closest_valid_one(argv, message):
+    from var_lightning.cli.validate import precheck
+
+    assert message in (precheck("train", argv) or "")
+
+
+def test_typos_on_the_other_commands_and_in_experiment_files():
+    from var_lightning.cli.validate import precheck, validate_config
+    from var_lightning.settings import ConfigKeyError
+
+    assert "unknown config key top_kk: did you mean top_k?" in precheck("sample", ["ckpt_path=x", "top_kk=3"])
+    assert "generation.cfgg: did you mean generation.cfg?" in precheck("eval", ["+generation.cfgg=1"])
+    assert "extractor" not in (precheck("eval", ["extractor=tiny-random"]) or "")
+    assert precheck("train", ["experiment=var_tiny", "model.tokenizer_ckpt=x"]) is None
+    assert precheck("train", ["-m", "experiment=scaling_tiny", "model.transformer.depth=1,2"]) is None
+    # a misspelled key inside an experiment file (simulated on the composed config) is caught too
+    cfg = compose_root("train", ["experiment=var_tiny"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.optim.warmup_fration = 0.1
+    with pytest.raises(
+        ConfigKeyError, match=r"model.optim.warmup_fration: did you mean model.optim.warmup_fraction\?"
+    ):
+        validate_config(cfg, "train")
+    # and by the module itself, for Python users
+    from var_lightning.training.var_module import VARModule
+
+    with pytest.raises(ConfigKeyError, match=r"model.optim.base_lrr: did you mean model.optim.base_lr\?"):
+        VARModule(
+            transformer=dict(depth=1, num_classes=2), tokenizer=asdict(tiny_vae_cfg()), optim={"base_lrr": 1}
+        )
+    with pytest.raises(ValueError, match=r"model.optim.schedule='linear'.*lin0"):
+        VARModule(
+            transformer=dict(depth=1, num_classes=2),
+            tokenizer=asdict(tiny_vae_cfg()),
+            optim={"schedule": "linear"},
+        )
+
+
+def test_the_console_script_prints_one_line_and_creates_no_run_directory(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("var-train") or str(Path(sys.executable).parent / "var-train")
+    out = subprocess.run(
+        [exe, "model.optim.lrr=1"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "var-train: error: unknown config key model.optim.lrr: did you mean model.optim.lr?"
+    )
+    assert list(tmp_path.iterdir()) == []  # no outputs/ for a run that never started
+
+
+# ---------------------------------------------------------------------------------------------- one place per number
+def _yaml(path: str) -> dict:
+    cfg = OmegaConf.load(CONF / path)
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _defaults_of(schema) -> dict:
+    if dataclasses.is_dataclass(schema):
+        out = {}
+        for f in dataclasses.fields(schema):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+                out[f.name] = asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
+    return {
+        n: p.default
+        for n, p in inspect.signature(schema).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() <= b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    return a == b
+
+
+def test_the_model_and_data_yaml_defaults_are_the_code_defaults():
+    from var_lightning.data import ImageFolderDataModule, SyntheticDataModule
+    from var_lightning.data.webdataset import WebDatasetDataModule
+    from var_lightning.settings import SamplingDefaults, TokenizerOptim, VAROptim, VARTrain
+    from var_lightning.tokenizer.config import VQVAEConfig
+    from var_lightning.tokenizer.losses import VQGANLoss
+    from var_lightning.transformer.config import PRESETS, VARConfig
+
+    var_yaml, tok_yaml = _yaml("model/var.yaml"), _yaml("model/tokenizer.yaml")
+    checks = [
+        (var_yaml["optim"], VAROptim),
+        (var_yaml["train"], VARTrain),
+        (_yaml("sampling/published.yaml"), SamplingDefaults),
+        (tok_yaml["tokenizer"], VQVAEConfig),
+        (tok_yaml["loss"], VQGANLoss),
+        (tok_yaml["optim"], TokenizerOptim),
+    ]
+    transformer = {
+        k: v
+        for k, v in var_yaml["transformer"].items()
+        if v is not None and k not in ("preset", "num_classes")
+    }
+    checks.append((transformer, VARConfig))
+    for data_file, cls in (("synthetic", SyntheticDataModule), ("imagenet", ImageFolderDataModule),
+                           ("webdataset", WebDatasetDataModule)):  # fmt: skip
+        checks.append(({k: v for k, v in _yaml(f"data/{data_file}.yaml").items()
+                        if k not in ("_target_", "root", "train_shards", "val_shards")}, cls))  # fmt: skip
+    for given, schema in checks:
+        defaults = _defaults_of(schema)
+        wrong = {
+            k: (v, defaults.get(k, "<no such key>"))
+            for k, v in given.items()
+            if not _same(v, defaults.get(k))
+        }
+        assert not wrong, f"{getattr(schema, '__name__', schema)}: YAML vs code default {wrong}"
+    # the published class default for the AdaLN gamma, which the d30 recipe uses; d16 is the d16 preset
+    assert VARConfig().init_adaln_gamma == 1e-5 and var_yaml["transformer"]["preset"] == "d16"
+    assert PRESETS["d16"] == {"depth": VARConfig().depth}
+
+
+# The README recipes of FoundationVision/VAR (shared/spec/official-semantics.md, section c); what is not
+# given is the published trainer's default (tblr 1e-4, twde = twd, alng from the recipe table).
+PUBLISHED = {
+    "var_d16_imagenet256": dict(depth=16, bs=768, ep=200, tblr=1e-4, alng=1e-3, wpe=0.1, twde=None, saln=False, pn=256),
+    "var_d20_imagenet256": dict(depth=20, bs=768, ep=250, tblr=1e-4, alng=1e-3, wpe=0.1, twde=None, saln=False, pn=256),
+    "var_d24_imagenet256": dict(depth=24, bs=768, ep=350, tblr=8e-5, alng=1e-4, wpe=0.01, twde=None, saln=False, pn=256),
+    "var_d30_imagenet256": dict(depth=30, bs=1024, ep=350, tblr=8e-5, alng=1e-5, wpe=0.01, twde=0.08, saln=False, pn=256),
+    "var_d36s_imagenet512": dict(depth=36, bs=768, ep=350, tblr=8e-5, alng=5e-6, wpe=0.01, twde=0.08, saln=True, pn=512),
+}  # fmt: skip
+RECIPE_KEYS = {
+    "task_name", "tags", "data.batch_size", "model.transformer.preset", "model.transformer.init_adaln_gamma",
+    "model.optim.base_lr", "model.optim.final_ratio", "model.optim.weight_decay_end", "trainer.max_epochs",
+}  # fmt: skip
+
+
+def _flat(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        if k == "defaults":
+            continue
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_the_published_recipes_set_only_their_published_values(name, tmp_path):
+    from var_lightning.transformer.config import PRESETS, VARConfig
+
+    assert _flat(_yaml(f"experiment/{name}.yaml")) == RECIPE_KEYS  # everything else is in the shared base
+    p = PUBLISHED[name]
+    cfg = compose_train([f"experiment={name}", "model.tokenizer_ckpt=x"], tmp_path)
+    t, o = cfg.model.transformer, cfg.model.optim
+    shape = VARConfig(**{**PRESETS[t.preset], "num_classes": 1000})
+    assert shape.depth == p["depth"] and shape.width == 64 * p["depth"] and shape.shared_aln == p["saln"]
+    assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == p["bs"]
+    assert cfg.trainer.max_epochs == p["ep"] and o.base_lr == p["tblr"] and t.init_adaln_gamma == p["alng"]
+    assert o.final_ratio == p["wpe"] and o.weight_decay_end == p["twde"] and o.weight_decay == 0.05
+    assert o.schedule == "lin0" and o.warmup_fraction == 0.02 and cfg.trainer.gradient_clip_val == 2.0
+    assert cfg.model.train.cond_drop_rate == 0.1 and cfg.model.train.label_smoothing == 0.0
+    assert (cfg.model.sampling.cfg, cfg.model.sampling.top_p) == (1.5, 0.96)
+    assert cfg.schedule.patch_nums[-1] * 16 == p["pn"] and cfg.data.image_size is None
 
 
 def test_entry_points_find_their_configs_from_any_directory(tmp_path):

@@ -141,7 +141,9 @@ def test_generation_writes_pngs_npz_and_a_report_and_reuses_the_cache(tmp_path, 
     assert on_disk["implementation"] == f"var_lightning {var_lightning.__version__}"
     assert on_disk["extractor"]["name"] == "tiny-random" and on_disk["extractor"]["resize"]
     assert on_disk["samples"]["count"] == n and on_disk["sampling"]["cfg"] == 1.0
-    assert on_disk["sampling"]["sampler"] == "fast" and on_disk["model"]["files"]["checkpoint"] == str(var_ckpt)
+    assert on_disk["sampling"]["sampler"] == "fast" and on_disk["model"]["files"]["checkpoint"] == str(
+        var_ckpt
+    )
     assert on_disk["versions"]["torch"] == torch.__version__ and "torch-fidelity" in on_disk["versions"]
     assert set(report["metrics"]) == {"fid", "is", "is_std", "precision", "recall", "kid", "kid_std"}
     assert report["metrics"]["fid"] > 0 and 0 <= report["metrics"]["precision"] <= 1

@@ -120,7 +120,9 @@ def test_init_from_a_released_name_resolves_through_the_hub_cache(tmp_path, monk
     add_snapshot(tmp_path / "hub", COMMIT_A, {"var_d16.pth": export_official_var(src.var)})
     dst = var_module(num_classes=5, seed=3)
     report = init_from_checkpoint(dst, "var_d16")
-    assert report.kind.startswith("released var_d16") and torch.equal(dst.var.head.weight, src.var.head.weight)
+    assert report.kind.startswith("released var_d16") and torch.equal(
+        dst.var.head.weight, src.var.head.weight
+    )
     with pytest.raises(FileNotFoundError, match="or a released model name"):
         init_from_checkpoint(dst, "var_d99")
 

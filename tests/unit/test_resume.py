@@ -17,15 +17,9 @@ from omegaconf import open_dict
 
 from tests.helpers import tiny_vae
 from tests.integration.test_configs import compose_train
+from var_lightning.data.resumable import ResumableLoader, ResumableSampler, SeededItems, mix_seed
 from var_lightning.data.synthetic import SyntheticShapes
-from var_lightning.training.resume import (
-    ResumableLoader,
-    ResumableSampler,
-    SeededItems,
-    candidate_checkpoints,
-    mix_seed,
-    resolve_resume,
-)
+from var_lightning.training.resume import candidate_checkpoints, resolve_resume
 
 
 # ---------------------------------------------------------------------------------------------- sampler

@@ -227,7 +227,7 @@ def test_errors_name_the_problem_the_key_and_the_fix(shards, tmp_path, caplog):
         ).setup("fit")
     with pytest.raises(ConnectionError, match=r"data.train_shards: cannot reach shard http://127.0.0.1:9/"):
         WebDatasetDataModule(
-            "http://127.0.0.1:9/train-{000000..000003}.tar", train_samples=40, num_classes=3
+            "http://127.0.0.1:9/train-{000000..000003}.tar", train_samples=40, num_classes=3, image_size=8
         ).setup("fit")
     bare = tmp_path / "bare"  # shards without a manifest
     bare.mkdir()
@@ -252,8 +252,10 @@ def test_errors_name_the_problem_the_key_and_the_fix(shards, tmp_path, caplog):
     with pytest.raises(ValueError, match=r"some readers would get no shard.*data.resampled=true"):
         WebDatasetDataModule(str(shards), num_workers=9, resampled=False).setup("fit")
     with caplog.at_level(logging.WARNING):
-        WebDatasetDataModule(str(shards), num_workers=9).setup("fit")
+        WebDatasetDataModule(str(shards), num_workers=9, image_size=8).setup("fit")
     assert "8 shards for 1 ranks x 9 workers" in caplog.text
+    with pytest.raises(ValueError, match=r"data.image_size is null and no model filled it in"):
+        WebDatasetDataModule(str(shards), num_workers=0).setup("fit")
 
 
 # ---------------------------------------------------------------------------------------------- tokens

@@ -15,13 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.runtime import resolve_device
+from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.evaluation.classifier import (
     ClassifierConfig,
     evaluate_classifier,
@@ -35,11 +35,14 @@ log = logging.getLogger("var_lightning.classifier")
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train on the data's train split (monitoring val), save to ``cfg.out``; return the summary."""
+    validate_config(cfg, "classifier")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"epochs ({cfg.epochs}) and batch_size ({cfg.batch_size}) must be >= 1")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dm = instantiate(cfg.data)
+    if getattr(dm, "image_size", 0) is None:  # data.image_size: null -> the classifier's image_size
+        dm.fit_image_size(int(cfg.image_size), "image_size (the images the classifier will score)")
     train_set = dataset_split(dm, "train")
     val_set = dataset_split(dm, "val")
     heldout_set = dataset_split(dm, cfg.heldout_split, "heldout_split")
@@ -84,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="classifier")
+@checked_main("classifier", "var-classifier")
 def main(cfg: DictConfig) -> None:
     log.info("run directory: %s", HydraConfig.get().runtime.output_dir)
     summary = run(cfg)

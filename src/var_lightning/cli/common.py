@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.loading import SAMPLING_KEYS, LoadedModels, load_models
 from var_lightning.transformer.fast_sampling import build_sampler
@@ -32,24 +32,61 @@ def instantiate_loggers(cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def check_image_size(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
-    """Fail at startup, naming the expected size, when the data does not fit the scale schedule."""
+def fit_data_to_model(model: Any, datamodule: Any, check_classes: bool = True) -> None:
+    """Fill in ``data.image_size: null`` from the model (its schedule's last scale x the tokenizer's
+    downsampling) and check a configured one; with ``check_classes`` a class count that differs from the
+    transformer's is an error naming both numbers (``check_class_count``)."""
     vae = getattr(model, "vae", None)
-    want = vae.cfg.image_size if vae is not None else None
-    got = getattr(datamodule, "image_size", None)
-    if want is not None and got is not None and int(got) != int(want):
-        raise ValueError(
-            f"data.image_size={got} does not fit the scale schedule: patch_nums ends at {vae.patch_nums[-1]} and the "
-            f"tokenizer downsamples {vae.cfg.downsample}x, so images must be {want}x{want} "
-            f"(set data.image_size={want} or pick another schedule)"
-        )
-    n_cls = getattr(datamodule, "num_classes", None)
+    if vae is not None and getattr(datamodule, "image_size", "absent") != "absent":
+        why = f"its scale schedule ends at {vae.patch_nums[-1]} and the tokenizer downsamples {vae.cfg.downsample}x"
+        fit = getattr(datamodule, "fit_image_size", None)
+        if fit is not None:
+            fit(vae.cfg.image_size, why)
+        elif datamodule.image_size is not None and int(datamodule.image_size) != vae.cfg.image_size:
+            raise ValueError(
+                f"data.image_size={datamodule.image_size} does not fit the model: {why}, so images must be "
+                f"{vae.cfg.image_size}x{vae.cfg.image_size} (set data.image_size={vae.cfg.image_size})"
+            )
     var = getattr(model, "var", None)
-    if var is not None and n_cls is not None and int(n_cls) > var.num_classes:
+    if var is not None and check_classes:
+        check_class_count(var.num_classes, datamodule, "the transformer (model.transformer.num_classes)")
+
+
+def data_description(datamodule: Any) -> str:
+    for attr in ("root", "train_spec"):
+        if getattr(datamodule, attr, None):
+            return f"{type(datamodule).__name__} at {getattr(datamodule, attr)}"
+    return type(datamodule).__name__
+
+
+def check_class_count(model_classes: int, datamodule: Any, what: str) -> None:
+    n = getattr(datamodule, "num_classes", None)
+    if n is not None and int(n) != int(model_classes):
         raise ValueError(
-            f"the dataset has {n_cls} classes but the transformer only {var.num_classes} "
-            f"(set model.transformer.num_classes={n_cls})"
+            f"the data has {n} classes ({data_description(datamodule)}) but {what} has {model_classes}: train with "
+            f"model.transformer.num_classes=null (the data's count; init_from= adapts a checkpoint's class rows), "
+            f"or point data at a dataset with {model_classes} classes"
         )
+
+
+def transformer_with_data_classes(cfg_model: DictConfig, datamodule: Any) -> dict[str, Any] | None:
+    """The VAR config's ``transformer`` block with ``num_classes: null`` replaced by the data's count
+    (None when the model is not a VAR)."""
+    if not str(cfg_model.get("_target_", "")).endswith("VARModule"):
+        return None
+    transformer = dict(OmegaConf.to_container(cfg_model.get("transformer") or {}, resolve=True))
+    n = int(datamodule.num_classes)
+    given = transformer.get("num_classes")
+    if given is None:
+        log.info(
+            "model.transformer.num_classes=null: %d classes from the data (%s)",
+            n,
+            data_description(datamodule),
+        )
+        transformer["num_classes"] = n
+    elif int(given) != n:
+        check_class_count(int(given), datamodule, f"model.transformer.num_classes={given}")
+    return transformer
 
 
 # ---------------------------------------------------------------------------------------------- inference

@@ -31,6 +31,7 @@ from var_lightning.checkpoints import CheckpointError, checkpoint_stage, read_ch
 from var_lightning.interop.official import export_official_vae, export_official_var
 from var_lightning.loading import imagenet_class_names, load_models, resolve_sampling
 from var_lightning.pretrained import RELEASED_SAMPLING
+from var_lightning.settings import TokenizerOptim, VAROptim, VARTrain
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.transformer.var import VAR
 
@@ -51,12 +52,10 @@ def _lightning_checkpoint(stage: str, hparams: dict, state_dict: dict) -> dict:
 
 
 def tokenizer_checkpoint(vae: MultiScaleVQVAE, source: str) -> dict:
-    from var_lightning.training.tokenizer_module import DEFAULT_OPTIM
-
     hparams = {
         "tokenizer": asdict(vae.cfg),
         "loss": {"perceptual_weight": 0.0, "disc_weight": 0.0},
-        "optim": dict(DEFAULT_OPTIM),
+        "optim": asdict(TokenizerOptim()),
     }
     sd = {f"vae.{k}": v for k, v in vae.state_dict().items()}
     ckpt = _lightning_checkpoint("tokenizer", hparams, sd)
@@ -65,14 +64,12 @@ def tokenizer_checkpoint(vae: MultiScaleVQVAE, source: str) -> dict:
 
 
 def var_checkpoint(var: VAR, vae: MultiScaleVQVAE, source: str, class_names: list[str] | None = None) -> dict:
-    from var_lightning.training.var_module import DEFAULT_OPTIM, DEFAULT_TRAIN
-
     hparams = {
         "transformer": asdict(var.cfg),
         "tokenizer": asdict(vae.cfg),
         "tokenizer_source": source,
-        "optim": dict(DEFAULT_OPTIM),
-        "train": dict(DEFAULT_TRAIN),
+        "optim": asdict(VAROptim()),
+        "train": asdict(VARTrain()),
         # the published protocol; a vocabulary smaller than its top-k gets 900/4096 of its size
         "sampling": {**resolve_sampling(RELEASED_SAMPLING, var.V), "seed": 0},
     }

@@ -23,12 +23,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.common import inference_sampler, load_for_inference, sampling_settings
 from var_lightning.cli.runtime import autocast_context, resolve_device
+from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.edit_io import (
     edit_panel,
     fit_image,
@@ -74,6 +74,7 @@ def check_region_options(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    validate_config(cfg, "edit")
     check_region_options(cfg)
     # Read the input files before the (possibly large) checkpoint, so a bad path fails at once.
     pil_image = None if is_synthetic(cfg.image) else open_image(cfg.image)
@@ -153,7 +154,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return meta
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="edit")
+@checked_main("edit", "var-edit")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))

@@ -18,13 +18,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import hydra
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
@@ -33,14 +31,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from var_lightning.cli.common import (
-    check_image_size,
+    fit_data_to_model,
     inference_sampler,
     load_for_inference,
     sampling_settings,
 )
 from var_lightning.cli.runtime import autocast_context, resolve_device
+from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.evaluation import npz, report
-from var_lightning.evaluation.extractors import FeatureExtractor, InceptionWeightsUnavailable, build_extractor
+from var_lightning.evaluation.extractors import FeatureExtractor, build_extractor
 from var_lightning.evaluation.fid import GaussianStats
 from var_lightning.evaluation.generation import (
     GenerationEvaluator,
@@ -59,6 +58,7 @@ from var_lightning.evaluation.sharding import (
 )
 from var_lightning.evaluation.splits import datamodule_source_id, dataset_split
 from var_lightning.evaluation.token_metrics import accumulate_token_metrics
+from var_lightning.loading import LoadedModels
 from var_lightning.sample_io import save_pngs
 from var_lightning.training.var_module import next_scale_losses
 
@@ -152,9 +152,10 @@ def _reference(cfg: DictConfig, extractor: FeatureExtractor, dm: Any, keep: bool
 
 
 # --------------------------------------------------------------------------------------------- generation
-def _sample_checkpoint(cfg: DictConfig, ctx: Context, evaluator: GenerationEvaluator, out_dir: Path) -> dict:
+def _sample_checkpoint(
+    cfg: DictConfig, ctx: Context, evaluator: GenerationEvaluator, out_dir: Path, models: LoadedModels
+) -> dict:
     g = cfg.generation
-    models = load_for_inference(cfg, ctx.device)
     var, info = models.var, models.info
     settings = sampling_settings(g, models, prefix="generation.")
     draw = inference_sampler(cfg, models)
@@ -276,13 +277,20 @@ def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
     extractor = _extractor(cfg, ctx)
     settings = _settings(cfg, extractor)
     dm = _datamodule(cfg)
+    models = None if cfg.generation.samples else load_for_inference(cfg, ctx.device)
+    if dm is not None:  # real images at the samples' size: the model's, or the existing samples'
+        if models is not None:
+            fit_data_to_model(models, dm, check_classes=False)
+        elif getattr(dm, "image_size", 0) is None:
+            first = next(iter_uint8_batches(Path(cfg.generation.samples), 1))
+            dm.fit_image_size(int(first.shape[-1]), f"the samples in {cfg.generation.samples} are that size")
     keep = settings.precision_recall or settings.kid
     ref = _reference(cfg, extractor, dm, keep) if ctx.rank == 0 else None  # first: fail before sampling
     evaluator = GenerationEvaluator(extractor, settings)
-    if cfg.generation.samples:
+    if models is None:
         fields = _measure_existing(cfg, ctx, evaluator)
     else:
-        fields = _sample_checkpoint(cfg, ctx, evaluator, out_dir)
+        fields = _sample_checkpoint(cfg, ctx, evaluator, out_dir, models)
     gathered = evaluator.gather()
     metrics = score(gathered, ref, settings, device=ctx.device) if ctx.rank == 0 else None
     baseline = _real_baseline(cfg, ctx, dm, extractor, settings, gathered.count, ref)
@@ -315,7 +323,7 @@ def _loader(cfg: DictConfig, ctx: Context, dataset: Any) -> DataLoader:
 def run_loss(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
     dm = _require(_datamodule(cfg), "data", "loss mode needs a data config (data=imagenet data.root=...)")
     models = load_for_inference(cfg, ctx.device)
-    check_image_size(models, dm)
+    fit_data_to_model(models, dm)
     dataset = dataset_split(dm, cfg.loss.split, "loss.split")
     smoothing = float(models.info.hyper_parameters.get("train", {}).get("label_smoothing", 0.0))
     metrics = accumulate_token_metrics(
@@ -355,7 +363,7 @@ def run_reconstruction(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | N
     if isinstance(lpips, torch.nn.Module):
         lpips.to(ctx.device)
     vae, model_info = _tokenizer(cfg, ctx.device)
-    check_image_size(SimpleNamespace(vae=vae), dm)
+    fit_data_to_model(SimpleNamespace(vae=vae), dm)
     metrics = ReconstructionMetrics(extractor, lpips, device=ctx.device)
     with torch.no_grad():
         for i, (img_B3HW, _) in enumerate(
@@ -390,6 +398,7 @@ def run_reconstruction(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | N
 # --------------------------------------------------------------------------------------------- entry point
 def run(cfg: DictConfig, out_dir: Path, ctx: Context | None = None) -> dict | None:
     """Run ``cfg.mode``; on rank 0 write ``out_dir/report.json``, print the table and return the report."""
+    validate_config(cfg, "eval")
     if cfg.mode not in MODES:
         raise ValueError(f"mode={cfg.mode!r}: choose one of {', '.join(MODES)}")
     ctx = ctx or Context(0, 1, resolve_device(cfg.device))
@@ -407,17 +416,12 @@ def run(cfg: DictConfig, out_dir: Path, ctx: Context | None = None) -> dict | No
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@checked_main("eval", "var-eval")
 def main(cfg: DictConfig) -> None:
     ctx = init_distributed(cfg.device)
     out_dir = Path(broadcast_object(HydraConfig.get().runtime.output_dir))  # rank 0's run directory
     try:
         run(cfg, out_dir, ctx)
-    except (InceptionWeightsUnavailable, FileNotFoundError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"var-eval: error: {err}", file=sys.stderr)
-        sys.exit(2)
     finally:
         if dist.is_initialized():
             dist.barrier()

@@ -18,13 +18,13 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.common import inference_sampler, load_for_inference, sampling_settings
 from var_lightning.cli.runtime import autocast_context, resolve_device
+from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.evaluation.sharding import batch_seed
 from var_lightning.sample_io import labelled_grid, save_pngs
 
@@ -32,6 +32,7 @@ log = logging.getLogger("var_lightning.sample")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    validate_config(cfg, "sample")
     device = resolve_device(cfg.device)
     if cfg.num_per_class < 1 or cfg.batch_size < 1:
         raise ValueError(
@@ -99,7 +100,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return meta
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
+@checked_main("sample", "var-sample")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))

@@ -21,7 +21,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -30,7 +29,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
-from var_lightning.cli.common import check_image_size, instantiate_callbacks, instantiate_loggers
+from var_lightning.cli.common import (
+    fit_data_to_model,
+    instantiate_callbacks,
+    instantiate_loggers,
+    transformer_with_data_classes,
+)
+from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.training.resume import RNGStateCallback, resolve_resume
 
 log = logging.getLogger("var_lightning.train")
@@ -108,18 +113,17 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     """Instantiate data, model and trainer; the scale schedule is handed to the model from ``schedule``."""
     datamodule = instantiate(cfg.data)
     patch_nums = list(cfg.schedule.patch_nums) if cfg.get("schedule") else None
-    extra_model = {}
-    if str(cfg.model.get("_target_", "")).endswith("VARModule"):  # loads model.tokenizer_ckpt
-        extra_model["trust_pickle"] = bool(cfg.get("trust_pickle", False))
+    extra_model: dict[str, Any] = {}
+    transformer = transformer_with_data_classes(cfg.model, datamodule)
+    if transformer is not None:  # the VAR stage: class count from the data; loads model.tokenizer_ckpt
+        extra_model.update(transformer=transformer, trust_pickle=bool(cfg.get("trust_pickle", False)))
     try:
         model = instantiate(cfg.model, patch_nums=patch_nums, _convert_="all", **extra_model)
-    except (
-        InstantiationException
-    ) as e:  # show our own message (it names the key and the fix), not Hydra's wrapper
+    except InstantiationException as e:  # show our own message (it names the key and the fix)
         if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
             raise e.__cause__ from None
         raise
-    check_image_size(model, datamodule)
+    fit_data_to_model(model, datamodule)
     check_pretokenized(model, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     strategy, extra = strategy_for(cfg.trainer, model)
@@ -132,13 +136,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
 
 def resume_checkpoint(cfg: DictConfig, stage: str) -> str | None:
-    """``resume`` (null | auto | path) resolved against the run directory; ``ckpt_path`` is its older name."""
-    resume, legacy = cfg.get("resume"), cfg.get("ckpt_path")
-    if resume is not None and legacy is not None:
-        raise ValueError(f"both resume={resume} and ckpt_path={legacy} are set; use resume only")
-    return resolve_resume(
-        resume if resume is not None else legacy, cfg.paths.output_dir, stage, bool(cfg.get("trust_pickle"))
-    )
+    """``resume`` (null | auto | path) resolved against the run directory."""
+    return resolve_resume(cfg.get("resume"), cfg.paths.output_dir, stage, bool(cfg.get("trust_pickle")))
 
 
 def _weights_only(method: Any, cfg: DictConfig) -> dict[str, bool]:
@@ -151,6 +150,7 @@ def _weights_only(method: Any, cfg: DictConfig) -> dict[str, bool]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) and return the final metrics; ``optimized_metric`` picks one for sweeps."""
+    validate_config(cfg, "train")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
@@ -186,7 +186,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@checked_main("train", "var-train")
 def main(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("run directory: %s", out_dir)

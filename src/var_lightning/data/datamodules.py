@@ -15,6 +15,7 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from var_lightning.data.defaults import ImageSizeMixin, check_image_size, resolve_num_workers
 from var_lightning.data.imagefolder import SafeImageFolder, find_classes
 from var_lightning.data.resumable import ResumableLoader
 from var_lightning.data.synthetic import SyntheticShapes, synthetic_class_names
@@ -63,26 +64,25 @@ class _LoaderMixin:
         return DataLoader(dataset, batch_size=self.val_batch_size, shuffle=False, drop_last=False, **common)
 
 
-class SyntheticDataModule(_LoaderMixin, L.LightningDataModule):
-    """Procedural class-conditional shapes (see ``SyntheticShapes``): trains anywhere, downloads nothing."""
+class SyntheticDataModule(ImageSizeMixin, _LoaderMixin, L.LightningDataModule):
+    """Procedural class-conditional shapes (see ``SyntheticShapes``): trains anywhere, downloads nothing.
+    ``image_size`` None: the model's (set at startup by var-train / var-eval)."""
 
     def __init__(
         self,
-        image_size: int = 32,
+        image_size: int | None = None,
         num_classes: int = 10,
         train_size: int = 2000,
         val_size: int = 256,
         test_size: int = 256,
         batch_size: int = 32,
         val_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         seed: int = 0,
         drop_last: bool = True,
     ) -> None:
         super().__init__()
-        _check_positive(image_size, "data.image_size")
-        if image_size < 8:
-            raise ValueError(f"data.image_size must be >= 8 for the synthetic shapes, got {image_size}")
+        check_image_size(image_size, "data.image_size", minimum=8)
         _check_positive(num_classes, "data.num_classes")
         _check_positive(batch_size, "data.batch_size")
         if val_batch_size is not None:
@@ -98,24 +98,27 @@ class SyntheticDataModule(_LoaderMixin, L.LightningDataModule):
                 f"data.train_size={train_size} < data.batch_size={batch_size} with drop_last=True "
                 "leaves no training batch"
             )
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self.image_size, self.num_classes = image_size, num_classes
         self.class_names: list[str] = synthetic_class_names(num_classes)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.seed, self.drop_last = num_workers, seed, drop_last
+        self.num_workers, self.seed, self.drop_last = resolve_num_workers(num_workers), seed, drop_last
         self.pin_memory, self.persistent_workers = False, None
         self.datasets: dict[str, SyntheticShapes] = {}
 
     def setup(self, stage: str | None = None) -> None:
         # Labels only (pixels are generated per item), so building all three splits is instant.
+        image_size = self.require_image_size()
         for split, size in self.sizes.items():
-            if split not in self.datasets:
+            if split not in self.datasets or self.datasets[split].image_size != image_size:
                 self.datasets[split] = SyntheticShapes(
-                    size, self.image_size, self.num_classes, split=split, seed=self.seed
+                    size, image_size, self.num_classes, split=split, seed=self.seed
                 )
+
+    def split_source(self, split: str) -> str:
+        """Each split is generated from its own seed stream: three disjoint sets."""
+        return f"synthetic:{split}"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], train=True)
@@ -127,11 +130,12 @@ class SyntheticDataModule(_LoaderMixin, L.LightningDataModule):
         return self._loader(self.datasets["test"], train=False)
 
 
-class ImageFolderDataModule(_LoaderMixin, L.LightningDataModule):
+class ImageFolderDataModule(ImageSizeMixin, _LoaderMixin, L.LightningDataModule):
     """ImageNet layout ``root/{train_dir,val_dir}/<class>/<image>`` with the VAR resize-then-crop recipe.
 
-    The test loader is the val split (ImageNet has no labelled test set). Val takes the train split's class
-    list, so labels agree (a train class with no val folder is an error). ``classes`` pins the mapping
+    The test loader reads ``test_dir`` when it exists, else the val split (ImageNet has no labelled test
+    set). Val and test take the train split's class list, so labels agree (a train class with no val folder
+    is an error). ``classes`` pins the mapping
     explicitly. Nothing touches the disk until ``class_names``/``num_classes`` are read or ``setup`` runs,
     so configs instantiate on machines without the data.
     """
@@ -139,14 +143,15 @@ class ImageFolderDataModule(_LoaderMixin, L.LightningDataModule):
     def __init__(
         self,
         root: str,
-        image_size: int = 256,
+        image_size: int | None = None,
         mid_reso: float = 1.125,
         hflip: bool = False,
         batch_size: int = 32,
         val_batch_size: int | None = None,
-        num_workers: int = 8,
+        num_workers: int | None = None,
         train_dir: str = "train",
         val_dir: str = "val",
+        test_dir: str | None = "test",
         pin_memory: bool = True,
         persistent_workers: bool | None = None,
         seed: int = 0,
@@ -158,31 +163,42 @@ class ImageFolderDataModule(_LoaderMixin, L.LightningDataModule):
             raise ValueError(
                 "data.root is empty: set it to a folder laid out as <root>/train/<class>/<image>"
             )
-        _check_positive(image_size, "data.image_size")
+        check_image_size(image_size, "data.image_size")
         _check_positive(batch_size, "data.batch_size")
         if val_batch_size is not None:
             _check_positive(val_batch_size, "data.val_batch_size")
         if mid_reso < 1.0:
             raise ValueError(f"data.mid_reso must be >= 1 (resize then crop), got {mid_reso}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self.root, self.image_size, self.mid_reso, self.hflip = os.fspath(root), image_size, mid_reso, hflip
-        self.train_dir, self.val_dir = train_dir, val_dir
+        self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.pin_memory, self.persistent_workers = (
-            num_workers,
-            pin_memory,
-            persistent_workers,
-        )
+        self.num_workers = resolve_num_workers(num_workers)
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.seed, self.drop_last = seed, drop_last
         self._classes = list(classes) if classes is not None else None
         self.train_dataset: SafeImageFolder | None = None
         self.val_dataset: SafeImageFolder | None = None
+        self.test_dataset: SafeImageFolder | None = None
 
     def _split_root(self, split_dir: str) -> tuple[str, str]:
-        key = f"data.root (+ data.{'train' if split_dir == self.train_dir else 'val'}_dir={split_dir!r})"
+        which = {self.train_dir: "train", self.val_dir: "val", self.test_dir: "test"}.get(split_dir, "val")
+        key = f"data.root (+ data.{which}_dir={split_dir!r})"
         return os.path.join(self.root, split_dir), key
+
+    @property
+    def has_test_dir(self) -> bool:
+        return bool(self.test_dir) and os.path.isdir(os.path.join(self.root, self.test_dir))
+
+    def split_source(self, split: str) -> str:
+        """The folder a split reads: ``test`` is the ``test_dir`` when it exists, else the val folder (ImageNet
+        has no labelled test set), so two splits may be the same images; var-eval checks this."""
+        name = {"train": self.train_dir, "val": self.val_dir}.get(split)
+        if split == "test":
+            name = self.test_dir if self.has_test_dir else self.val_dir
+        if name is None:
+            raise ValueError(f"unknown split {split!r}: train, val or test")
+        return os.path.abspath(os.path.join(self.root, name))
 
     @property
     def class_names(self) -> list[str]:
@@ -198,7 +214,7 @@ class ImageFolderDataModule(_LoaderMixin, L.LightningDataModule):
 
     def _dataset(self, split_dir: str, train: bool) -> SafeImageFolder:
         path, key = self._split_root(split_dir)
-        transform = build_transform(self.image_size, self.mid_reso, train=train, hflip=self.hflip)
+        transform = build_transform(self.require_image_size(), self.mid_reso, train=train, hflip=self.hflip)
         ds = SafeImageFolder(path, transform=transform, classes=self.class_names, config_key=key)
         log.info("%s split: %d images, %d classes from %s", split_dir, len(ds), len(ds.classes), path)
         return ds
@@ -208,6 +224,8 @@ class ImageFolderDataModule(_LoaderMixin, L.LightningDataModule):
             self.train_dataset = self._dataset(self.train_dir, train=True)
         if self.val_dataset is None:
             self.val_dataset = self._dataset(self.val_dir, train=False)
+        if stage in (None, "test") and self.test_dataset is None and self.has_test_dir:
+            self.test_dataset = self._dataset(self.test_dir, train=False)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup('fit') first"
@@ -218,9 +236,13 @@ class ImageFolderDataModule(_LoaderMixin, L.LightningDataModule):
         return self._loader(self.val_dataset, train=False)
 
     def test_dataloader(self) -> DataLoader:
+        if self.test_dataset is None and self.has_test_dir:
+            self.setup("test")
+        if self.test_dataset is not None:
+            return self._loader(self.test_dataset, train=False)
         return self.val_dataloader()
 
     def teardown(self, stage: str | None = None) -> None:
-        for ds in (self.train_dataset, self.val_dataset):
+        for ds in (self.train_dataset, self.val_dataset, self.test_dataset):
             if ds is not None:
                 ds.log_summary()

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from var_lightning import distributed
+from var_lightning.data.defaults import ImageSizeMixin, check_image_size, resolve_num_workers
 from var_lightning.data.resumable import ProgressAwareLoader, mix_seed
 from var_lightning.data.shards import (
     ImageDecoder,
@@ -257,7 +258,7 @@ class ShardLoader(ProgressAwareLoader):
         )
 
 
-class WebDatasetDataModule(L.LightningDataModule):
+class WebDatasetDataModule(ImageSizeMixin, L.LightningDataModule):
     """Batches ``(img_B3HW, label_B)`` (or ``(tokens_BL, label_B)`` with ``pretokenized``) from tar shards.
 
     train_shards / val_shards: a shard directory or ``manifest.json`` (local or URL; written by
@@ -273,12 +274,12 @@ class WebDatasetDataModule(L.LightningDataModule):
         self,
         train_shards: str | Sequence[str],
         val_shards: str | Sequence[str] | None = None,
-        image_size: int = 256,
+        image_size: int | None = None,
         mid_reso: float = 1.125,
         hflip: bool = False,
         batch_size: int = 32,
         val_batch_size: int | None = None,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         shuffle_buffer: int = 5000,
         resampled: bool = True,
         train_samples: int | None = None,
@@ -293,15 +294,10 @@ class WebDatasetDataModule(L.LightningDataModule):
                 "data.train_shards is empty: set it to a shard directory (var-make-shards output), a "
                 "manifest.json or a brace pattern like /data/train-{000000..000127}.tar"
             )
-        for key, v in (
-            ("batch_size", batch_size),
-            ("shuffle_buffer", shuffle_buffer),
-            ("image_size", image_size),
-        ):
+        for key, v in (("batch_size", batch_size), ("shuffle_buffer", shuffle_buffer)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"data.{key} must be a positive integer, got {v!r}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_image_size(image_size, "data.image_size")
         if mid_reso < 1.0:
             raise ValueError(f"data.mid_reso must be >= 1 (resize then crop), got {mid_reso}")
         self.save_hyperparameters()
@@ -309,9 +305,14 @@ class WebDatasetDataModule(L.LightningDataModule):
         self.val_spec = (
             list(val_shards) if val_shards is not None and not isinstance(val_shards, str) else val_shards
         )
-        self._image_size, self.mid_reso, self.hflip = image_size, mid_reso, hflip
+        self._image_size, self.mid_reso, self.hflip = (
+            image_size,
+            mid_reso,
+            hflip,
+        )  # image_size: see ImageSizeMixin
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.shuffle_buffer, self.resampled = num_workers, shuffle_buffer, resampled
+        self.num_workers = resolve_num_workers(num_workers)
+        self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
         self.train_samples, self._num_classes, self.pretokenized = train_samples, num_classes, pretokenized
         self.seed, self.pin_memory = seed, pin_memory
         self._train: tuple[list[str], Manifest | None] | None = None
@@ -367,9 +368,13 @@ class WebDatasetDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> int | None:
         meta = self.tokenizer_meta
         return int(meta["image_size"]) if meta else self._image_size
+
+    @image_size.setter
+    def image_size(self, value: int | None) -> None:
+        self._image_size = value
 
     # ------------------------------------------------------------------ streams
     def _decoder(self, train: bool) -> Any:
@@ -377,7 +382,7 @@ class WebDatasetDataModule(L.LightningDataModule):
             meta = self.tokenizer_meta
             length = sum(p * p for p in meta["patch_nums"]) if meta else None
             return TokenDecoder(train, self.hflip, length)
-        return ImageDecoder(self._image_size, self.mid_reso, train, self.hflip)
+        return ImageDecoder(self.require_image_size(), self.mid_reso, train, self.hflip)
 
     def _check_shards(self, urls: list[str], key: str, resampled: bool) -> None:
         check_reachable(urls[0], key)

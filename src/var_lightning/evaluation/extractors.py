@@ -33,6 +33,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 
 from var_lightning.distributed import rank
 from var_lightning.evaluation.classifier import load_classifier
+from var_lightning.settings import check_kwargs
 
 _log = logging.getLogger(__name__)
 
@@ -120,7 +121,15 @@ def _factory(name: str, config_key: str) -> Callable[..., FeatureExtractor]:
 
 
 def _build(name: str, kwargs: dict[str, Any], config_key: str) -> FeatureExtractor:
-    extractor = _factory(name, config_key)(**kwargs)
+    factory = _factory(name, config_key)
+    prefix = config_key.removesuffix("name")  # "extractor.": the mapping the keys live in
+    given = {k: v for k, v in kwargs.items() if k != "config_key"}
+    if name == "classifier":  # its config key `path` is the constructor's checkpoint_path
+        given = {("path" if k == "checkpoint_path" else k): v for k, v in given.items()}
+        check_kwargs(lambda path=None: None, given, prefix)
+    else:
+        check_kwargs(factory, given, prefix)
+    extractor = factory(**kwargs)
     if not isinstance(extractor, FeatureExtractor):
         raise TypeError(
             f"feature extractor {name!r} built a {type(extractor).__name__}, not a FeatureExtractor"

@@ -31,6 +31,8 @@ def datamodule_source_id(datamodule: Any, split: str, num_items: int | None = No
     arguments (``hparams``: root, image size, seed, sizes ...), the split and its length. Data changed
     in place under the same arguments is not detected: delete the cache directory after editing data."""
     hparams = dict(getattr(datamodule, "hparams", {}) or {})
+    if getattr(datamodule, "image_size", None) is not None:  # the size the model filled in (image_size: null)
+        hparams["image_size"] = int(datamodule.image_size)
     for key in ("batch_size", "val_batch_size", "num_workers", "pin_memory", "persistent_workers"):
         hparams.pop(key, None)  # loader settings do not change the images
     payload = json.dumps(hparams, sort_keys=True, default=str)

@@ -1,7 +1,7 @@
 """Tokenizer (multi-scale VQ-VAE) configuration with validation.
 
-The defaults are the released tokenizer ``vae_ch160v4096z32.pth`` except ``ch`` (the published class
-default is 128; the released file uses 160, see the ``tokenizer_imagenet256`` experiment).
+The defaults are the released tokenizer ``vae_ch160v4096z32.pth`` (``ch`` = 160 as in that file; the
+published class's own default is 128, which no released model uses).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class VQVAEConfig:
 
     vocab_size: int = 4096
     z_channels: int = 32
-    ch: int = 128
+    ch: int = 160
     ch_mult: Sequence[int] = (1, 1, 2, 2, 4)
     num_res_blocks: int = 2
     dropout: float = 0.0

@@ -31,13 +31,6 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning.checkpoints import CheckpointError, UnsafeCheckpointError, torch_load
-from var_lightning.data.resumable import (  # noqa: F401  (re-exported)
-    ProgressAwareLoader,
-    ResumableLoader,
-    ResumableSampler,
-    SeededItems,
-    mix_seed,
-)
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
+from var_lightning.settings import TokenizerOptim, check_kwargs, settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.tokenizer.losses import VQGANLoss
@@ -28,17 +29,6 @@ from var_lightning.training.optim import adamw, param_groups
 from var_lightning.training.schedules import lr_factor
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OPTIM = dict(
-    lr=1e-4,
-    disc_lr=None,
-    betas=(0.5, 0.9),
-    weight_decay=0.0,
-    warmup_steps=0,
-    schedule="const",
-    final_ratio=1.0,
-    grad_clip=2.0,
-)
 
 
 def psnr(img: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
@@ -68,12 +58,14 @@ class TokenizerModule(L.LightningModule):
         if patch_nums is not None:
             spec["patch_nums"] = tuple(patch_nums)
         cfg = VQVAEConfig(**spec)
-        optim = {**DEFAULT_OPTIM, **dict(optim or {})}
-        self.save_hyperparameters({"tokenizer": asdict(cfg), "loss": dict(loss or {}), "optim": optim})
+        optim_cfg = settings_from(TokenizerOptim, optim, "model.optim.")
+        loss_kwargs = dict(loss or {})
+        check_kwargs(VQGANLoss, loss_kwargs, "model.loss.")
+        self.save_hyperparameters({"tokenizer": asdict(cfg), "loss": loss_kwargs, "optim": asdict(optim_cfg)})
         self.automatic_optimization = False
         self.vae = MultiScaleVQVAE(cfg)
-        self.loss = VQGANLoss(**dict(loss or {}))
-        self.optim_cfg = optim
+        self.loss = VQGANLoss(**loss_kwargs)
+        self.optim_cfg = optim_cfg
         self.train_usage = CodebookUsage(len(cfg.patch_nums), cfg.vocab_size)
         self.val_usage = CodebookUsage(len(cfg.patch_nums), cfg.vocab_size)
 
@@ -84,11 +76,11 @@ class TokenizerModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim_cfg
-        groups = param_groups(self.vae.named_parameters(), o["weight_decay"])
+        groups = param_groups(self.vae.named_parameters(), o.weight_decay)
         for g in groups:
-            g.update(lr=o["lr"], role="generator")
+            g.update(lr=o.lr, role="generator")
         if self.loss.discriminator is not None:
-            disc_lr = o["disc_lr"] if o["disc_lr"] is not None else o["lr"]
+            disc_lr = o.disc_lr if o.disc_lr is not None else o.lr
             groups.append(
                 {
                     "params": list(self.loss.discriminator.parameters()),
@@ -98,16 +90,14 @@ class TokenizerModule(L.LightningModule):
                     "name": "discriminator",
                 }
             )
-        opt = adamw(groups, lr=o["lr"], betas=tuple(o["betas"]))
+        opt = adamw(groups, lr=o.lr, betas=o.betas)
         max_steps = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
-        fn = lambda step: lr_factor(
-            step, o["warmup_steps"], max_steps, o["schedule"], final_ratio=o["final_ratio"]
-        )
+        fn = lambda step: lr_factor(step, o.warmup_steps, max_steps, o.schedule, final_ratio=o.final_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _clip(self, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        clip = self.optim_cfg["grad_clip"]
+        clip = self.optim_cfg.grad_clip
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None:  # fp16: clip unscaled gradients
             scaler.unscale_(opt)

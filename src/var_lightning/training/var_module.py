@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from var_lightning.loading import load_tokenizer, resolve_sampling, scaled_top_k
+from var_lightning.settings import SamplingDefaults, VAROptim, VARTrain, settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.chunked_ce import chunked_head_cross_entropy
@@ -24,24 +25,6 @@ from var_lightning.transformer.sampling import check_compatible, sample
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OPTIM = dict(
-    base_lr=1e-4,
-    betas=(0.9, 0.95),
-    weight_decay=0.05,
-    weight_decay_end=None,
-    warmup_fraction=0.02,
-    warmup_steps=None,
-    warmup_start=0.005,
-    schedule="lin0",
-    final_ratio=0.01,
-    fused=None,
-)
-DEFAULT_TRAIN = dict(
-    cond_drop_rate=0.1, label_smoothing=0.0, fused_ce=False, ce_chunk_tokens=8192, compile=False
-)
-# top_k None = 900/4096 of the vocabulary (var_lightning.loading.scaled_top_k): 900 for the released V = 4096
-DEFAULT_SAMPLING = dict(cfg=1.5, top_k=None, top_p=0.96, seed=0, more_smooth=False)
 
 
 def build_var_config(transformer: dict | VARConfig, tokenizer: VQVAEConfig) -> VARConfig:
@@ -107,20 +90,16 @@ class VARModule(L.LightningModule):
                 f"model.transformer.patch_nums={tuple(var_cfg.patch_nums)} disagrees with the schedule "
                 f"{tuple(patch_nums)} (schedule.patch_nums); remove one of them"
             )
-        self.optim_cfg = {**DEFAULT_OPTIM, **dict(optim or {})}
-        self.train_cfg = {**DEFAULT_TRAIN, **dict(train or {})}
+        self.optim_cfg = settings_from(VAROptim, optim, "model.optim.")
+        self.train_cfg = settings_from(VARTrain, train, "model.train.")
         self.sampling_cfg = self._sampling_defaults(sampling, var_cfg.vocab_size)
-        if not 0.0 <= self.train_cfg["cond_drop_rate"] < 1.0:
-            raise ValueError(
-                f"model.train.cond_drop_rate={self.train_cfg['cond_drop_rate']} must be in [0, 1)"
-            )
         self.save_hyperparameters(
             {
                 "transformer": asdict(var_cfg),
                 "tokenizer": asdict(vae.cfg),
                 "tokenizer_source": tokenizer_source,
-                "optim": self.optim_cfg,
-                "train": self.train_cfg,
+                "optim": asdict(self.optim_cfg),
+                "train": asdict(self.train_cfg),
                 "sampling": self.sampling_cfg,
             }
         )
@@ -133,17 +112,13 @@ class VARModule(L.LightningModule):
     def _sampling_defaults(sampling: dict | None, vocab_size: int) -> dict[str, Any]:
         """The sampling defaults stored in every checkpoint (used by log_images and, unless overridden, by
         var-sample / var-eval / var-edit), complete and checked against the vocabulary."""
-        given = {**DEFAULT_SAMPLING, **dict(sampling or {})}
-        if given["top_k"] is not None and not 0 <= int(given["top_k"]) <= vocab_size:
+        given = settings_from(SamplingDefaults, sampling, "model.sampling.")
+        if given.top_k is not None and given.top_k > vocab_size:
             raise ValueError(
-                f"model.sampling.top_k={given['top_k']} is outside 0..{vocab_size} (the tokenizer's vocabulary); "
-                f"use null for 900/4096 of the vocabulary ({scaled_top_k(vocab_size)} here) or 0 to disable top-k"
+                f"model.sampling.top_k={given.top_k} exceeds the tokenizer's vocabulary ({vocab_size}); use null "
+                f"for 900/4096 of it ({scaled_top_k(vocab_size)} here) or 0 to disable top-k (key model.sampling.top_k)"
             )
-        if not 0.0 <= float(given["top_p"]) <= 1.0 or float(given["cfg"]) < 0:
-            raise ValueError(
-                f"model.sampling: top_p={given['top_p']} must be in [0, 1] and cfg={given['cfg']} >= 0"
-            )
-        return {**resolve_sampling(given, vocab_size), "seed": int(given["seed"])}
+        return {**resolve_sampling(asdict(given), vocab_size), "seed": given.seed}
 
     @staticmethod
     def _build_tokenizer(
@@ -181,27 +156,23 @@ class VARModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim_cfg
         global_batch = self.global_batch_size()
-        self.peak_lr = o["base_lr"] * global_batch / 256
+        self.peak_lr = o.base_lr * global_batch / 256
         max_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = (
-            o["warmup_steps"] if o["warmup_steps"] is not None else round(o["warmup_fraction"] * max_steps)
-        )
+        warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_fraction * max_steps)
         self._max_steps = max_steps
         log.info(
             "lr = base_lr %.3g x global batch %d / 256 = %.3g; %d steps, %d warm-up, schedule %s to x%g",
-            o["base_lr"],
+            o.base_lr,
             global_batch,
             self.peak_lr,
             max_steps,
             warmup,
-            o["schedule"],
-            o["final_ratio"],
+            o.schedule,
+            o.final_ratio,
         )
-        groups = param_groups(self.var.named_parameters(), o["weight_decay"])
-        opt = adamw(groups, lr=self.peak_lr, betas=tuple(o["betas"]), fused=o["fused"])
-        fn = lambda step: lr_factor(
-            step, warmup, max_steps, o["schedule"], o["warmup_start"], o["final_ratio"]
-        )
+        groups = param_groups(self.var.named_parameters(), o.weight_decay)
+        opt = adamw(groups, lr=self.peak_lr, betas=o.betas, fused=o.fused)
+        fn = lambda step: lr_factor(step, warmup, max_steps, o.schedule, o.warmup_start, o.final_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -211,8 +182,8 @@ class VARModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         o = self.optim_cfg
-        if o["weight_decay_end"] is not None:
-            wd = weight_decay_at(self.global_step, self._max_steps, o["weight_decay"], o["weight_decay_end"])
+        if o.weight_decay_end is not None:
+            wd = weight_decay_at(self.global_step, self._max_steps, o.weight_decay, o.weight_decay_end)
             for g in self.optimizers().param_groups:
                 if g.get("name") == "decay":
                     g["weight_decay"] = wd
@@ -223,16 +194,11 @@ class VARModule(L.LightningModule):
         return tokenize(self.vae, img_B3HW)
 
     def setup(self, stage: str) -> None:
-        """Check the speed flags once, before the first step (``model.train.compile`` /
-        ``fused_ce`` / ``ce_chunk_tokens``); compilation itself happens lazily at the first forward."""
-        t = self.train_cfg
-        mode = t.get("compile", False)
-        if mode not in (False, True, None) and not isinstance(mode, str):
-            raise ValueError(f"model.train.compile={mode!r}: use false, true or a torch.compile mode string")
-        if int(t.get("ce_chunk_tokens", 8192)) < 1:
-            raise ValueError(f"model.train.ce_chunk_tokens={t.get('ce_chunk_tokens')} must be >= 1")
-        if mode:
-            log.info("torch.compile of the transformer blocks (mode=%s): the first steps compile", mode)
+        if self.train_cfg.compile:
+            log.info(
+                "torch.compile of the transformer blocks (mode=%s): the first steps compile",
+                self.train_cfg.compile,
+            )
 
     def compute_losses(
         self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False
@@ -244,11 +210,11 @@ class VARModule(L.LightningModule):
             self.var,
             self.vae,
             batch,
-            cond_drop_rate=t["cond_drop_rate"] if drop_labels else 0.0,
-            label_smoothing=t["label_smoothing"],
-            fused_ce=t.get("fused_ce", False),
-            ce_chunk_tokens=t.get("ce_chunk_tokens", 8192),
-            compile=t.get("compile", False),
+            cond_drop_rate=t.cond_drop_rate if drop_labels else 0.0,
+            label_smoothing=t.label_smoothing,
+            fused_ce=t.fused_ce,
+            ce_chunk_tokens=t.ce_chunk_tokens,
+            compile=t.compile,
         )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,216 @@
+"""Typed run settings: the ``optim`` / ``train`` / ``sampling`` blocks of both training stages.
+
+Each block is a dataclass whose defaults are the published recipe's values (the YAML in ``conf/model``
+repeats them so the file documents every key; ``tests/integration/test_configs.py`` checks that the two
+agree). :func:`settings_from` builds one from a config mapping and turns an unknown key into an error that
+names the key as written in the config and the closest valid one, and a wrong type or range into an
+error naming the key; both happen when the LightningModule is built, before any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LR_SCHEDULES = ("lin0", "lin", "cos", "const")
+
+
+class ConfigKeyError(ValueError):
+    """An unknown or misspelled configuration key; the message names it and the closest valid key."""
+
+
+def closest(key: str, candidates: Iterable[str]) -> str | None:
+    """The candidate most like ``key`` (difflib ratio >= 0.6), or None."""
+    found = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_key_message(prefix: str, key: str, valid: Iterable[str]) -> str:
+    valid = sorted(valid)
+    guess = closest(key, valid)
+    hint = f"did you mean {prefix}{guess}?" if guess else f"valid keys: {', '.join(valid)}"
+    return f"unknown config key {prefix}{key}: {hint}"
+
+
+def _bad(prefix: str, key: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"{prefix}{key}={value!r}: {why} (key {prefix}{key})")
+
+
+def settings_from(cls: type[T], values: Mapping[str, Any] | T | None, prefix: str) -> T:
+    """``cls(**values)`` with an error for unknown keys that names ``<prefix><key>`` and the closest valid
+    key; ``values`` may already be a ``cls`` (returned as is) or None (all defaults)."""
+    if isinstance(values, cls):
+        return values
+    given = dict(values or {})
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key in given:
+        if key not in names:
+            raise ConfigKeyError(unknown_key_message(prefix, key, names))
+    obj = cls(**given)
+    obj.check(prefix)  # type: ignore[attr-defined]
+    return obj
+
+
+def _number(prefix: str, key: str, value: Any, lo: float | None = None, hi: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(prefix, key, value, "must be a number")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise _bad(prefix, key, value, f"must be in [{lo}, {hi}]")
+
+
+@dataclass
+class VAROptim:
+    """The VAR transformer's optimisation (published defaults: ``utils/arg_util.py``).
+
+    base_lr: learning rate per 256 images; lr = base_lr x global batch / 256 (``tblr``). betas: AdamW.
+    weight_decay / weight_decay_end: start and end of a cosine-annealed weight decay (end None = constant;
+    ``twd``/``twde``). warmup_fraction (of all steps; ep/50 published) or warmup_steps; warmup_start: the lr
+    ratio at step 0 (``wp0``). schedule: lin0 (flat 5% after warm-up, then linear), lin, cos or const;
+    final_ratio: the lr ratio at the end (``wpe``). fused: fused AdamW (None = on CUDA).
+    """
+
+    base_lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None
+    warmup_fraction: float = 0.02
+    warmup_steps: int | None = None
+    warmup_start: float = 0.005
+    schedule: str = "lin0"
+    final_ratio: float = 0.01
+    fused: bool | None = None
+
+    def check(self, prefix: str = "model.optim.") -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        _number(prefix, "base_lr", self.base_lr, 0)
+        _number(prefix, "weight_decay", self.weight_decay, 0)
+        if self.weight_decay_end is not None:
+            _number(prefix, "weight_decay_end", self.weight_decay_end, 0)
+        _number(prefix, "warmup_fraction", self.warmup_fraction, 0, 1)
+        _number(prefix, "warmup_start", self.warmup_start, 0, 1)
+        _number(prefix, "final_ratio", self.final_ratio, 0, 1)
+        if self.warmup_steps is not None and (
+            not isinstance(self.warmup_steps, int) or self.warmup_steps < 0
+        ):
+            raise _bad(prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer or null")
+        if self.schedule not in LR_SCHEDULES:
+            raise _bad(prefix, "schedule", self.schedule, f"choose one of {', '.join(LR_SCHEDULES)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise _bad(prefix, "betas", list(self.betas), "must be two numbers in [0, 1)")
+
+
+@dataclass
+class ProgressiveTraining:
+    """Coarse-to-fine training as the published trainer does it (``pg``, ``pg0``, ``pgwp``); see
+    :mod:`var_lightning.training.progressive`. until: fraction of training during which the trained prefix
+    grows (0 = off, the published default). start_scale: index of the first trained scale (``pg0``).
+    warmup_epochs: per stage, the newest scale's loss weight ramps from 0.01 to 1 over this many epochs
+    (None = epochs / 300, the published default)."""
+
+    until: float = 0.0
+    start_scale: int = 4
+    warmup_epochs: float | None = None
+
+    def check(self, prefix: str = "model.train.progressive.") -> None:
+        _number(prefix, "until", self.until, 0, 1)
+        if not isinstance(self.start_scale, int) or self.start_scale < 0:
+            raise _bad(prefix, "start_scale", self.start_scale, "must be a scale index >= 0")
+        if self.warmup_epochs is not None:
+            _number(prefix, "warmup_epochs", self.warmup_epochs, 0)
+
+
+@dataclass
+class VARTrain:
+    """What the VAR training step does besides optimisation.
+
+    cond_drop_rate: fraction of labels replaced by the null class (classifier-free guidance training).
+    label_smoothing: of the cross-entropy. compile: torch.compile the blocks (false, true or a mode).
+    fused_ce / ce_chunk_tokens: the head + cross-entropy in chunks (no B x L x V fp32 logits).
+    progressive: coarse-to-fine training (off by default, as published).
+    """
+
+    cond_drop_rate: float = 0.1
+    label_smoothing: float = 0.0
+    compile: bool | str = False
+    fused_ce: bool = False
+    ce_chunk_tokens: int = 8192
+    progressive: ProgressiveTraining = field(default_factory=ProgressiveTraining)
+
+    def check(self, prefix: str = "model.train.") -> None:
+        if not 0.0 <= self.cond_drop_rate < 1.0:
+            raise _bad(prefix, "cond_drop_rate", self.cond_drop_rate, "must be in [0, 1)")
+        _number(prefix, "label_smoothing", self.label_smoothing, 0, 1)
+        if self.compile not in (False, True) and not isinstance(self.compile, str):
+            raise _bad(prefix, "compile", self.compile, "use false, true or a torch.compile mode string")
+        if not isinstance(self.ce_chunk_tokens, int) or self.ce_chunk_tokens < 1:
+            raise _bad(prefix, "ce_chunk_tokens", self.ce_chunk_tokens, "must be an integer >= 1")
+        self.progressive = settings_from(ProgressiveTraining, self.progressive, f"{prefix}progressive.")
+
+
+@dataclass
+class SamplingDefaults:
+    """The sampling settings stored in every VAR checkpoint: image grids during training, and var-sample /
+    var-eval / var-edit unless given on their command line. The published FID protocol: cfg 1.5, top-k
+    900 of 4096, top-p 0.96. top_k None = 900/4096 of the tokenizer's vocabulary; 0 disables."""
+
+    cfg: float = 1.5
+    top_k: int | None = None
+    top_p: float = 0.96
+    more_smooth: bool = False
+    seed: int = 0
+
+    def check(self, prefix: str = "model.sampling.") -> None:
+        _number(prefix, "cfg", self.cfg, 0)
+        _number(prefix, "top_p", self.top_p, 0, 1)
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0
+        ):
+            raise _bad(prefix, "top_k", self.top_k, "must be an integer >= 0 or null")
+
+
+@dataclass
+class TokenizerOptim:
+    """The tokenizer's optimisation: one AdamW over the autoencoder (lr) and the discriminator (disc_lr,
+    None = lr), with betas, weight decay, warm-up steps, an lr schedule (const, lin0, lin, cos) ending at
+    final_ratio, and per-group gradient clipping (<= 0 disables)."""
+
+    lr: float = 1e-4
+    disc_lr: float | None = None
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "const"
+    final_ratio: float = 1.0
+    grad_clip: float = 2.0
+
+    def check(self, prefix: str = "model.optim.") -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        _number(prefix, "lr", self.lr, 0)
+        if self.disc_lr is not None:
+            _number(prefix, "disc_lr", self.disc_lr, 0)
+        _number(prefix, "weight_decay", self.weight_decay, 0)
+        _number(prefix, "final_ratio", self.final_ratio, 0, 1)
+        _number(prefix, "grad_clip", self.grad_clip)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise _bad(prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer")
+        if self.schedule not in LR_SCHEDULES:
+            raise _bad(prefix, "schedule", self.schedule, f"choose one of {', '.join(LR_SCHEDULES)}")
+
+
+def check_kwargs(fn: Any, kwargs: Mapping[str, Any], prefix: str) -> None:
+    """Unknown keyword arguments of ``fn`` (a class or function whose signature is the schema, e.g.
+    ``VQGANLoss``) raise :class:`ConfigKeyError` naming ``<prefix><key>`` and the closest parameter."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in kwargs:
+        if key not in names:
+            raise ConfigKeyError(unknown_key_message(prefix, key, names))
