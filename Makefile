@@ -91,7 +91,7 @@ SCALING_DIR ?= outputs/scaling_cpu
 sweep-scaling: $(STAMP) ## CPU scaling-law study: 4 VAR depths on the synthetic data (~15 min), fits + plots
 	test -f $(SCALING_DIR)/tokenizer/checkpoints/last.ckpt || \
 	  $(BIN)/var-train experiment=tokenizer_tiny hydra.run.dir=$(SCALING_DIR)/tokenizer \
-	    ~callbacks.image_logger ~callbacks.rich_progress_bar trainer.enable_progress_bar=false
+	    ~callbacks.image_logger ~callbacks.progress_bar trainer.enable_progress_bar=false
 	$(BIN)/var-train experiment=scaling_tiny sweep=scaling_cpu \
 	  model.tokenizer_ckpt=$(SCALING_DIR)/tokenizer/checkpoints/last.ckpt hydra.sweep.dir=$(SCALING_DIR)/sweep $(ARGS)
 	$(BIN)/var-scaling $(SCALING_DIR)/sweep --out $(SCALING_DIR)/report

@@ -36,7 +36,7 @@ COMMON = [
     "trainer.devices=2",
     "trainer.max_epochs=1",
     "logger=none",
-    "~callbacks.rich_progress_bar",
+    "~callbacks.progress_bar",
     "~callbacks.image_logger",
     "~callbacks.throughput",
 ]

@@ -30,7 +30,7 @@ TINY_TOKENIZER = [
     "model.tokenizer.norm_groups=8",
     "model.loss.disc_start=2",
     "model.loss.disc_ch=8",
-    "~callbacks.rich_progress_bar",
+    "~callbacks.progress_bar",
     *TINY_DATA,
 ]
 
@@ -112,7 +112,7 @@ def var_cfg(tmp_path: Path, tokenizer_ckpt: Path, *extra: str):
             "++model.transformer.depth=2",
             "++model.transformer.width=32",
             "++model.transformer.num_heads=2",
-            "~callbacks.rich_progress_bar",
+            "~callbacks.progress_bar",
             *TINY_DATA,
             *extra,
         ],

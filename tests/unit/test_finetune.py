@@ -194,7 +194,7 @@ def test_train_entry_point_applies_init_from_and_resume_wins(tmp_path, caplog):
                 "trainer.max_epochs=1",
                 "model.optim.base_lr=0.0",
                 "logger=none",
-                "~callbacks.rich_progress_bar",
+                "~callbacks.progress_bar",
                 "~callbacks.image_logger",
                 f"init_from={var_path}",
                 *extra,

@@ -48,7 +48,7 @@ def var_cfg(
             "++model.transformer.width=32",
             "++model.transformer.num_heads=2",
             f"callbacks={callbacks}",
-            "~callbacks.rich_progress_bar",
+            "~callbacks.progress_bar",
             "~callbacks.image_logger",
             f"{GM}.extractor.name=tiny-random",
             f"{GM}.num_samples=12",

@@ -189,7 +189,7 @@ def _run_cfg(stage: str, run_dir: Path, tokenizer: Path, *extra: str):
             "data.batch_size=8",
             "trainer.max_epochs=2",
             "trainer.log_every_n_steps=1",
-            "~callbacks.rich_progress_bar",
+            "~callbacks.progress_bar",
             "~callbacks.image_logger",
             "~callbacks.throughput",
             "logger=none",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from var_lightning.cli.common import (
     transformer_with_data_classes,
 )
 from var_lightning.cli.validate import checked_main, validate_config
-from var_lightning.training.resume import RNGStateCallback, resolve_resume
+from var_lightning.training.resume import RNGStateCallback, candidate_checkpoints, resolve_resume
 
 log = logging.getLogger("var_lightning.train")
 
@@ -135,6 +136,32 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     return datamodule, model, trainer
 
 
+def refuse_to_start_over(cfg: DictConfig) -> None:
+    """A run directory that already holds checkpoints is not silently trained into again from scratch."""
+    if cfg.get("resume") is not None:
+        return
+    found = candidate_checkpoints(cfg.paths.output_dir)
+    if found and cfg.get("overwrite"):  # on purpose: keep the old files aside, never delete them
+        aside = Path(cfg.paths.output_dir) / "checkpoints" / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for p in found:
+            p.rename(aside / p.name)
+        log.warning(
+            "overwrite=true: training from scratch; the earlier run's %d checkpoints moved to %s",
+            len(found),
+            aside,
+        )
+        return
+    if found:
+        names = ", ".join(p.name for p in found[:4]) + (" ..." if len(found) > 4 else "")
+        raise ValueError(
+            f"{cfg.paths.output_dir} already holds checkpoints of an earlier run ({names}) and resume=null would "
+            f"start training from scratch beside them. Continue that run with resume=auto, start a new one in "
+            f"another directory (hydra.run.dir=...), or pass overwrite=true to train from scratch here "
+            f"(its checkpoints get replaced)"
+        )
+
+
 def resume_checkpoint(cfg: DictConfig, stage: str) -> str | None:
     """``resume`` (null | auto | path) resolved against the run directory."""
     return resolve_resume(cfg.get("resume"), cfg.paths.output_dir, stage, bool(cfg.get("trust_pickle")))
@@ -151,6 +178,8 @@ def _weights_only(method: Any, cfg: DictConfig) -> dict[str, bool]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) and return the final metrics; ``optimized_metric`` picks one for sweeps."""
     validate_config(cfg, "train")
+    if cfg.get("train", True):
+        refuse_to_start_over(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 SCHEDULES = ("lin0", "lin", "cos", "const")
@@ -43,3 +44,56 @@ def weight_decay_at(step: int, max_steps: int, wd: float, wd_end: float | None) 
     if wd_end is None or wd_end == wd:
         return wd
     return wd_end + (wd - wd_end) * (0.5 + 0.5 * math.cos(math.pi * step / max(max_steps - 1, 1)))
+
+
+class SchedulePlan:
+    """Learning-rate and weight-decay schedules that survive a resume which changed the run's length.
+
+    The schedules are functions of a *plan step* on the original plan of ``total`` optimizer steps. A fresh
+    run's plan step is its step. Checkpoints record (step, plan step, total, warm-up); a resumed run whose
+    length changed (a new ``max_epochs``, more data) maps its remaining steps linearly onto the plan's
+    remaining steps, so the learning rate and weight decay stay continuous at the resume and still reach
+    their final values at the new end (instead of jumping to where the new length would put them)."""
+
+    def __init__(self) -> None:
+        self.total: int = 1  # steps of the original plan (the schedules' formulas use this)
+        self.warmup: int = 0
+        self.max_steps: int = 1  # this run's
+        self._resumed: tuple[int, float] | None = None  # (step, plan step) at the resume
+        self._loaded: dict | None = None
+
+    def plan(self, max_steps: int, warmup: int) -> tuple[int, int]:
+        """(total, warmup) the schedules use; call from ``configure_optimizers`` with this run's numbers."""
+        self.max_steps = max(int(max_steps), 1)
+        if self._loaded is None:
+            self.total, self.warmup, self._resumed = self.max_steps, int(warmup), None
+            return self.total, self.warmup
+        m = self._loaded
+        self.total, self.warmup = int(m["total_steps"]), int(m["warmup_steps"])
+        step, plan_step = int(m["step"]), float(m["plan_step"])
+        self._resumed = (step, plan_step)
+        if self.max_steps != self.total or plan_step != step:
+            logging.getLogger(__name__).warning(
+                "resumed at step %d of a run planned for %d optimizer steps; it now has %d (max_epochs, max_steps "
+                "or the data size changed): the learning-rate and weight-decay schedules continue from their "
+                "current values (plan step %.0f) and reach their final values at the new end",
+                step, self.total, self.max_steps, plan_step,
+            )  # fmt: skip
+        return self.total, self.warmup
+
+    def step(self, step: float) -> float:
+        """The plan step of this run's ``step``."""
+        if self._resumed is None:
+            return float(step)
+        s0, p0 = self._resumed
+        if step <= s0:
+            return max(p0 - (s0 - step), 0.0)  # before the resume point (only a scheduler's init asks)
+        return p0 + (step - s0) * max(self.total - 1 - p0, 0.0) / max(self.max_steps - 1 - s0, 1)
+
+    def state(self, global_step: int) -> dict[str, float | int]:
+        return {"total_steps": self.total, "warmup_steps": self.warmup, "step": int(global_step),
+                "plan_step": self.step(global_step)}  # fmt: skip
+
+    def load(self, meta: dict | None) -> None:
+        if meta and {"total_steps", "warmup_steps", "step", "plan_step"} <= set(meta):
+            self._loaded = dict(meta)

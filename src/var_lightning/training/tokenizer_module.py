@@ -26,7 +26,7 @@ from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.tokenizer.losses import VQGANLoss
 from var_lightning.tokenizer.usage import CodebookUsage
 from var_lightning.training.optim import adamw, param_groups
-from var_lightning.training.schedules import lr_factor
+from var_lightning.training.schedules import SchedulePlan, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class TokenizerModule(L.LightningModule):
         self.vae = MultiScaleVQVAE(cfg)
         self.loss = VQGANLoss(**loss_kwargs)
         self.optim_cfg = optim_cfg
+        self.schedule_plan = SchedulePlan()  # an lr schedule that survives a resume with another run length
         self.train_usage = CodebookUsage(len(cfg.patch_nums), cfg.vocab_size)
         self.val_usage = CodebookUsage(len(cfg.patch_nums), cfg.vocab_size)
 
@@ -92,7 +93,9 @@ class TokenizerModule(L.LightningModule):
             )
         opt = adamw(groups, lr=o.lr, betas=o.betas)
         max_steps = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer else 1
-        fn = lambda step: lr_factor(step, o.warmup_steps, max_steps, o.schedule, final_ratio=o.final_ratio)
+        plan = self.schedule_plan
+        total, warmup = plan.plan(max_steps, o.warmup_steps)
+        fn = lambda step: lr_factor(plan.step(step), warmup, total, o.schedule, final_ratio=o.final_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -202,7 +205,13 @@ class TokenizerModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # record_hit (a plain attribute) sets the usage EMA's rate; saved so a resumed run continues it exactly
-        checkpoint["var_lightning"] = {"stage": "tokenizer", "record_hit": int(self.vae.quantize.record_hit)}
+        checkpoint["var_lightning"] = {
+            "stage": "tokenizer",
+            "record_hit": int(self.vae.quantize.record_hit),
+            "schedule": self.schedule_plan.state(self.global_step),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.vae.quantize.record_hit = int(checkpoint.get("var_lightning", {}).get("record_hit", 0))
+        meta = checkpoint.get("var_lightning", {})
+        self.vae.quantize.record_hit = int(meta.get("record_hit", 0))
+        self.schedule_plan.load(meta.get("schedule"))

@@ -19,7 +19,7 @@ from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.chunked_ce import chunked_head_cross_entropy
 from var_lightning.training.optim import adamw, param_groups
-from var_lightning.training.schedules import lr_factor, weight_decay_at
+from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
 from var_lightning.transformer.config import PRESETS, VARConfig
 from var_lightning.transformer.sampling import check_compatible, sample
 from var_lightning.transformer.var import VAR
@@ -107,6 +107,7 @@ class VARModule(L.LightningModule):
         self.vae = vae.eval().requires_grad_(False)
         check_compatible(self.var, self.vae)
         self.peak_lr: float | None = None
+        self.schedule_plan = SchedulePlan()  # lr / wd schedules that survive a resume with another run length
 
     @staticmethod
     def _sampling_defaults(sampling: dict | None, vocab_size: int) -> dict[str, Any]:
@@ -159,7 +160,8 @@ class VARModule(L.LightningModule):
         self.peak_lr = o.base_lr * global_batch / 256
         max_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_fraction * max_steps)
-        self._max_steps = max_steps
+        plan = self.schedule_plan
+        total, warmup = plan.plan(max_steps, warmup)
         log.info(
             "lr = base_lr %.3g x global batch %d / 256 = %.3g; %d steps, %d warm-up, schedule %s to x%g",
             o.base_lr,
@@ -172,7 +174,7 @@ class VARModule(L.LightningModule):
         )
         groups = param_groups(self.var.named_parameters(), o.weight_decay)
         opt = adamw(groups, lr=self.peak_lr, betas=o.betas, fused=o.fused)
-        fn = lambda step: lr_factor(step, warmup, max_steps, o.schedule, o.warmup_start, o.final_ratio)
+        fn = lambda step: lr_factor(plan.step(step), warmup, total, o.schedule, o.warmup_start, o.final_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -183,7 +185,8 @@ class VARModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         o = self.optim_cfg
         if o.weight_decay_end is not None:
-            wd = weight_decay_at(self.global_step, self._max_steps, o.weight_decay, o.weight_decay_end)
+            plan = self.schedule_plan
+            wd = weight_decay_at(plan.step(self.global_step), plan.total, o.weight_decay, o.weight_decay_end)
             for g in self.optimizers().param_groups:
                 if g.get("name") == "decay":
                     g["weight_decay"] = wd
@@ -286,7 +289,11 @@ class VARModule(L.LightningModule):
         )
         if names:
             meta["class_names"] = list(names)
+        meta["schedule"] = self.schedule_plan.state(self.global_step)
         checkpoint["var_lightning"] = meta
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.schedule_plan.load(checkpoint.get("var_lightning", {}).get("schedule"))
 
 
 @torch.no_grad()

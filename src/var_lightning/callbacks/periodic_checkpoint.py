@@ -1,0 +1,74 @@
+"""A checkpoint every N minutes (and/or N steps) of training, so a crash loses minutes, not the run.
+
+Why not ``ModelCheckpoint(train_time_interval=...)``: in pytorch-lightning 2.6 its manual-optimisation path
+(the tokenizer stage's GAN training) only looks at ``every_n_train_steps`` and never saves on time. This
+callback does the same thing for both stages: at the end of a training batch, rank 0 decides whether the
+interval has passed, the decision is broadcast (ranks' clocks differ), and every rank calls
+``trainer.save_checkpoint`` (a collective under DDP/FSDP). The file, ``<dirpath>/periodic.ckpt`` by default,
+is replaced each time; ``resume=auto`` picks the newest checkpoint of the run, whichever callback wrote it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicCheckpoint(L.Callback):
+    """Save ``<dirpath>/<filename>.ckpt`` every ``minutes`` of training (None = never on time) and/or every
+    ``every_n_steps`` optimizer steps (None = never on steps)."""
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "periodic",
+        minutes: float | None = 10.0,
+        every_n_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        if minutes is not None and minutes < 0:
+            raise ValueError(f"callbacks.periodic_checkpoint.minutes={minutes} must be >= 0 (or null)")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(
+                f"callbacks.periodic_checkpoint.every_n_steps={every_n_steps} must be >= 1 (or null)"
+            )
+        self.dirpath, self.filename = dirpath, filename
+        self.interval_s = None if minutes is None else float(minutes) * 60
+        self.every_n_steps = every_n_steps
+        self._last_time = time.monotonic()
+        self._last_step = -1
+        self.saved: list[int] = []  # steps saved at (tests read it)
+
+    def path(self, trainer: L.Trainer) -> Path:
+        base = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        return base / f"{self.filename}.ckpt"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_time, self._last_step = time.monotonic(), trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        step = trainer.global_step
+        if step == self._last_step or trainer.sanity_checking:
+            return  # no optimizer step since the last save (gradient accumulation)
+        due = self.every_n_steps is not None and step % self.every_n_steps == 0
+        if self.interval_s is not None and time.monotonic() - self._last_time >= self.interval_s:
+            due = True
+        due = bool(trainer.strategy.broadcast(due))  # rank 0 decides for all
+        if not due:
+            return
+        path = self.path(trainer)
+        trainer.save_checkpoint(path)
+        self._last_time, self._last_step = time.monotonic(), step
+        self.saved.append(step)
+        if trainer.is_global_zero:
+            log.info(
+                "periodic checkpoint at step %d: %s (%s)", step, path, dt.datetime.now().strftime("%H:%M:%S")
+            )
