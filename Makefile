@@ -66,7 +66,7 @@ demo-classifier: $(STAMP)
 
 demo-eval: $(STAMP)
 	$(BIN)/var-eval ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt data=synthetic extractor=classifier \
-	  extractor.path=$(DEMO_DIR)/classifier/classifier.pt generation.num_per_class=20 \
+	  extractor.path=$(DEMO_DIR)/classifier/classifier.pt generation.num_per_class=20 metrics.kid_subset_size=100 \
 	  real_baseline_split=test hydra.run.dir=$(DEMO_DIR)/eval
 
 demo-edit: $(STAMP)

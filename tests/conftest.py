@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+# caches the code writes by default (reference statistics) go to a fresh directory, not the user's ~/.cache
+os.environ["VAR_CACHE_DIR"] = tempfile.mkdtemp(prefix="var_lightning_test_cache_")
 torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to a busy machine
 
 

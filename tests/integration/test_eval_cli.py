@@ -61,6 +61,7 @@ FAST = [
     "generation.top_p=0",
     "batch_size=5",
     "metrics.kid_subsets=5",
+    "metrics.kid_subset_size=6",
 ]
 
 
@@ -99,6 +100,7 @@ def compose_eval(overrides: list[str], tmp_path: Path, name: str = "eval"):
         cfg.paths.output_dir = str(tmp_path)
         cfg.paths.log_dir = str(tmp_path)
         cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
     return cfg
 
 
@@ -340,3 +342,51 @@ def test_torchrun_two_processes_give_the_single_process_numbers(tmp_path, var_ck
     with np.load(tmp_path / "1" / "samples.npz") as a, np.load(tmp_path / "2" / "samples.npz") as b:
         np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
         np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_the_real_baseline_is_never_the_reference_itself(tmp_path, var_ckpt):
+    """An ImageFolder with only train/ and val/: its test split is val, the default reference; refuse."""
+    from tests.unit.test_data import _write_tree
+
+    for split in ("train", "val"):
+        _write_tree(
+            tmp_path / "photos" / split, classes=tuple(f"c{i}" for i in range(NUM_CLASSES)), per_class=2
+        )
+    common = [f"ckpt_path={var_ckpt}", "extractor=tiny-random", "data=imagenet", f"data.root={tmp_path / 'photos'}",
+              "data.num_workers=0", *FAST, "generation.num_per_class=1", "metrics.kid=false"]  # fmt: skip
+    cfg = compose_eval([*common, "real_baseline_split=test"], tmp_path)
+    with pytest.raises(ValueError, match=r"real_baseline_split=test reads the same images as reference_split=val.*"
+                                         r"real_baseline_split=train"):  # fmt: skip
+        evaluate.run(cfg, tmp_path / "same")
+    assert not (tmp_path / "same" / "samples").exists()  # refused before sampling
+    report = evaluate.run(compose_eval([*common, "real_baseline_split=train"], tmp_path), tmp_path / "ok")
+    assert report["real_baseline"]["split"] == "train" and report["real_baseline"]["selection"].startswith(
+        "seeded"
+    )
+
+
+def test_kid_larger_than_the_sample_is_refused_before_sampling(tmp_path, var_ckpt):
+    cfg = compose_eval([f"ckpt_path={var_ckpt}", "extractor=tiny-random", *DATA, "generation.num_per_class=2",
+                        "metrics.kid_subset_size=1000"], tmp_path)  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"metrics.kid_subset_size=1000 exceeds the 8 generated / 40 reference"
+    ):
+        evaluate.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "samples").exists()
+
+
+def test_a_statistics_only_reference_gives_fid_and_says_what_was_skipped(tmp_path, var_ckpt, monkeypatch):
+    """An ADM reference .npz with mu/sigma and no images gives Inception statistics only (what
+    reference_stats returns for it); with precision/recall and KID on, var-eval reports FID and why the others
+    were skipped instead of failing."""
+    from var_lightning.evaluation.fid import GaussianStats
+
+    rng = np.random.default_rng(0)
+    stats_only = GaussianStats(rng.normal(size=64), np.eye(64), 50_000, meta={"stats_from": "npz mu/sigma"})
+    monkeypatch.setattr(evaluate, "_reference", lambda *a, **k: stats_only)
+    overrides = [f"ckpt_path={var_ckpt}", "extractor=tiny-random", *FAST, "generation.num_per_class=2"]
+    report = evaluate.run(compose_eval(overrides, tmp_path), tmp_path / "run")
+    assert set(report["metrics"]) == {"fid", "is", "is_std"} and report["metrics"]["fid"] > 0
+    assert set(report["skipped_metrics"]) == {"precision", "recall", "kid"}
+    assert "statistics only" in report["skipped_metrics"]["precision"]
+    assert report["metric_settings"]["is_split_rule"].startswith("adm: consecutive chunks of 5000")

@@ -253,3 +253,42 @@ def test_scaling_callback_writes_results_the_collector_reads(tmp_path, tokenizer
     assert run.history[-1]["images_seen"] == run.history[-1]["step"] * 16
     assert run.history[-1]["compute"] == pytest.approx(run.flops_per_image * run.history[-1]["images_seen"])
     assert set(run.final) >= {"val/loss_avg", "val/loss_last", "val/token_err_avg", "val/token_err_last"}
+
+
+def test_an_image_folder_sets_the_class_count_names_and_size_and_reports_bad_files(tmp_path, tokenizer_ckpt):
+    """A user's ImageFolder with 3 classes (one unreadable file): a 3-class VAR at the model's image size, the
+    folder names in the checkpoint and on the grid rows, the bad file named in metrics.json."""
+    from tests.unit.test_data import _add_corrupt_files, _write_tree
+
+    for split in ("train", "val"):
+        _write_tree(tmp_path / "photos" / split, classes=("ant", "bee", "cat"), per_class=6, size=(30, 22))
+    _add_corrupt_files(tmp_path / "photos" / "train")
+    run = tmp_path / "run"
+    folder = ["data=imagenet", f"data.root={tmp_path / 'photos'}", "data.batch_size=4", "data.num_workers=0"]
+
+    def cfg_with(path: Path, *extra: str):
+        cfg = compose_train(["experiment=var_tiny", "schedule=cpu_micro", f"model.tokenizer_ckpt={tokenizer_ckpt}",
+                             "++model.transformer.depth=1", "++model.transformer.width=32",
+                             "++model.transformer.num_heads=1", "~callbacks.progress_bar", "logger=none",
+                             "trainer.max_epochs=1", *folder, *extra], path)  # fmt: skip
+        with open_dict(cfg):
+            cfg.trainer.enable_progress_bar = False
+        return cfg
+
+    train(cfg_with(run))
+    var, vae, info = load_models(run / "checkpoints" / "last.ckpt")
+    assert var.num_classes == 3 and info.class_names == ["ant", "bee", "cat"] and info.image_size == 16
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data/train/corrupt_files"] >= 1
+    assert all(
+        Path(p).parent.parent == tmp_path / "photos" / "train"
+        for p in metrics["data/train/corrupt_file_names"]
+    )
+    grids = sorted((run / "images").glob("val_samples_*.png"))
+    assert grids  # rows labelled with the class names (sample_io.labelled_grid)
+    # a preset that fixes another count is an error naming both numbers
+    bad = cfg_with(tmp_path / "bad", "model.transformer.num_classes=10")
+    with pytest.raises(
+        ValueError, match=r"the data has 3 classes .* but model.transformer.num_classes=10 has 10"
+    ):
+        train(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,7 +199,11 @@ def test_imagefolder_skips_and_counts_corrupt_files(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if "skipping unreadable image" in r.getMessage()]
     assert len(warned) == 2  # once per file, although each was read twice
     assert any("garbage" in m for m in warned) and any("truncated" in m for m in warned)
-    assert ds.num_skipped == 4 and any("skipped 4" in r.getMessage() for r in caplog.records)
+    # files, not reads: two bad files read twice each are two, and the summary names them
+    summary = [r.getMessage() for r in caplog.records if "unreadable files" in r.getMessage()]
+    assert ds.num_skipped == 2 and len(summary) == 1 and "skipped 2 unreadable files out of 11" in summary[0]
+    assert "0_garbage.jpg" in summary[0] and "0_truncated.jpg" in summary[0]
+    assert [Path(p).name for p in ds.corrupt_files()] == ["0_garbage.jpg", "0_truncated.jpg"]
     assert all(x.shape == (3, 16, 16) for x, _ in items)
 
 

@@ -34,6 +34,7 @@ from var_lightning.evaluation import (
     get_extractor,
     inception_score,
     incomparable_reasons,
+    is_split_rule,
     kernel_inception_distance,
     load_classifier,
     load_reference,
@@ -118,14 +119,35 @@ def test_feature_stats_streaming_equals_batch_and_merges():
 # ----------------------------------------------------------------------------------------------- scores
 
 
-def test_inception_score_limits():
+def test_inception_score_limits_and_split_rules():
     k = 10
     assert inception_score(torch.zeros(200, k)) == pytest.approx((1.0, 0.0), abs=1e-9)
     labels = torch.arange(1000) % k  # every split of 100 holds each class 10 times
     confident = torch.nn.functional.one_hot(labels, k).float() * 100
-    mean, std = inception_score(confident, splits=10)
-    assert mean == pytest.approx(k, rel=1e-6) and std < 1e-6
-    assert inception_score(confident, splits=10, shuffle_seed=2020)[0] <= k + 1e-6
+    mean, std = inception_score(confident, splits="adm")  # one chunk of 1000
+    assert mean == pytest.approx(k, rel=1e-6) and std == 0.0
+
+
+def test_inception_score_follows_the_adm_chunks_of_5000():
+    """ADM's evaluator scores consecutive chunks of 5000 (2 at N=10k); 10 equal splits give another number."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(10_000, 50, generator=g) * 3
+    logits[:5000, :25] += 4  # the two halves predict different halves of the classes
+    adm, _ = inception_score(logits, "adm")
+    halves = [inception_score(logits[:5000], 1)[0], inception_score(logits[5000:], 1)[0]]
+    assert adm == pytest.approx(sum(halves) / 2, rel=1e-9)  # the ADM rule: per chunk of 5000, then the mean
+    ten = inception_score(logits, 10)[0]  # torch-fidelity's rule: 10 shuffled splits of 1000
+    assert abs(ten - adm) / adm > 0.05
+    assert (
+        is_split_rule("adm", 10_000) == "adm: consecutive chunks of 5000 samples, unshuffled (2 at N=10000)"
+    )
+    at_50k = torch.randn(50_000, 8, generator=g)
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    unshuffled = isc_features_to_metric(at_50k, splits=10, shuffle=False)["inception_score_mean"]
+    assert inception_score(at_50k, "adm")[0] == pytest.approx(unshuffled, rel=1e-9)  # identical at 50k
+    with pytest.raises(ValueError, match="metrics.is_splits"):
+        inception_score(logits, 0)
 
 
 def test_precision_recall_self_and_disjoint():
@@ -138,11 +160,15 @@ def test_precision_recall_self_and_disjoint():
     assert precision_recall(mixed, x, k=3)[0] == 0.5
 
 
-def test_kid_near_zero_for_same_distribution_and_positive_for_shift():
+def test_kid_near_zero_for_same_distribution_positive_for_shift_and_refuses_oversized_subsets():
     x, y = torch.randn(300, 8), torch.randn(300, 8)
     same, _ = kernel_inception_distance(x, y, num_subsets=10, subset_size=100)
     shifted, _ = kernel_inception_distance(x, y + 2, num_subsets=10, subset_size=100)
     assert abs(same) < 0.05 < shifted
+    with pytest.raises(
+        ValueError, match=r"metrics.kid_subset_size=1000 exceeds the 300 generated / 300 reference"
+    ):
+        kernel_inception_distance(x, y)  # torch-fidelity's default subset of 1000 from 300 samples
 
 
 def test_compute_generation_metrics_keys():
@@ -153,7 +179,12 @@ def test_compute_generation_metrics_keys():
         fake, ref.gaussian(), torch.randn(64, 5), kid_subsets=5, kid_subset_size=32
     )
     assert set(out) == {"fid", "is_mean", "is_std", "precision", "recall", "kid", "kid_std"}
-    assert set(compute_generation_metrics(FeatureStats(8).merge(fake), ref)) == {"fid"}
+    # a statistics-only reference (mu, sigma): FID, and the others skipped with the reason
+    skipped = {}
+    stats_only = compute_generation_metrics(fake, GaussianStats(ref.gaussian().mu, ref.gaussian().sigma, 64),
+                                            kid_subset_size=32, skipped=skipped)  # fmt: skip
+    assert set(stats_only) == {"fid"} and set(skipped) == {"precision", "recall", "kid"}
+    assert "statistics only" in skipped["kid"]
 
 
 # -------------------------------------------------------------------------------------------------- npz
@@ -485,7 +516,8 @@ def test_reports_are_comparable_only_when_the_protocol_matches():
         "extractor": {
             "name": "inception-tf",
             "resize": "tf1-bilinear-299",
-            "weights": INCEPTION_WEIGHTS_FILE,
+            "weights_path": f"/a/{INCEPTION_WEIGHTS_FILE}",
+            "weights_sha256": "6726825d" + "0" * 56,
         },
         "reference": {
             "source": "VIRTUAL_imagenet256_labeled.npz",
@@ -501,6 +533,28 @@ def test_reports_are_comparable_only_when_the_protocol_matches():
     other["extractor"]["resize"] = "bilinear-antialias-299"
     reasons = incomparable_reasons(base, other)
     assert len(reasons) == 2 and any("samples.count" in r for r in reasons)
+    # the weights are compared by checksum: another path to the same bytes is comparable, the same name
+    # holding other bytes is not
+    moved = json_copy(base)
+    moved["extractor"]["weights_path"] = f"/elsewhere/{INCEPTION_WEIGHTS_FILE}"
+    assert incomparable_reasons(base, moved) == []
+    swapped = json_copy(base)
+    swapped["extractor"]["weights_sha256"] = "f" * 64
+    assert incomparable_reasons(base, swapped) == [
+        f"extractor.weights_sha256: {'6726825d' + '0' * 56!r} vs {'f' * 64!r}"
+    ]
+
+
+def test_extractor_info_hashes_the_weights_file(tmp_path):
+    from var_lightning.evaluation.classifier import ClassifierConfig, SmallClassifier, save_classifier
+    from var_lightning.evaluation.report import extractor_info, file_sha256
+
+    save_classifier(tmp_path / "a.pt", SmallClassifier(ClassifierConfig(num_classes=3, input_size=16)))
+    info = extractor_info(build_extractor({"name": "classifier", "path": str(tmp_path / "a.pt")}))
+    import hashlib
+
+    assert info["weights_sha256"] == hashlib.sha256((tmp_path / "a.pt").read_bytes()).hexdigest()
+    assert file_sha256(tmp_path / "a.pt") == info["weights_sha256"]
 
 
 def json_copy(obj):

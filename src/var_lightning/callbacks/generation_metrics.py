@@ -25,11 +25,13 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from torch.utils.data import Subset
 
 from var_lightning.evaluation.extractors import FeatureExtractor, build_extractor
 from var_lightning.evaluation.fid import GaussianStats
 from var_lightning.evaluation.generation import GenerationEvaluator, MetricSettings, sample_and_measure, score
 from var_lightning.evaluation.reference import reference_stats
+from var_lightning.evaluation.scores import check_kid_subset
 from var_lightning.evaluation.sharding import broadcast_object, class_balanced_labels
 from var_lightning.evaluation.splits import datamodule_source_id, dataset_split
 
@@ -72,8 +74,10 @@ class GenerationMetrics(L.Callback):
         cache_dir: str | None = None,
         precision_recall: bool = True,
         kid: bool = False,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
         fid_method: str = "eigh",
-        is_splits: int = 10,
+        is_splits: str | int = "adm",
         pr_k: int = 3,
         config_key: str = "callbacks.generation_metrics",
     ) -> None:
@@ -87,6 +91,8 @@ class GenerationMetrics(L.Callback):
             raise ValueError(f"set {key}.every_n_epochs or {key}.every_n_steps")
         if num_samples < 2 or batch_size < 1:
             raise ValueError(f"{key}.num_samples ({num_samples}) must be >= 2 and {key}.batch_size >= 1")
+        if kid:
+            check_kid_subset(kid_subset_size, num_samples, num_reference, key=f"{key}.kid_subset_size")
         unknown = set(sampling or {}) - set(SAMPLING_KEYS)
         if unknown:
             raise ValueError(
@@ -100,7 +106,13 @@ class GenerationMetrics(L.Callback):
         self.reference, self.reference_split, self.num_reference = reference, reference_split, num_reference
         self.cache_dir = cache_dir
         self.settings = MetricSettings(
-            fid_method=fid_method, is_splits=is_splits, pr_k=pr_k, precision_recall=precision_recall, kid=kid
+            fid_method=fid_method,
+            is_splits=is_splits,
+            pr_k=pr_k,
+            precision_recall=precision_recall,
+            kid=kid,
+            kid_subsets=kid_subsets,
+            kid_subset_size=kid_subset_size,
         )
         self.config_key = config_key
         self.extractor: FeatureExtractor | None = None
@@ -170,7 +182,13 @@ class GenerationMetrics(L.Callback):
             dataset = dataset_split(dm, self.reference_split, f"{self.config_key}.reference_split")
             n = len(dataset) if self.num_reference is None else min(self.num_reference, len(dataset))
             ident = datamodule_source_id(dm, self.reference_split, len(dataset))
-            common["count"] = None if self.num_reference is None else n
+            if n < len(
+                dataset
+            ):  # a seeded random subset, not the first n (an ImageFolder is sorted by class)
+                picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:n]
+                dataset = Subset(dataset, sorted(picked.tolist()))
+                ident += f":subset{n}:seed{self.seed}"
+            common["count"] = None
             stats = reference_stats(dataset, self.extractor, self.cache_dir, source_id=ident, **common)
             stats.meta["source"] = f"{type(dm).__name__} {self.reference_split} split ({n} images)"
         self._reference = stats

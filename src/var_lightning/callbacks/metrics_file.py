@@ -1,7 +1,8 @@
 """Write the run's metrics to JSON files in the run directory (rank zero).
 
 ``metrics.json`` holds the latest value of every logged metric (updated after each validation and at the
-end of fitting/testing); ``metrics_history.jsonl`` appends one line per validation.
+end of fitting/testing) and the datamodule's ``data_report()`` (e.g. the unreadable files it skipped);
+``metrics_history.jsonl`` appends one line per validation.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ class MetricsFile(L.Callback):
             except json.JSONDecodeError:
                 merged = {}
         merged.update(metrics)
-        path.write_text(json.dumps(merged, indent=2, sort_keys=True))
+        report = getattr(getattr(trainer, "datamodule", None), "data_report", None)
+        if callable(report):  # e.g. the unreadable files found so far (counts and names)
+            merged.update(report())
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(merged, indent=2, sort_keys=True))
+        tmp.replace(path)
         if history:
             with open(path.with_name("metrics_history.jsonl"), "a") as f:
                 f.write(json.dumps(metrics, sort_keys=True) + "\n")

@@ -49,7 +49,8 @@ from var_lightning.evaluation.generation import (
     score,
 )
 from var_lightning.evaluation.recon import ReconstructionMetrics, build_lpips
-from var_lightning.evaluation.reference import iter_uint8_batches, reference_stats
+from var_lightning.evaluation.reference import iter_uint8_batches, reference_stats, source_length
+from var_lightning.evaluation.scores import check_kid_subset, is_split_rule
 from var_lightning.evaluation.sharding import (
     barrier,
     broadcast_object,
@@ -146,6 +147,9 @@ def _reference(cfg: DictConfig, extractor: FeatureExtractor, dm: Any, keep: bool
             f"reference_count={cfg.reference_count} but the {cfg.reference_split} split has {len(dataset)} images"
         )
     ident = datamodule_source_id(dm, cfg.reference_split, len(dataset))
+    if cfg.reference_count is not None and cfg.reference_count < len(dataset):  # a seeded, unbiased subset
+        dataset = Subset(dataset, seeded_subset(len(dataset), cfg.reference_count, cfg.seed))
+        ident += f":subset{cfg.reference_count}:seed{cfg.seed}"
     stats = reference_stats(dataset, extractor, cfg.cache_dir, source_id=ident, **common)
     stats.meta["source"] = f"{type(dm).__name__} {cfg.reference_split} split: {ident}"
     return stats
@@ -226,6 +230,15 @@ def _sample_checkpoint(
     }
 
 
+def _expected_samples(cfg: DictConfig, models: LoadedModels | None) -> int:
+    """How many images will be scored: the existing samples' count, or what generation.* asks for."""
+    g = cfg.generation
+    if g.samples:
+        return int(source_length(Path(g.samples)) or 0)
+    n_classes = len(g.classes) if g.classes is not None else models.var.num_classes
+    return int(g.num_samples) if g.num_samples else int(g.num_per_class) * n_classes
+
+
 def _measure_existing(cfg: DictConfig, ctx: Context, evaluator: GenerationEvaluator) -> dict:
     source = Path(cfg.generation.samples)
     labels = npz.read_labels(source) if source.is_file() else None
@@ -257,20 +270,49 @@ def _real_baseline(
     if not split:
         return None
     _require(dm, "data", "real_baseline_split needs a data config (data=...)")
+    if not cfg.reference:
+        check_disjoint_splits(dm, cfg.reference_split, split)
     dataset = dataset_split(dm, split, "real_baseline_split")
     n = min(count, len(dataset))
+    picked = seeded_subset(len(dataset), n, cfg.seed)  # not the first n: an ImageFolder is sorted by class
+    shard = contiguous_shard(n, ctx.rank, ctx.world_size)
     evaluator = GenerationEvaluator(extractor, settings)
     measure_dataset(
         dataset,
         evaluator,
-        indices=contiguous_shard(n, ctx.rank, ctx.world_size),
+        indices=[picked[i] for i in shard],
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
     )
     gathered = evaluator.gather()
     if ctx.rank != 0:
         return None
-    return {"split": split, "count": n, "metrics": score(gathered, ref, settings, device=ctx.device)}
+    out = {"split": split, "count": n, "selection": f"seeded random subset (seed {cfg.seed})" if n < len(dataset)
+           else "all", "metrics": score(gathered, ref, settings, device=ctx.device)}  # fmt: skip
+    return out
+
+
+def seeded_subset(size: int, n: int, seed: int) -> list[int]:
+    """``n`` distinct indices of ``range(size)``, a seeded random pick (all of them, in order, when n = size)."""
+    if n >= size:
+        return list(range(size))
+    return sorted(torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].tolist())
+
+
+def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) -> None:
+    """The real baseline must not be the reference's own images (its FID would be ~0 against itself)."""
+    source = getattr(dm, "split_source", None)
+    same = baseline_split == reference_split or (
+        source is not None and source(baseline_split) == source(reference_split)
+    )
+    if same:
+        where = f" ({source(reference_split)})" if source is not None else ""
+        raise ValueError(
+            f"real_baseline_split={baseline_split} reads the same images as reference_split={reference_split}{where}: "
+            f"the baseline would score the reference against itself (FID ~0). For an ImageFolder with only "
+            f"train/ and val/, use real_baseline_split=train (a seeded random subset of the training images), add a "
+            f"test/ folder, or give reference=<an .npz or image folder> (key real_baseline_split)"
+        )
 
 
 def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
@@ -284,15 +326,28 @@ def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
         elif getattr(dm, "image_size", 0) is None:
             first = next(iter_uint8_batches(Path(cfg.generation.samples), 1))
             dm.fit_image_size(int(first.shape[-1]), f"the samples in {cfg.generation.samples} are that size")
+    if cfg.real_baseline_split and dm is not None and not cfg.reference:
+        check_disjoint_splits(dm, cfg.reference_split, cfg.real_baseline_split)  # before sampling
     keep = settings.precision_recall or settings.kid
     ref = _reference(cfg, extractor, dm, keep) if ctx.rank == 0 else None  # first: fail before sampling
+    problem = None
+    if settings.kid and ctx.rank == 0:  # refuse before sampling 50k images, not after
+        try:
+            n_real = ref.count if ref.features is not None else None
+            check_kid_subset(settings.kid_subset_size, _expected_samples(cfg, models), n_real)
+        except ValueError as err:
+            problem = str(err)
+    problem = broadcast_object(problem)
+    if problem:
+        raise ValueError(problem)
     evaluator = GenerationEvaluator(extractor, settings)
     if models is None:
         fields = _measure_existing(cfg, ctx, evaluator)
     else:
         fields = _sample_checkpoint(cfg, ctx, evaluator, out_dir, models)
     gathered = evaluator.gather()
-    metrics = score(gathered, ref, settings, device=ctx.device) if ctx.rank == 0 else None
+    skipped: dict[str, str] = {}
+    metrics = score(gathered, ref, settings, device=ctx.device, skipped=skipped) if ctx.rank == 0 else None
     baseline = _real_baseline(cfg, ctx, dm, extractor, settings, gathered.count, ref)
     if ctx.rank != 0:
         return None
@@ -304,7 +359,11 @@ def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
         metrics=metrics,
         real_baseline=baseline,
         reference=ref_meta,
-        metric_settings=asdict(settings),
+        metric_settings={
+            **asdict(settings),
+            "is_split_rule": is_split_rule(settings.is_splits, gathered.count),
+        },
+        skipped_metrics=skipped,
         seed=cfg.seed,
         **fields,
     )

@@ -242,6 +242,20 @@ class ImageFolderDataModule(ImageSizeMixin, _LoaderMixin, L.LightningDataModule)
             return self._loader(self.test_dataset, train=False)
         return self.val_dataloader()
 
+    def data_report(self) -> dict[str, object]:
+        """What went wrong reading the data, for ``metrics.json``: the unreadable files, by split."""
+        out: dict[str, object] = {}
+        for split, ds in (
+            ("train", self.train_dataset),
+            ("val", self.val_dataset),
+            ("test", self.test_dataset),
+        ):
+            bad = ds.corrupt_files() if ds is not None else []
+            if bad:
+                out[f"data/{split}/corrupt_files"] = len(bad)
+                out[f"data/{split}/corrupt_file_names"] = bad[:100]
+        return out
+
     def teardown(self, stage: str | None = None) -> None:
         for ds in (self.train_dataset, self.val_dataset, self.test_dataset):
             if ds is not None:

@@ -8,10 +8,10 @@ Layout: ``root/<class_name>/**/<image>.{jpg,jpeg,png,...}``; class index = posit
 the sorted list (as ImageFolder), unless ``classes`` pins the mapping explicitly.
 
 Counting with DataLoader workers: each worker holds a copy of the dataset, so a plain attribute would
-count only inside that worker. The counter therefore lives in a small shared-memory tensor with one slot
-per process (main process + workers), which fork and spawn workers both write back into; ``num_skipped``
-sums the slots. It counts skip *events* of this dataset object across the main process and its workers
-(a corrupt file read every epoch counts every epoch); under DDP each rank has its own count.
+count only inside that worker. The record therefore lives in a shared-memory tensor with one flag per file,
+which fork and spawn workers both write back into: ``corrupt_files`` lists the distinct unreadable files
+(a file read every epoch counts once), ``num_skipped`` is their number; under DDP each rank sees its own
+share. ``log_summary`` names them; the datamodules report them into ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ _LAYOUT_HINT = (
     "expected an ImageNet-style layout: <root>/<class_name>/<image>.jpg (one sub-folder per class, "
     "e.g. <root>/n01440764/ILSVRC2012_val_00000293.JPEG)"
 )
-_MAX_WORKER_SLOTS = 256  # slot 0 = main process; workers beyond this share the last slot (rarely racy)
 
 
 def find_classes(root: str, config_key: str = "data.root") -> list[str]:
@@ -91,7 +90,7 @@ class SafeImageFolder(Dataset):
                 f"({len(self.classes)} class folders); {_LAYOUT_HINT}"
             )
         self.targets = [label for _, label in self.samples]
-        self._skips_P = torch.zeros(_MAX_WORKER_SLOTS + 1, dtype=torch.int64).share_memory_()
+        self._bad_N = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()  # 1 = unreadable
         self._warned: set[str] = set()  # per process: each worker warns once per bad file
 
     def _scan(self, extensions: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -117,8 +116,12 @@ class SafeImageFolder(Dataset):
 
     @property
     def num_skipped(self) -> int:
-        """Skip events so far, summed over the main process and its DataLoader workers (see module doc)."""
-        return int(self._skips_P.sum())
+        """Distinct unreadable files found so far (main process and its DataLoader workers)."""
+        return int(self._bad_N.sum())
+
+    def corrupt_files(self) -> list[str]:
+        """Paths of the unreadable files found so far, in dataset order."""
+        return [self.samples[i][0] for i in torch.nonzero(self._bad_N).flatten().tolist()]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         n = len(self.samples)
@@ -127,15 +130,13 @@ class SafeImageFolder(Dataset):
             try:
                 img = _load_rgb(path)
             except Exception as err:  # noqa: BLE001 - corrupt files raise OSError, ValueError, SyntaxError, ...
-                self._record_skip(path, err)
+                self._record_skip((index + attempt) % n, path, err)
                 continue
             return (self.transform(img) if self.transform is not None else img), label
         raise RuntimeError(f"{self.config_key}: none of the {n} images under {self.root!r} could be decoded")
 
-    def _record_skip(self, path: str, err: Exception) -> None:
-        info = get_worker_info()
-        slot = 0 if info is None else min(info.id + 1, _MAX_WORKER_SLOTS)
-        self._skips_P[slot] += 1
+    def _record_skip(self, i: int, path: str, err: Exception) -> None:
+        self._bad_N[i] = 1
         if path not in self._warned:
             self._warned.add(path)
             log.warning(
@@ -143,11 +144,10 @@ class SafeImageFolder(Dataset):
             )
 
     def log_summary(self) -> None:
-        """Log how many reads were skipped (main process + workers), if any; called at teardown."""
-        if self.num_skipped:
+        """Log how many files were unreadable and which (main process + workers), if any."""
+        bad = self.corrupt_files()
+        if bad:
+            shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
             log.warning(
-                "%s: skipped %d unreadable image reads out of %d files (counted across DataLoader workers)",
-                self.root,
-                self.num_skipped,
-                len(self.samples),
+                "%s: skipped %d unreadable files out of %d: %s", self.root, len(bad), len(self.samples), shown
             )

@@ -65,6 +65,7 @@ from var_lightning.evaluation.report import incomparable_reasons
 from var_lightning.evaluation.scores import (
     compute_generation_metrics,
     inception_score,
+    is_split_rule,
     kernel_inception_distance,
     precision_recall,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "gather_rows",
     "get_extractor",
     "inception_score",
+    "is_split_rule",
     "incomparable_reasons",
     "iter_uint8_batches",
     "kernel_inception_distance",

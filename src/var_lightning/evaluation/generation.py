@@ -39,11 +39,13 @@ GenerateFn = Callable[[torch.Tensor, int], torch.Tensor]
 class MetricSettings:
     """How the scores are computed (goes into reports: numbers computed differently are not comparable).
 
-    precision_recall: keep features for precision/recall (and KID); kid: also compute KID.
-    class_accuracy: with an extractor whose classes are the generator's (the dataset classifier)."""
+    is_splits: "adm" (chunks of 5000, the ADM evaluator's rule) or n equal splits (torch-fidelity's).
+    precision_recall: keep features for precision/recall (and KID); kid: also compute KID (torch-fidelity's
+    defaults: 100 subsets of 1000). class_accuracy: with an extractor whose classes are the generator's
+    (the dataset classifier)."""
 
     fid_method: Literal["eigh", "sqrtm"] = "eigh"
-    is_splits: int = 10
+    is_splits: str | int = "adm"
     pr_k: int = 3
     precision_recall: bool = True
     kid: bool = False
@@ -54,8 +56,14 @@ class MetricSettings:
     def __post_init__(self) -> None:
         if self.fid_method not in ("eigh", "sqrtm"):
             raise ValueError(f"fid_method={self.fid_method!r}: choose 'eigh' or 'sqrtm'")
-        if self.is_splits < 1 or self.pr_k < 1:
-            raise ValueError(f"is_splits ({self.is_splits}) and pr_k ({self.pr_k}) must be >= 1")
+        if self.is_splits != "adm" and (isinstance(self.is_splits, bool) or not isinstance(self.is_splits, int)
+                                        or self.is_splits < 1):  # fmt: skip
+            raise ValueError(f"is_splits={self.is_splits!r}: 'adm' (chunks of 5000) or a positive integer")
+        if self.pr_k < 1 or self.kid_subsets < 1 or self.kid_subset_size < 2:
+            raise ValueError(
+                f"pr_k ({self.pr_k}) and kid_subsets ({self.kid_subsets}) must be >= 1, kid_subset_size "
+                f"({self.kid_subset_size}) >= 2"
+            )
 
 
 @dataclass
@@ -130,10 +138,16 @@ def _cat(parts: list[torch.Tensor], tail: tuple[int, ...], dtype: torch.dtype) -
 
 
 def score(
-    g: Gathered, ref: GaussianStats, s: MetricSettings, device: torch.device | str | None = None
+    g: Gathered,
+    ref: GaussianStats,
+    s: MetricSettings,
+    device: torch.device | str | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """The metrics of a gathered sample set against reference statistics (precision/recall/KID run on
-    ``device``: block-wise distances of 50k x 50k features take minutes on a CPU, seconds on a GPU)."""
+    """The metrics of a gathered sample set against reference statistics (precision/recall run on
+    ``device``: block-wise distances of 50k x 50k features take minutes on a CPU, seconds on a GPU).
+    Metrics that cannot be computed (a statistics-only reference has no features for precision/recall/KID)
+    are left out and recorded in ``skipped`` with the reason."""
     if g.count < 2:
         raise ValueError(f"need at least 2 samples for FID, have {g.count}")
     fake = g.stats.gaussian()
@@ -142,7 +156,10 @@ def score(
         ref.mu, ref.sigma, ref.count, ref.features if g.features_NF is not None else None
     )
     if g.features_NF is not None and ref.features is None:
-        _log.warning("the reference statistics hold no features: precision/recall/KID are skipped")
+        _log.warning(
+            "the reference statistics hold no features (mu/sigma only): precision/recall/KID are skipped"
+        )
+    skipped = {} if skipped is None else skipped
     out = compute_generation_metrics(
         fake,
         ref_view,
@@ -154,6 +171,8 @@ def score(
         fid_method=s.fid_method,
         device=device,
         kid=s.kid,
+        precision_recall_on=s.precision_recall,
+        skipped=skipped,
     )
     if "is_mean" in out:
         out["is"] = out.pop("is_mean")

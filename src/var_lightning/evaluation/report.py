@@ -9,6 +9,7 @@ ones that differ between two reports (empty list: the FIDs may be compared).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -48,8 +49,11 @@ def extractor_info(extractor: FeatureExtractor) -> dict[str, Any]:
     """Name, resize mode, feature dim and identifying details (weights file, classifier checkpoint)."""
     info = {"name": extractor.name, "resize": extractor.input_note, "feature_dim": extractor.feature_dim}
     info.update({k: v for k, v in extractor.config().items() if k not in ("name", "input_note")})
-    if getattr(extractor, "weights_path", None) is not None:
-        info["weights_path"] = str(extractor.weights_path)
+    weights = getattr(extractor, "weights_path", None) or getattr(extractor, "checkpoint_path", None)
+    if weights is not None:
+        info["weights_path"] = str(weights)
+        if Path(weights).is_file():  # what decides comparability: the bytes, not the file's name
+            info["weights_sha256"] = file_sha256(weights)
     if extractor.name == "tiny-random":
         info["note"] = "random network: numbers only check the pipeline"
     return info
@@ -68,8 +72,8 @@ def report_header(mode: str, extractor: FeatureExtractor | None = None, **fields
 COMPARABILITY_FIELDS = (
     ("extractor", "name"),
     ("extractor", "resize"),
-    ("extractor", "weights"),
-    ("extractor", "checkpoint"),
+    ("extractor", "weights_sha256"),  # the weights themselves: two files of one name can differ
+    ("extractor", "seed"),
     ("reference", "source"),
     ("reference", "count"),
     ("reference", "stats_from"),
@@ -77,7 +81,26 @@ COMPARABILITY_FIELDS = (
     ("metric_settings", "fid_method"),
     ("metric_settings", "is_splits"),
     ("metric_settings", "pr_k"),
+    ("metric_settings", "kid_subsets"),
+    ("metric_settings", "kid_subset_size"),
 )
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (cached by path, size and mtime: the 91 MB Inception file is hashed once)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def comparability(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,16 @@
-"""Inception Score, improved precision/recall (Kynkaanniemi et al. 2019) and KID.
+"""Inception Score, improved precision/recall and KID on extracted features, the conventions recorded.
 
-All functions take plain tensors so they work on any extractor's outputs. Distances and kernels run on
-the device of the inputs (move features to the GPU for 50k-sample runs); memory stays bounded by
-``batch_size`` x ``batch_size`` blocks.
+KID and precision/recall are torch-fidelity's own feature-level functions (``kid_features_to_metric``,
+``prc_features_to_metric``) with its defaults (KID: 100 subsets of 1000, seed 2020; precision/recall:
+k = 3). The Inception Score follows one of two split rules, recorded in the report because they give
+different numbers away from 50k samples:
+
+* ``"adm"`` (default): OpenAI's ADM evaluator (``evaluator.py``, what the paper reports): consecutive
+  chunks of 5,000 samples in sample order, the last one possibly shorter (10 chunks at 50k, 2 at 10k).
+  torch-fidelity has no fixed-chunk mode, so this rule is computed here (float64, from logits).
+* an integer n: torch-fidelity's ``isc_features_to_metric`` (n equal splits after a seeded shuffle).
+
+At 50k samples the two agree exactly (ADM's chunks are torch-fidelity's 10 splits of an unshuffled set).
 
 Shapes: N generated samples, M reference samples, F feature dimension, K classes.
 """
@@ -10,98 +18,81 @@ Shapes: N generated samples, M reference samples, F feature dimension, K classes
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from var_lightning.evaluation.fid import FeatureStats, GaussianStats, frechet_distance
 
+ADM_IS_CHUNK = 5000
+KID_SEED = 2020  # torch-fidelity's rng_seed default
+IsSplits = Literal["adm"] | int
 
-def inception_score(
-    logits_NK: torch.Tensor, splits: int = 10, shuffle_seed: int | None = None
-) -> tuple[float, float]:
-    """Mean and std over ``splits`` contiguous chunks of exp(E_x KL(p(y|x) || p(y))).
 
-    The standard formula (improved-GAN, ADM evaluator, torch-fidelity), in float64 from logits.
-    ``shuffle_seed`` permutes samples first, as torch-fidelity does (seed 2020); None keeps the order,
-    as the ADM evaluator does. Uniform logits give 1; confident predictions spread evenly over K classes
-    give K.
-    """
+def is_split_rule(splits: IsSplits, n: int) -> str:
+    """The Inception Score's split rule in words, for reports."""
+    if splits == "adm":
+        k = max(1, math.ceil(n / ADM_IS_CHUNK))
+        return f"adm: consecutive chunks of {ADM_IS_CHUNK} samples, unshuffled ({k} at N={n})"
+    return f"torch-fidelity: {splits} equal splits after a shuffle with seed 2020"
+
+
+def inception_score(logits_NK: torch.Tensor, splits: IsSplits = "adm") -> tuple[float, float]:
+    """Mean and std over splits of exp(E_x KL(p(y|x) || p(y))), from logits (see the module docstring)."""
     if logits_NK.ndim != 2 or logits_NK.shape[0] == 0:
         raise ValueError(f"expected logits of shape (N, K) with N > 0, got {tuple(logits_NK.shape)}")
-    n = logits_NK.shape[0]
-    if shuffle_seed is not None:
-        perm = np.random.RandomState(shuffle_seed).permutation(n)
-        logits_NK = logits_NK[torch.from_numpy(perm).to(logits_NK.device)]
-    logits_NK = logits_NK.detach().double()
-    log_p_NK = logits_NK.log_softmax(dim=1)
-    splits = max(1, min(splits, n))
+    if splits != "adm":
+        from torch_fidelity.metric_isc import isc_features_to_metric
+
+        if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+            raise ValueError(f"is_splits={splits!r}: 'adm' or a positive integer (key metrics.is_splits)")
+        out = isc_features_to_metric(logits_NK.detach().cpu(), splits=min(splits, logits_NK.shape[0]))
+        return float(out["inception_score_mean"]), float(out["inception_score_std"])
+    log_p_NK = logits_NK.detach().double().cpu().log_softmax(dim=1)
     scores = []
-    for i in range(splits):
-        log_p = log_p_NK[i * n // splits : (i + 1) * n // splits]
-        p = log_p.exp()
+    for start in range(0, log_p_NK.shape[0], ADM_IS_CHUNK):
+        log_p = log_p_NK[start : start + ADM_IS_CHUNK]
         log_q_1K = torch.logsumexp(log_p, dim=0, keepdim=True) - math.log(log_p.shape[0])
-        kl = (p * (log_p - log_q_1K)).sum(dim=1).mean()
-        scores.append(kl.exp().item())
+        scores.append((log_p.exp() * (log_p - log_q_1K)).sum(dim=1).mean().exp().item())
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _kth_neighbour_radii(x_NF: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
-    """(N,) distance of each row to its k-th nearest other row (the row itself counts as the 0-th)."""
-    radii = []
-    for xb in x_NF.split(batch_size):
-        best = None  # (b, k+1) smallest distances seen so far
-        for yb in x_NF.split(batch_size):
-            d = torch.cdist(xb, yb)
-            cand = d if best is None else torch.cat([best, d], dim=1)
-            best = cand.topk(min(k + 1, cand.shape[1]), dim=1, largest=False).values
-        if best.shape[1] < k + 1:
-            raise ValueError(f"need more than k={k} samples for k-NN radii, have {x_NF.shape[0]}")
-        radii.append(best[:, k])
-    return torch.cat(radii)
-
-
-def _coverage(
-    query_QF: torch.Tensor, support_SF: torch.Tensor, radii_S: torch.Tensor, batch_size: int
-) -> float:
-    """Fraction of query rows that fall inside at least one support row's k-NN ball."""
-    inside = []
-    for qb in query_QF.split(batch_size):
-        hit = torch.zeros(qb.shape[0], dtype=torch.bool, device=qb.device)
-        for sb, rb in zip(support_SF.split(batch_size), radii_S.split(batch_size), strict=True):
-            hit |= (torch.cdist(qb, sb) <= rb[None, :]).any(dim=1)
-        inside.append(hit)
-    return torch.cat(inside).float().mean().item()
-
-
 def precision_recall(
-    fake_NF: torch.Tensor, real_MF: torch.Tensor, k: int = 3, batch_size: int = 2048
+    fake_NF: torch.Tensor, real_MF: torch.Tensor, k: int = 3, batch_size: int = 10000
 ) -> tuple[float, float]:
-    """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold).
+    """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold),
+    Kynkaanniemi et al. 2019, through torch-fidelity (block-wise distances on the features' device)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
 
-    Each manifold is the union of balls around its samples with radius = distance to the k-th nearest
-    neighbour (Kynkaanniemi et al. 2019, k=3). Computed block-wise: 50k x 2048 features fit easily.
-    """
     if fake_NF.shape[1] != real_MF.shape[1]:
         raise ValueError(f"feature dims differ: {fake_NF.shape[1]} vs {real_MF.shape[1]}")
-    fake_NF, real_MF = fake_NF.float(), real_MF.float().to(fake_NF.device)
-    real_radii = _kth_neighbour_radii(real_MF, k, batch_size)
-    fake_radii = _kth_neighbour_radii(fake_NF, k, batch_size)
-    precision = _coverage(fake_NF, real_MF, real_radii, batch_size)
-    recall = _coverage(real_MF, fake_NF, fake_radii, batch_size)
-    return precision, recall
+    if min(fake_NF.shape[0], real_MF.shape[0]) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples on each side")
+    out = prc_features_to_metric(
+        fake_NF.float(),
+        real_MF.float().to(fake_NF.device),
+        prc_neighborhood=k,
+        prc_batch_size=batch_size,
+        save_cpu_ram=True,
+        verbose=False,
+    )
+    return float(out["precision"]), float(out["recall"])
 
 
-def _poly_kernel(x: torch.Tensor, y: torch.Tensor, degree: int, coef0: float) -> torch.Tensor:
-    return ((x @ y.T / x.shape[1] + coef0) ** degree).double()
-
-
-def _mmd2_unbiased(k_xx: torch.Tensor, k_xy: torch.Tensor, k_yy: torch.Tensor) -> float:
-    m = k_xx.shape[0]
-    sum_xx = k_xx.sum() - k_xx.diagonal().sum()
-    sum_yy = k_yy.sum() - k_yy.diagonal().sum()
-    return ((sum_xx + sum_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m)).item()
+def check_kid_subset(
+    subset_size: int, n_fake: int, n_real: int | None, key: str = "metrics.kid_subset_size"
+) -> None:
+    """KID draws subsets of ``subset_size`` from both sets: refuse sizes larger than either set (a capped
+    size would report an incomparable number and a std of 0)."""
+    smallest = min(n_fake, n_real) if n_real is not None else n_fake
+    if subset_size > smallest:
+        raise ValueError(
+            f"{key}={subset_size} exceeds the {n_fake} generated"
+            f"{f' / {n_real} reference' if n_real is not None else ''} samples: KID needs subsets of that many "
+            f"from both sets (torch-fidelity's default is 1000 of 50k). Lower {key} (at most {smallest}), or turn KID "
+            f"off ({key.rsplit('.', 1)[0]}.kid=false)"
+        )
 
 
 def kernel_inception_distance(
@@ -109,58 +100,63 @@ def kernel_inception_distance(
     real_MF: torch.Tensor,
     num_subsets: int = 100,
     subset_size: int = 1000,
-    degree: int = 3,
-    coef0: float = 1.0,
-    seed: int = 0,
+    seed: int = KID_SEED,
 ) -> tuple[float, float]:
-    """KID (Binkowski et al. 2018): mean and std of the unbiased MMD^2 with the polynomial kernel
-    (x.y / F + coef0)^degree over ``num_subsets`` random subsets of ``subset_size`` (capped at the
-    smaller set), as torch-fidelity computes it: kernels in float32 (fast on any device), sums in float64."""
-    m = min(subset_size, fake_NF.shape[0], real_MF.shape[0])
-    if m < 2:
-        raise ValueError("KID needs at least 2 samples in each set")
-    fake_NF, real_MF = fake_NF.float(), real_MF.float().to(fake_NF.device)
-    rng = np.random.RandomState(seed)
-    values = []
-    for _ in range(num_subsets):
-        x = fake_NF[torch.from_numpy(rng.choice(fake_NF.shape[0], m, replace=False)).to(fake_NF.device)]
-        y = real_MF[torch.from_numpy(rng.choice(real_MF.shape[0], m, replace=False)).to(fake_NF.device)]
-        values.append(
-            _mmd2_unbiased(
-                _poly_kernel(x, x, degree, coef0),
-                _poly_kernel(x, y, degree, coef0),
-                _poly_kernel(y, y, degree, coef0),
-            )
-        )
-    return float(np.mean(values)), float(np.std(values))
+    """KID (Binkowski et al. 2018) through torch-fidelity: mean and std of the unbiased MMD^2 with the
+    polynomial kernel (x.y / F + 1)^3 over ``num_subsets`` random subsets of ``subset_size``."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    check_kid_subset(subset_size, fake_NF.shape[0], real_MF.shape[0])
+    out = kid_features_to_metric(
+        fake_NF.float().cpu(),
+        real_MF.float().cpu(),
+        kid_subsets=num_subsets,
+        kid_subset_size=subset_size,
+        rng_seed=seed,
+        verbose=False,
+    )
+    return float(out["kernel_inception_distance_mean"]), float(out["kernel_inception_distance_std"])
 
 
 def compute_generation_metrics(
     fake: FeatureStats | GaussianStats,
     ref: FeatureStats | GaussianStats,
     logits_NK: torch.Tensor | None = None,
-    is_splits: int = 10,
+    is_splits: IsSplits = "adm",
     pr_k: int = 3,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     fid_method: Literal["eigh", "sqrtm"] = "eigh",
     device: torch.device | str | None = None,
     kid: bool = True,
+    precision_recall_on: bool = True,
+    skipped: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """``fid`` always; ``is_mean``/``is_std`` when ``logits_NK`` (of the fake samples) is given;
-    ``precision``/``recall`` (and ``kid``/``kid_std`` unless ``kid=False``) when both sides kept their
-    features. Keys carry no split prefix: the caller logs them as ``val/fid`` etc. ``device`` runs
-    precision/recall/KID there."""
+    ``precision``/``recall`` and ``kid``/``kid_std`` when enabled and both sides kept their features. A
+    metric that cannot be computed is left out and, when ``skipped`` is given, recorded there with the
+    reason. ``device`` runs precision/recall there."""
     fake_g = fake.gaussian() if isinstance(fake, FeatureStats) else fake
     ref_g = ref.gaussian() if isinstance(ref, FeatureStats) else ref
     out = {"fid": frechet_distance(fake_g.mu, fake_g.sigma, ref_g.mu, ref_g.sigma, method=fid_method)}
     if logits_NK is not None:
         out["is_mean"], out["is_std"] = inception_score(logits_NK, splits=is_splits)
-    if fake_g.features is not None and ref_g.features is not None:
-        fake_NF, ref_MF = fake_g.features.to(device or "cpu"), ref_g.features.to(device or "cpu")
+    wanted = [
+        m
+        for m, on in (("precision", precision_recall_on), ("recall", precision_recall_on), ("kid", kid))
+        if on
+    ]
+    if not wanted:
+        return out
+    if fake_g.features is None or ref_g.features is None:
+        side = "the reference holds statistics only (mu, sigma), no features" if ref_g.features is None else (
+            "the generated set's features were not kept")  # fmt: skip
+        if skipped is not None:
+            skipped.update(dict.fromkeys(wanted, side))
+        return out
+    fake_NF, ref_MF = fake_g.features.to(device or "cpu"), ref_g.features.to(device or "cpu")
+    if precision_recall_on:
         out["precision"], out["recall"] = precision_recall(fake_NF, ref_MF, k=pr_k)
-        if kid:
-            out["kid"], out["kid_std"] = kernel_inception_distance(
-                fake_NF, ref_MF, kid_subsets, kid_subset_size
-            )
+    if kid:
+        out["kid"], out["kid_std"] = kernel_inception_distance(fake_NF, ref_MF, kid_subsets, kid_subset_size)
     return out

@@ -270,25 +270,30 @@ class VARModule(L.LightningModule):
     @torch.no_grad()
     def log_images(
         self, batch: tuple[torch.Tensor, torch.Tensor], max_images: int = 8
-    ) -> dict[str, torch.Tensor]:
-        """One row per class (up to 10 classes) of ``max_images`` samples each, seeded."""
-        n_cls = min(self.var.num_classes, 10)
-        labels = torch.arange(n_cls, device=self.device).repeat_interleave(max_images)
+    ) -> dict[str, tuple[torch.Tensor, list[str]]]:
+        """Seeded samples: one labelled row of ``max_images`` per class for up to 10 classes spread evenly
+        over all of them (the data's class names label the rows)."""
+        n = self.var.num_classes
+        classes = sorted({round(i * (n - 1) / 9) for i in range(10)}) if n > 10 else list(range(n))
+        labels = torch.tensor(classes, device=self.device).repeat_interleave(max_images)
         was_training = self.var.training
         self.var.eval()
         imgs = self.generate(labels)
         self.var.train(was_training)
-        return {f"samples_nrow{max_images}": imgs}
+        names = self._class_names()
+        rows = [names[c] if names and c < len(names) else f"class {c}" for c in classes]
+        return {f"samples_nrow{max_images}": (imgs, rows)}
+
+    def _class_names(self) -> list[str] | None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        names = getattr(dm, "class_names", None)
+        return list(names) if names else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = {"stage": "var"}
-        names = (
-            getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
-            if self._trainer
-            else None
-        )
+        meta: dict[str, Any] = {"stage": "var"}
+        names = self._class_names()
         if names:
-            meta["class_names"] = list(names)
+            meta["class_names"] = names
         meta["schedule"] = self.schedule_plan.state(self.global_step)
         checkpoint["var_lightning"] = meta
 
