@@ -24,7 +24,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -184,27 +184,54 @@ def read_checkpoint(
     return obj
 
 
+def _fsync_dir(directory: Path) -> None:
+    try:  # not every file system lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it, rename it over ``path`` and sync
+    the directory: a kill or a full disk never leaves a partial file under ``path``, and on failure the
+    previous file there is untouched (the temporary file is removed)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 def save_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write ``ckpt`` as ``fmt`` (``pth`` or ``safetensors``; default from the suffix), atomically: a
-    temporary file in the same directory, flushed to disk, then renamed over ``path``."""
+    """Write ``ckpt`` as ``fmt`` (``pth`` or ``safetensors``; default from the suffix), atomically
+    (:func:`atomic_write`)."""
     p = Path(path)
     fmt = fmt or ("safetensors" if p.suffix == SAFETENSORS_SUFFIX else "pth")
     if fmt not in ("pth", "safetensors"):
         raise ValueError(f"format={fmt!r}: choose pth or safetensors")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        if fmt == "safetensors":
-            write_safetensors(ckpt, tmp)
-        else:
-            torch.save(dict(ckpt), tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    if fmt == "safetensors":
+        return atomic_write(p, lambda tmp: write_safetensors(ckpt, tmp))
+    return atomic_torch_save(dict(ckpt), p)
 
 
 # ---------------------------------------------------------------------------------------------- content

@@ -27,6 +27,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
@@ -37,6 +38,7 @@ from var_lightning.cli.common import (
     transformer_with_data_classes,
 )
 from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.training.checkpoint_io import AtomicCheckpointIO
 from var_lightning.training.resume import RNGStateCallback, candidate_checkpoints, resolve_resume
 
 log = logging.getLogger("var_lightning.train")
@@ -131,8 +133,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     # RNG states in every checkpoint (exact resume); the process group destroyed after the last stage.
     callbacks += [*extra, RNGStateCallback(), ProcessGroupTeardown("test" if cfg.get("test") else "fit")]
     loggers = instantiate_loggers(cfg.get("logger"))
-    overrides = {"strategy": strategy} if strategy is not None else {}
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    overrides: dict[str, Any] = {"strategy": strategy} if strategy is not None else {}
+    # checkpoints are written atomically (temporary file, fsync, rename): never a partial last.ckpt
+    plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides
+    )
     return datamodule, model, trainer
 
 

@@ -23,6 +23,8 @@ import logging
 import os
 import random
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +98,32 @@ def candidate_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(unique.values(), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
-def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
-    """Open a checkpoint cheaply (memory-mapped: the tensors are not read) and return it; raises when the
-    file is truncated or not a checkpoint, which is what a job killed while saving leaves behind.
-    Loaded with ``weights_only=True``; a file that needs full unpickling raises
-    :class:`~var_lightning.checkpoints.UnsafeCheckpointError` unless ``trust_pickle``."""
+def verify_records(path: str | os.PathLike) -> None:
+    """Read every record of a checkpoint and check it against its CRC-32 (torch's zip format stores one per
+    tensor record), so a file damaged in the middle is caught here rather than inside Lightning's load.
+    Reads the file once without unpickling or allocating tensors; the legacy (non-zip) format is read fully
+    by ``torch.load`` instead."""
+    p = Path(path)
+    if not zipfile.is_zipfile(p):
+        torch_load(p, key="resume", mmap=False)  # legacy format: a full load is the only full check
+        return
     try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, zlib.error) as e:
+        raise RuntimeError(f"damaged zip structure ({type(e).__name__}: {e})") from e
+    if bad is not None:
+        raise RuntimeError(f"record {bad} fails its CRC check (the file was damaged or only partly written)")
+
+
+def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
+    """Check every record of a checkpoint (``verify_records``), then open it memory-mapped and return it;
+    raises when the file is truncated, damaged or not a checkpoint, which is what a job killed while saving
+    or a failing disk leaves behind. Loaded with ``weights_only=True``; a file that needs full unpickling
+    raises :class:`~var_lightning.checkpoints.UnsafeCheckpointError` unless ``trust_pickle``."""
+    try:
+        if Path(path).is_file():
+            verify_records(path)
         ckpt = torch_load(path, key="resume", trust_pickle=trust_pickle, mmap=True)
     except UnsafeCheckpointError:
         raise
@@ -165,10 +187,12 @@ def resolve_resume(
             )
         search, explicit = p, True
     candidates = candidate_checkpoints(search)
+    unreadable: list[str] = []
     for i, path in enumerate(candidates):
         try:
             ckpt = inspect_checkpoint(path, trust_pickle)
         except RuntimeError as e:
+            unreadable.append(f"{path} ({e})")
             log.warning(
                 "resume: skipping unreadable checkpoint %s (%s)%s",
                 path,
@@ -184,6 +208,14 @@ def resolve_resume(
             "resume: continuing from %s (epoch %s, step %s)", path, ckpt.get("epoch"), ckpt.get("global_step")
         )
         return str(path)
+    if unreadable:
+        listing = "\n  ".join(unreadable)
+        raise ValueError(
+            f"resume={resume}: every checkpoint under {search} is unreadable, so the run cannot continue:\n  {listing}\n"
+            "Nothing was started. To train again from scratch on purpose, pass overwrite=true (the files are kept "
+            "in checkpoints/replaced-<time>/) or use a new run directory (hydra.run.dir=...); to continue from "
+            "another copy, give resume=<that file>"
+        )
     if explicit:
         raise FileNotFoundError(f"resume={resume}: no readable checkpoint under {search}")
     log.info(

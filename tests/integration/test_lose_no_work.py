@@ -1,0 +1,134 @@
+"""Runs that never lose work: unreadable and half-damaged checkpoints, atomic writes under a full disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.integration.test_run_behaviour import cfg_for
+from var_lightning.checkpoints import atomic_torch_save
+from var_lightning.training.resume import (
+    candidate_checkpoints,
+    inspect_checkpoint,
+    resolve_resume,
+    verify_records,
+)
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    """A finished tiny tokenizer run: checkpoints/last.ckpt at step 4."""
+    from var_lightning.cli.train import train
+
+    run = tmp_path_factory.mktemp("good")
+    train(cfg_for(run, "trainer.max_epochs=1", "callbacks.periodic_checkpoint.minutes=null"))
+    return run
+
+
+def damage_a_tensor_record(src: Path, dst: Path) -> str:
+    """Copy ``src`` with one byte flipped inside its largest tensor record: the zip directory stays intact."""
+    shutil.copy(src, dst)
+    with zipfile.ZipFile(dst) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(dst, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        pos = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return info.filename
+
+
+def test_a_checkpoint_damaged_in_the_middle_is_caught_and_skipped(good_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(good_run / "checkpoints", run / "checkpoints")
+    older = run / "checkpoints" / "last.ckpt"
+    damaged = run / "checkpoints" / "periodic.ckpt"
+    record = damage_a_tensor_record(older, damaged)
+    os.utime(damaged)  # the newest file
+    # what a cheap (memory-mapped) open sees: nothing wrong; what every record's CRC says: damaged
+    torch.load(damaged, map_location="cpu", weights_only=True, mmap=True)
+    with pytest.raises(RuntimeError, match=f"record {record} fails its CRC check"):
+        verify_records(damaged)
+    with pytest.warns(UserWarning, match=f"{damaged.name} is unreadable"):
+        assert resolve_resume("auto", run, "tokenizer") == str(older)
+    from var_lightning.cli.train import train
+
+    train(cfg_for(run, "trainer.max_epochs=2", "resume=auto"))  # the relaunch continues from the good one
+    newest = candidate_checkpoints(run)[0]
+    assert torch.load(newest, weights_only=True)["global_step"] == 8
+
+
+def test_resume_auto_with_only_unreadable_checkpoints_stops_instead_of_starting_over(good_run, tmp_path):
+    from var_lightning.cli.train import train
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    data = (good_run / "checkpoints" / "last.ckpt").read_bytes()
+    (ckpts / "last.ckpt").write_bytes(data[: len(data) // 3])  # killed while saving
+    damage_a_tensor_record(good_run / "checkpoints" / "last.ckpt", ckpts / "periodic.ckpt")
+    with pytest.raises(ValueError) as err:
+        train(cfg_for(tmp_path / "run", "trainer.max_epochs=1", "resume=auto"))
+    msg = str(err.value)
+    assert "every checkpoint under" in msg and "last.ckpt" in msg and "periodic.ckpt" in msg
+    assert "overwrite=true" in msg and "hydra.run.dir" in msg and "Nothing was started" in msg
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "periodic.ckpt"]  # nothing new written
+    with pytest.raises(RuntimeError, match="truncated"):
+        inspect_checkpoint(ckpts / "last.ckpt")
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(good_run, tmp_path):
+    """The next save of a resumed run hits a file-size limit (RLIMIT_FSIZE, as a full disk would): the run
+    fails, last.ckpt is still the previous, loadable checkpoint, and no partial file is left beside it."""
+    run = tmp_path / "run"
+    shutil.copytree(good_run / "checkpoints", run / "checkpoints")
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    limit = len(before) // 2
+    script = tmp_path / "full_disk.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import resource, signal, sys
+            sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+            from tests.integration.test_run_behaviour import cfg_for
+            from var_lightning.cli.train import train
+            train(cfg_for({str(run)!r}, "trainer.max_epochs=2", "resume=auto"))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert out.returncode != 0 and "could not write checkpoint" in out.stderr, out.stderr[-2000:]
+    assert "the previous checkpoint there is unchanged" in out.stderr
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name not in ("last.ckpt",) and
+                 not p.name.startswith("best-")]  # fmt: skip
+    assert leftovers == [], leftovers
+
+
+def test_atomic_save_replaces_in_one_step_and_cleans_up_on_failure(tmp_path):
+    target = tmp_path / "x.ckpt"
+    atomic_torch_save({"a": torch.zeros(3)}, target)
+
+    class Boom:
+        def __reduce__(self):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_torch_save({"a": Boom()}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.ckpt"]
