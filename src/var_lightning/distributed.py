@@ -24,3 +24,28 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher announced it (torchrun's RANK, SLURM's SLURM_PROCID,
+    Lightning's NODE_RANK / LOCAL_RANK), known before (and after) any process group exists; 0 alone."""
+    import os
+
+    for var in ("RANK", "SLURM_PROCID"):
+        if (
+            os.environ.get(var, "").isdigit()
+            and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "2"))) > 1
+        ):
+            return int(os.environ[var])
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
+    if node and per_node:
+        return node * per_node + local
+    return local if not node else node * 1000 + local  # unique even when the per-node count is unknown
+
+
+def rank_log_suffix() -> str:
+    """``""`` on rank 0, ``".rank<r>"`` elsewhere: each process writes its own log file."""
+    r = launch_rank()
+    return "" if r == 0 else f".rank{r}"

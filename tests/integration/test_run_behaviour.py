@@ -27,16 +27,14 @@ TINY = [
     "model.tokenizer.ch_mult=[1,2]",
     "model.loss.disc_start=100",
     "model.optim.warmup_steps=0",
-    "data.train_size=32",
-    "data.val_size=8",
-    "data.batch_size=8",
     "~callbacks.image_logger",
     "logger=none",
 ]
+TINY_DATA = ["data.train_size=32", "data.val_size=8", "data.batch_size=8"]
 
 
-def cfg_for(run_dir, *extra):
-    cfg = compose_train([*TINY, *extra], run_dir)
+def cfg_for(run_dir, *extra, data=TINY_DATA):
+    cfg = compose_train([*TINY, *data, *extra], run_dir)
     with open_dict(cfg):
         cfg.trainer.num_sanity_val_steps = 0
     return cfg

@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.helpers import tiny_vae
 from var_lightning.cli.make_shards import make_shards, parse_args
+from var_lightning.data.shard_health import count_readable
 from var_lightning.data.shards import MANIFEST_NAME, Manifest, ShardWriter, read_manifest
 from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.data.transforms import build_transform, to_uint8_image
@@ -213,7 +214,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
     dm.setup("fit")
     with caplog.at_level(logging.WARNING):
         val = [y for _, ys in dm.val_dataloader() for y in ys.tolist()]
-    assert len(val) == 11 and dm.num_skipped == 1 and "corrupt" in caplog.text
+    assert len(val) == 11 and dm.num_skipped == 1 and "cannot be decoded" in caplog.text
     assert len(_collect(dm.train_dataloader())) == 6
 
 
@@ -361,3 +362,72 @@ def test_a_stream_of_unreadable_shards_stops_with_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="no readable sample in 64 consecutive shards"):
         next(iter(dm.train_dataloader()))
     assert dm.num_skipped >= 64
+
+
+# ---------------------------------------------------------------------------------------------- lost samples
+def _truncate_after(path: Path, samples: int) -> None:
+    """Cut a shard in the middle of sample ``samples``'s image: the first ``samples`` stay readable."""
+    with tarfile.open(path) as t:
+        members = t.getmembers()
+    cut = members[3 * samples].offset_data + 5  # 3 members per sample (png, cls, json)
+    path.write_bytes(path.read_bytes()[:cut])
+
+
+def test_lost_samples_are_counted_per_shard_per_pass_not_per_read_error(tmp_path, caplog):
+    from tests.integration.test_run_behaviour import cfg_for
+    from var_lightning.cli.train import train
+
+    root = write_tree(tmp_path / "tree", n=40, num_classes=2)
+    out = tmp_path / "wds"
+    shard(root, out, "--max-count", "20")
+    man = read_manifest(out)
+    bad = out / man.shards[0].name
+    _truncate_after(bad, 7)  # 13 of its 20 samples lost on every pass
+    assert count_readable(str(bad))[0] == 7
+    dm = WebDatasetDataModule(str(out), image_size=8, batch_size=4, num_workers=0, shuffle_buffer=1)
+    dm.setup("fit")
+    seen = sum(len(y) for _, y in dm.train_dataloader())
+    ledger = dm.train_stream.ledger
+    c = ledger.counters("epoch")
+    passes, lost = int(c["passes"][0]), int(c["lost"][0])
+    assert seen == 40 and passes >= 1 and lost == 13 * passes  # samples, not the one error per pass
+    assert int(c["lost"][1]) == 0 and dm.num_skipped == lost
+    lines, metrics = ledger.report(c, "epoch0")
+    assert f"{bad.name}: 13 of 20 samples lost per pass, {passes} passes, {lost} sample reads lost" in lines
+    assert metrics["data/training/epoch0/lost_samples"] == lost
+    # through a run: the DataHealth callback reports per epoch and for the run, into the log and metrics.json
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        wds = ["data=webdataset", f"data.train_shards={out}", "data.val_shards=null", "data.batch_size=4",
+               "data.num_workers=0"]  # fmt: skip
+        train(cfg_for(run, "trainer.max_epochs=2", "+trainer.limit_val_batches=0", data=wds))
+    logged = json.loads((run / "metrics.json").read_text())
+    for key in (
+        "data/training/epoch0/lost_samples",
+        "data/training/epoch1/lost_samples",
+        "data/training/run/lost_samples",
+    ):
+        assert logged[key] > 0, key
+    assert (
+        logged["data/training/run/lost_samples"]
+        == logged["data/training/epoch0/lost_samples"] + logged["data/training/epoch1/lost_samples"]
+    )
+    assert logged["data/training/run/shards"][bad.name]["lost_per_pass"] == 13
+    assert f"{bad.name}: 13 of 20 samples lost per pass" in caplog.text
+
+
+def test_a_damaged_validation_shard_shrinks_the_slices_at_setup(tmp_path, caplog):
+    root = write_tree(tmp_path / "tree", n=24, num_classes=2)
+    out = tmp_path / "wds"
+    shard(root, out, "--max-count", "12")
+    man = read_manifest(out)
+    _truncate_after(out / man.shards[1].name, 4)
+    with caplog.at_level(logging.WARNING):
+        dm = WebDatasetDataModule(str(out), val_shards=str(out), image_size=8, batch_size=4, num_workers=0)
+        dm.setup("fit")
+    assert (
+        f"validation shard {out / man.shards[1].name}: 4 of the manifest's 12 samples are readable"
+        in caplog.text
+    )
+    assert dm.samples_per_rank("val", 1) == [16]
+    assert sum(len(y) for _, y in dm.val_dataloader()) == 16

@@ -67,7 +67,8 @@ class MetricsFile(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, history=False)
-        log.info("metrics written to %s", self._path(trainer))
+        if trainer.is_global_zero:  # the only rank that writes it
+            log.info("metrics written to %s", self._path(trainer))
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._write(trainer, history=False)

@@ -50,11 +50,12 @@ class ScalingResults(L.Callback):
             "seed": self.seed,
         }
         self._global_batch = pl_module.global_batch_size()
-        log.info(
-            "scaling record: N=%d params, %.3g training FLOPs/image",
-            self._info["params"],
-            self._info["flops_per_image"],
-        )
+        if trainer.is_global_zero:
+            log.info(
+                "scaling record: N=%d params, %.3g training FLOPs/image",
+                self._info["params"],
+                self._info["flops_per_image"],
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self._info is None:

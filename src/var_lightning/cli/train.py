@@ -30,6 +30,8 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from var_lightning.callbacks.data_health import DataHealth
+from var_lightning.callbacks.ddp_guards import RankCoverage, SigtermExit
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.cli.common import (
     fit_data_to_model,
@@ -38,6 +40,7 @@ from var_lightning.cli.common import (
     transformer_with_data_classes,
 )
 from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.distributed import launch_rank
 from var_lightning.training.checkpoint_io import AtomicCheckpointIO
 from var_lightning.training.resume import RNGStateCallback, candidate_checkpoints, resolve_resume
 
@@ -131,7 +134,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     strategy, extra = strategy_for(cfg.trainer, model)
     # RNG states in every checkpoint (exact resume); the process group destroyed after the last stage.
-    callbacks += [*extra, RNGStateCallback(), ProcessGroupTeardown("test" if cfg.get("test") else "fit")]
+    callbacks += [
+        *extra,
+        RNGStateCallback(),
+        RankCoverage(),  # every rank has data, or the run stops at set-up instead of hanging
+        SigtermExit(),  # SIGTERM ends a multi-process run even when a rank is stuck in a collective
+        DataHealth(),  # lost samples per shard, summed over ranks, per epoch and at the end
+        ProcessGroupTeardown("test" if cfg.get("test") else "fit"),
+    ]
     loggers = instantiate_loggers(cfg.get("logger"))
     overrides: dict[str, Any] = {"strategy": strategy} if strategy is not None else {}
     # checkpoints are written atomically (temporary file, fsync, rename): never a partial last.ckpt
@@ -226,9 +236,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @checked_main("train", "var-train")
 def main(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    log.info("run directory: %s", out_dir)
+    rank = launch_rank()
+    log.info("run directory: %s%s", out_dir, f" (rank {rank}; rank 0 writes the outputs)" if rank else "")
     metrics = train(cfg)
-    log.info("done; outputs in %s", out_dir)
+    if rank == 0:
+        log.info("done; outputs in %s", out_dir)
+    else:
+        log.info("rank %d done", rank)
     name = cfg.get("optimized_metric")
     if name:
         if name not in metrics:

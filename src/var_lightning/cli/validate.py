@@ -31,6 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from var_lightning.distributed import rank_log_suffix
 from var_lightning.settings import (
     ConfigKeyError,
     SamplingDefaults,
@@ -41,6 +42,8 @@ from var_lightning.settings import (
 )
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+if not OmegaConf.has_resolver("var_rank_suffix"):  # the per-process log file name (conf/hydra/default.yaml)
+    OmegaConf.register_new_resolver("var_rank_suffix", rank_log_suffix)
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # groups whose nodes are free-form (their files set keys of other nodes, or Hydra's own)
 _SKIP_GROUPS = {"hydra", "experiment", "sweep", "debug"}

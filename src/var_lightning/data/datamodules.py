@@ -9,6 +9,7 @@ with a generator seeded from ``seed`` so the order is reproducible for a given s
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import pytorch_lightning as L
@@ -39,6 +40,18 @@ class _LoaderMixin:
     drop_last: bool
     pin_memory: bool
     persistent_workers: bool | None
+
+    def _split_dataset(self, split: str) -> Dataset | None:
+        raise NotImplementedError
+
+    def samples_per_rank(self, split: str, world_size: int) -> list[int] | None:
+        """Samples each of ``world_size`` ranks gets of ``split``: the distributed samplers pad every rank's
+        share to ``ceil(N / world_size)``, so only an empty split leaves a rank without data."""
+        ds = self._split_dataset(split)
+        if ds is None:
+            return None
+        n = len(ds)
+        return [math.ceil(n / world_size)] * world_size
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         """Training: a :class:`ResumableLoader` (seeded per-epoch order and per-item augmentation; a run
@@ -116,6 +129,9 @@ class SyntheticDataModule(ImageSizeMixin, _LoaderMixin, L.LightningDataModule):
                     size, image_size, self.num_classes, split=split, seed=self.seed
                 )
 
+    def _split_dataset(self, split: str) -> Dataset | None:
+        return self.datasets.get(split)
+
     def split_source(self, split: str) -> str:
         """Each split is generated from its own seed stream: three disjoint sets."""
         return f"synthetic:{split}"
@@ -185,6 +201,9 @@ class ImageFolderDataModule(ImageSizeMixin, _LoaderMixin, L.LightningDataModule)
         which = {self.train_dir: "train", self.val_dir: "val", self.test_dir: "test"}.get(split_dir, "val")
         key = f"data.root (+ data.{which}_dir={split_dir!r})"
         return os.path.join(self.root, split_dir), key
+
+    def _split_dataset(self, split: str) -> Dataset | None:
+        return {"train": self.train_dataset, "val": self.val_dataset, "test": self.test_dataset}.get(split)
 
     @property
     def has_test_dir(self) -> bool:

@@ -10,17 +10,22 @@ a fixed number of batches, the same on every rank (``train_samples // (batch_siz
 rank waits for another at the end of an epoch, whatever the shard sizes.
 
 Validation stream. With a manifest (per-shard counts), rank r evaluates samples ``[r N / R, (r+1) N / R)``
-of the shard list in order, so every validation sample is seen exactly once across ranks.
+of the shard list in order, so every validation sample is seen exactly once across ranks. Local shards are
+checked at set-up (tar headers only): the slices cover the samples that can be read, damaged shards are
+named, and a rank that would get none is an error at start-up (``samples_per_rank``) rather than a hang.
 
-Corrupt samples (undecodable image, missing field, truncated tar) are skipped, counted across workers
-(``num_skipped``) and warned about; a stream that finds nothing readable in many consecutive shards stops
-with an error instead of spinning. Mid-epoch resume skips the consumed batches by re-reading (not decoding)
+Corrupt samples (undecodable image, missing field, truncated tar) are skipped and counted per shard as lost
+*samples* (the manifest's count minus what a pass read, plus decode failures), not read errors
+(:mod:`var_lightning.data.shard_health`); the DataHealth callback reports them per epoch and at the end,
+naming the shards. A stream that finds nothing readable in many consecutive shards stops with an error
+instead of spinning. Mid-epoch resume skips the consumed batches by re-reading (not decoding)
 the same raw samples, so it is exact unless corrupt samples were skipped in that range.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Iterator, Sequence
 from itertools import islice
@@ -33,6 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from var_lightning import distributed
 from var_lightning.data.defaults import ImageSizeMixin, check_image_size, resolve_num_workers
 from var_lightning.data.resumable import ProgressAwareLoader, mix_seed
+from var_lightning.data.shard_health import ShardLedger, count_readable
 from var_lightning.data.shards import (
     ImageDecoder,
     Manifest,
@@ -45,28 +51,7 @@ from var_lightning.data.shards import (
 
 log = logging.getLogger(__name__)
 
-_SLOTS = 257  # skip counters: slot 0 = main process, 1.. = workers
 _MAX_EMPTY_SHARDS = 64
-
-
-class _SkipCounter:
-    """Skip events summed over the main process and DataLoader workers (a shared-memory tensor)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.counts = torch.zeros(_SLOTS, dtype=torch.int64).share_memory_()
-        self._warned = 0
-
-    def record(self, key: str, err: BaseException) -> None:
-        info = get_worker_info()
-        self.counts[0 if info is None else min(info.id + 1, _SLOTS - 1)] += 1
-        if self._warned < 20:  # per process
-            self._warned += 1
-            log.warning("skipping corrupt %s sample %s (%s: %s)", self.what, key, type(err).__name__, err)
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
 
 
 def _worker() -> tuple[int, int]:
@@ -75,27 +60,42 @@ def _worker() -> tuple[int, int]:
 
 
 class _ShardStream(IterableDataset):
-    """Shared parts: shard list, decoder, skip counter; rank and world size are captured in the main
-    process (workers have no process group)."""
+    """Shared parts: shard list, decoder, the per-shard ledger of lost samples; rank and world size are
+    captured in the main process (workers have no process group)."""
 
-    def __init__(self, urls: list[str], decoder: Any, batch_size: int, seed: int, what: str) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        decoder: Any,
+        batch_size: int,
+        seed: int,
+        what: str,
+        counts: list[int] | None,
+        num_workers: int,
+    ) -> None:
         self.urls, self.decoder, self.batch_size, self.seed = urls, decoder, batch_size, seed
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.skips = _SkipCounter(what)
+        self.ledger = ShardLedger(urls, counts, what, num_workers)
         self.epoch = 0
+        self._url: str | None = None  # the shard being read (for the tar reader's error handler)
 
     def _handler(self, err: BaseException) -> bool:
-        self.skips.record(str(err.args[-1]) if err.args else "?", err)
+        self.ledger.read_error(self._url or "?", err)
         return True
+
+    def _shard(self, url: str) -> Iterator[dict[str, Any]]:
+        self._url = url
+        return iter_tar_samples(url, self._handler)
 
     def _samples(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
         empty = 0
         for url in urls:
-            got = False
-            for sample in iter_tar_samples(url, self._handler):
-                got = True
+            read = 0
+            for sample in self._shard(url):
+                read += 1
                 yield sample
-            empty = 0 if got else empty + 1
+            self.ledger.end_pass(url, read)
+            empty = 0 if read else empty + 1
             if empty >= _MAX_EMPTY_SHARDS:
                 raise RuntimeError(
                     f"no readable sample in {empty} consecutive shards (last: {url}); check the shards"
@@ -114,8 +114,10 @@ class TrainStream(_ShardStream):
         batches_per_epoch: int,
         shuffle_buffer: int,
         resampled: bool,
+        counts: list[int] | None = None,
+        num_workers: int = 0,
     ) -> None:
-        super().__init__(urls, decoder, batch_size, seed, "training")
+        super().__init__(urls, decoder, batch_size, seed, "training", counts, num_workers)
         self.batches_per_epoch, self.shuffle_buffer, self.resampled = (
             batches_per_epoch,
             shuffle_buffer,
@@ -157,7 +159,7 @@ class TrainStream(_ShardStream):
             try:
                 batch.append(self.decoder(sample, mix_seed(self.seed, self.epoch, stream, count)))
             except Exception as err:  # noqa: BLE001 - corrupt sample: skip and count
-                self.skips.record(str(sample.get("__key__")) + " @ " + str(sample.get("__url__")), err)
+                self.ledger.decode_error(str(sample.get("__url__")), str(sample.get("__key__")), err)
                 continue
             if len(batch) == self.batch_size:
                 yield collate_samples(batch)
@@ -166,18 +168,22 @@ class TrainStream(_ShardStream):
 
 class EvalStream(_ShardStream):
     """Finite, ordered validation stream; rank r takes samples [r N/R, (r+1) N/R) when counts are known,
-    else every R-th shard."""
+    else every R-th shard. ``counts`` are the shards' readable samples (``count_readable``), so a damaged
+    shard shrinks the slices instead of leaving a rank short."""
 
-    def __init__(self, urls: list[str], decoder: Any, batch_size: int, counts: list[int] | None) -> None:
-        super().__init__(urls, decoder, batch_size, 0, "validation")
+    def __init__(
+        self, urls: list[str], decoder: Any, batch_size: int, counts: list[int] | None, num_workers: int = 0
+    ) -> None:
+        super().__init__(urls, decoder, batch_size, 0, "validation", counts, num_workers)
         self.counts = counts
 
-    def _assigned(self) -> list[tuple[str, int, int, int]]:
-        """(url, global index of its first sample, lo, hi) of the shards this rank reads."""
+    def assigned(self, rank: int | None = None) -> list[tuple[str, int, int, int]]:
+        """(url, global index of its first sample, lo, hi) of the shards ``rank`` reads."""
+        rank = self.rank if rank is None else rank
         if self.counts is None:
-            return [(u, 0, 0, 1 << 62) for u in self.urls[self.rank :: self.world]]
+            return [(u, 0, 0, 1 << 62) for u in self.urls[rank :: self.world]]
         total = sum(self.counts)
-        lo, hi = self.rank * total // self.world, (self.rank + 1) * total // self.world
+        lo, hi = rank * total // self.world, (rank + 1) * total // self.world
         out, offset = [], 0
         for url, n in zip(self.urls, self.counts, strict=True):
             if offset < hi and offset + n > lo:
@@ -185,21 +191,33 @@ class EvalStream(_ShardStream):
             offset += n
         return out
 
+    def samples_per_rank(self) -> list[int] | None:
+        """Validation samples of every rank (None without per-shard counts)."""
+        if self.counts is None:
+            return None
+        total = sum(self.counts)
+        return [(r + 1) * total // self.world - r * total // self.world for r in range(self.world)]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         wid, nw = _worker()
         batch: list[tuple[torch.Tensor, int]] = []
-        for url, first, lo, hi in self._assigned()[wid::nw]:
-            for k, sample in enumerate(iter_tar_samples(url, self._handler)):
+        for url, first, lo, hi in self.assigned()[wid::nw]:
+            n = self.counts[self.urls.index(url)] if self.counts is not None else None
+            want = None if n is None else min(hi, first + n) - max(lo, first)
+            read = 0
+            for k, sample in enumerate(self._shard(url)):
                 if not lo <= first + k < hi:
                     continue
+                read += 1
                 try:
                     batch.append(self.decoder(sample, first + k))
                 except Exception as err:  # noqa: BLE001
-                    self.skips.record(str(sample.get("__key__")) + " @ " + url, err)
+                    self.ledger.decode_error(url, str(sample.get("__key__")), err)
                     continue
                 if len(batch) == self.batch_size:
                     yield collate_samples(batch)
                     batch = []
+            self.ledger.end_pass(url, read, want)
         if batch:
             yield collate_samples(batch)
 
@@ -225,6 +243,7 @@ class ShardLoader(ProgressAwareLoader):
     def _start(self, epoch: int, consumed: int):
         ds: TrainStream = self.dataset  # type: ignore[assignment]
         ds.epoch, ds.start_batch = epoch, consumed
+        ds.ledger.reset_epoch()  # before the workers start: they write into these shared counters
         self._epochs = epoch + 1
         it = iter(torch.utils.data.DataLoader.__iter__(self))
         try:
@@ -427,6 +446,8 @@ class WebDatasetDataModule(ImageSizeMixin, L.LightningDataModule):
                 batches,
                 self.shuffle_buffer,
                 self.resampled,
+                counts=[r.num_samples for r in man.shards] if man is not None else None,
+                num_workers=self.num_workers,
             )
             log.info(
                 "train shards: %d files, %d samples -> %d batches of %d per rank per epoch",
@@ -450,7 +471,41 @@ class WebDatasetDataModule(ImageSizeMixin, L.LightningDataModule):
                     f"manifest with per-shard counts; write them with var-make-shards"
                 )
             check_reachable(urls[0], "data.val_shards")
-            self.val_stream = EvalStream(urls, self._decoder(False), self.val_batch_size, counts)
+            counts = self._readable_counts(urls, counts)
+            self.val_stream = EvalStream(
+                urls, self._decoder(False), self.val_batch_size, counts, num_workers=self.num_workers
+            )
+
+    @staticmethod
+    def _readable_counts(urls: list[str], counts: list[int] | None) -> list[int] | None:
+        """The validation shards' samples that can actually be read (local shards: their tar headers, no
+        data read), so each rank's slice exists; damaged shards are named. Remote shards keep the manifest's."""
+        if counts is None or not all(os.path.isfile(u) for u in urls):
+            return counts
+        readable = []
+        for url, n in zip(urls, counts, strict=True):
+            got, problem = count_readable(url)
+            if problem or got < n:
+                log.warning(
+                    "validation shard %s: %d of the manifest's %d samples are readable (%s); validation uses those",
+                    url, got, n, problem or "missing samples",
+                )  # fmt: skip
+            readable.append(min(got, n))
+        return readable
+
+    def samples_per_rank(self, split: str, world_size: int) -> list[int] | None:
+        """Samples each rank gets of ``split`` (None: not known in advance)."""
+        if split == "val":
+            stream = self.val_stream
+            return stream.samples_per_rank() if stream is not None and stream.world == world_size else None
+        return None
+
+    def data_report(self) -> dict[str, Any]:
+        """The lost samples per shard (filled in by the DataHealth callback), for ``metrics.json``."""
+        return dict(getattr(self, "health_reports", {}))
+
+    def shard_ledgers(self) -> list[ShardLedger]:
+        return [s.ledger for s in (self.train_stream, self.val_stream) if s is not None]
 
     def train_dataloader(self) -> ShardLoader:
         assert self.train_stream is not None, "call setup('fit') first"
@@ -480,10 +535,5 @@ class WebDatasetDataModule(ImageSizeMixin, L.LightningDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Corrupt samples skipped so far (training + validation, main process + workers)."""
-        return sum(s.skips.total for s in (self.train_stream, self.val_stream) if s is not None)
-
-    def teardown(self, stage: str | None = None) -> None:
-        for s in (self.train_stream, self.val_stream):
-            if s is not None and s.skips.total:
-                log.warning("%s shards: skipped %d corrupt samples", s.skips.what, s.skips.total)
+        """Sample reads lost so far, this process (training + validation, main process + workers)."""
+        return sum(s.ledger.lost_total("run") for s in (self.train_stream, self.val_stream) if s is not None)
