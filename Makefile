@@ -9,8 +9,8 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-slow lint format demo demo-tokenizer demo-var demo-sample demo-classifier demo-eval demo-edit eval \
-        train-tokenizer train-var sample sweep-scaling clean
+.PHONY: help install install-app test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
+        demo-sample demo-classifier demo-eval demo-edit eval train-tokenizer train-var sample app sweep-scaling clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package (editable) with dev tools
 
+APP_STAMP := $(VENV)/.installed-app
+$(APP_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[dev,app,browser-test]"
+	touch $(APP_STAMP)
+
+install-app: $(APP_STAMP) ## install the web app's extras (gradio) and the browser test's (selenium)
+
 test: $(STAMP) ## fast test suite (CPU, no downloads)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
@@ -31,6 +38,14 @@ test-slow: $(STAMP) ## the slower CPU tests only
 
 test-all: $(STAMP) ## every CPU test (GPU tests are skipped without CUDA)
 	$(BIN)/python -m pytest -q
+
+browser-deps: ## headless Chromium and its driver for the browser test (Debian: apt-get, needs root)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "could not install chromium + chromium-driver: the browser test will be skipped (it says why)"
+
+test-browser: $(APP_STAMP) browser-deps ## the web app in a real headless Chromium (sample, box in-paint, errors)
+	$(BIN)/python -m pytest -m slow -q tests/integration/test_app_browser.py
 
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks
@@ -86,6 +101,9 @@ eval: $(STAMP) ## offline evaluation: make eval ARGS="ckpt_path=... reference=..
 
 sample: $(STAMP) ## sample: make sample ARGS="pretrained=var_d16 classes=[207,360]" (or ckpt_path=...)
 	$(BIN)/var-sample $(ARGS)
+
+app: $(APP_STAMP) ## the web app on the demo's VAR (make demo first): http://127.0.0.1:7860
+	$(BIN)/var-app ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/app $(ARGS)
 
 SCALING_DIR ?= outputs/scaling_cpu
 sweep-scaling: $(STAMP) ## CPU scaling-law study: 4 VAR depths on the synthetic data (~15 min), fits + plots

@@ -70,12 +70,19 @@ def load_mask(path: str | Path, image_size: int, image_wh: tuple[int, int] | Non
     without it, of a size other than S x S) is resized to fit with a warning. The mask undergoes the
     image's resize and centre crop, then is binarised at 0.5.
     """
-    im = open_image(path, key="mask")
+    return fit_mask(open_image(path, key="mask"), image_size, image_wh, name=str(path))
+
+
+def fit_mask(
+    im: Image.Image, image_size: int, image_wh: tuple[int, int] | None = None, name: str = "the mask"
+) -> torch.Tensor:
+    """A mask image (white = marked) -> (S, S) float in {0, 1} with the image's geometry: resized to the
+    image's size ``image_wh`` first if it differs (with a warning), then shorter side to S and centre crop."""
     want = tuple(image_wh) if image_wh is not None else (image_size, image_size)
     grey = im.convert("L")
     if grey.size != want:
         log.warning(
-            "mask %s is %dx%d but the image is %dx%d: resizing the mask to the image", path, *grey.size, *want
+            "mask %s is %dx%d but the image is %dx%d: resizing the mask to the image", name, *grey.size, *want
         )
         grey = grey.resize(want, Image.BILINEAR)
     # the image's geometry (shorter side to S, centre crop), with a filter that suits a binary mask

@@ -39,7 +39,8 @@ from var_lightning.edit_io import (
     save_image,
     synthetic_image,
 )
-from var_lightning.transformer.editing import box_region, edit, edit_label, keep_mask_for, to_token_grid
+from var_lightning.inference import EditRequest, run_edit
+from var_lightning.transformer.editing import box_region, edit_label
 
 log = logging.getLogger("var_lightning.edit")
 
@@ -93,25 +94,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     else:
         image_13HW = fit_image(pil_image, size)
     if cfg.mask is not None:
-        region_hw = to_token_grid(
-            load_mask(cfg.mask, size, image_wh=pil_image.size if pil_image else None), grid
-        )
+        region = load_mask(cfg.mask, size, image_wh=pil_image.size if pil_image else None)
     else:
-        region_hw = box_region(list(cfg.box), grid, size)
-    keep_hw = keep_mask_for(region_hw, cfg.mode)
+        region = box_region(list(cfg.box), grid, size)
 
     with autocast_context(device, cfg.precision):
-        result = edit(
+        result = run_edit(
             var,
             vae,
-            image_13HW,
-            keep_hw,
-            label=label,
+            EditRequest(image_13HW, region, cfg.mode, label),
+            settings,
             seed=cfg.seed,
             num_variations=cfg.num_variations,
-            keep_first_scale=cfg.keep_first_scale,
             sampler=inference_sampler(cfg, models),
-            **settings,
+            keep_first_scale=cfg.keep_first_scale,
         )
     images = result.images.float().cpu()
     original = image_13HW[0].add(1).mul(0.5)

@@ -18,14 +18,13 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.common import inference_sampler, load_for_inference, sampling_settings
 from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
-from var_lightning.evaluation.sharding import batch_seed
+from var_lightning.inference import check_classes, sample_per_class
 from var_lightning.sample_io import labelled_grid, save_pngs
 
 log = logging.getLogger("var_lightning.sample")
@@ -42,32 +41,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     models = load_for_inference(cfg, device)
     var, info = models.var, models.info
     settings = sampling_settings(cfg, models)
-    classes = list(range(var.num_classes)) if cfg.classes is None else [int(c) for c in cfg.classes]
-    bad = [c for c in classes if not 0 <= c < var.num_classes]
-    if bad:
-        raise ValueError(
-            f"classes={list(cfg.classes)}: {bad[0]} is out of range; this model has {var.num_classes} classes "
-            f"(0..{var.num_classes - 1}) (key classes)"
-        )
+    classes = (
+        list(range(var.num_classes)) if cfg.classes is None else check_classes(cfg.classes, var.num_classes)
+    )
     draw = inference_sampler(cfg, models)
-    labels = torch.tensor(classes).repeat_interleave(int(cfg.num_per_class))
-    images, names = [], []
     from rich.progress import Progress
 
-    n_batches = (len(labels) + cfg.batch_size - 1) // cfg.batch_size
     log.info(
         "sampling %d images (%d classes) with %s sampler, cfg=%g top_k=%d top_p=%g more_smooth=%s",
-        len(labels), len(classes), cfg.sampler, settings["cfg"], settings["top_k"], settings["top_p"],
-        settings["more_smooth"],
+        len(classes) * cfg.num_per_class, len(classes), cfg.sampler, settings["cfg"], settings["top_k"],
+        settings["top_p"], settings["more_smooth"],
     )  # fmt: skip
     with Progress() as progress, autocast_context(device, cfg.precision):
-        task = progress.add_task("sampling", total=n_batches)
-        for b in range(n_batches):
-            lab = labels[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            out = draw(len(lab), labels=lab.to(device), seed=batch_seed(cfg.seed, b), **settings)
-            images.append(out.images.float().cpu())
-            progress.advance(task)
-    images_N = torch.cat(images)
+        task = progress.add_task("sampling", total=None)
+        images_N, labels = sample_per_class(
+            draw, classes, int(cfg.num_per_class), settings, int(cfg.seed), int(cfg.batch_size), device,
+            on_batch=lambda b, n: progress.update(task, completed=b + 1, total=n),
+        )  # fmt: skip
+    names = []
     per_class_index = {c: 0 for c in classes}
     for lab in labels.tolist():
         names.append(f"{lab:04d}_{per_class_index[lab]:04d}.png")

@@ -127,6 +127,7 @@ class FastSampler:
         generator: torch.Generator | None = None,
         edit: EditSpec | None = None,
         logits_hook: Callable[[int, torch.Tensor], None] | None = None,
+        scale_hook: Callable[[int, torch.Tensor], None] | None = None,
     ) -> SampleOutput:
         """Generate B images; arguments and result as :func:`var_lightning.transformer.sampling.sample`."""
         var, vae = self.var, self.vae
@@ -139,7 +140,7 @@ class FastSampler:
         )
         with self._attached(plan):
             f_hat, tokens = run_scales(
-                var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook
+                var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook, scale_hook
             )
         images = self.decode(f_hat).add_(1).mul_(0.5)
         return SampleOutput(images=images, tokens=tokens, labels=st.label_B, f_hat=f_hat)

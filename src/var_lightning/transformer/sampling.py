@@ -240,11 +240,13 @@ def run_scales(
     more_smooth: bool,
     edit: EditSpec | None,
     logits_hook: Callable[[int, torch.Tensor], None] | None,
+    scale_hook: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The coarse-to-fine loop shared by every sampler: ``run_scale(si, x_NlC) -> logits (N, l, V)`` is the
     transformer (with whatever cache the caller keeps); guidance, filtering, the random draws, teacher-forced
-    edit tokens and the ``f_hat`` update happen here, identically for all. Returns ``f_hat`` (B, Cv, h, w)
-    and the tokens of every scale."""
+    edit tokens and the ``f_hat`` update happen here, identically for all. ``scale_hook(si, f_hat)`` sees
+    the cumulative latent (B, Cv, h, w) after each scale (e.g. to show the coarse-to-fine progression).
+    Returns ``f_hat`` and the tokens of every scale."""
     B, K, patch_nums = st.label_B.shape[0], len(var.patch_nums), var.patch_nums
     device = st.x_NlC.device
     codebook_VC = vae.quantize.embedding.weight
@@ -278,6 +280,8 @@ def run_scales(
             idx_Bl = torch.where(keep_Bl, gt_Bl, idx_Bl)
         tokens.append(idx_Bl)
         f_hat, next_BCvhw = vae.quantize.next_autoregressive_input(si, f_hat, h_BCvhw)
+        if scale_hook is not None:
+            scale_hook(si, f_hat)
         if si != K - 1:
             nxt = next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2)
             x_NlC = var.word_embed(nxt) + st.lvl_pos_1LC[:, cur_L : cur_L + patch_nums[si + 1] ** 2]
@@ -299,13 +303,15 @@ def sample(
     generator: torch.Generator | None = None,
     edit: EditSpec | None = None,
     logits_hook: Callable[[int, torch.Tensor], None] | None = None,
+    scale_hook: Callable[[int, torch.Tensor], None] | None = None,
 ) -> SampleOutput:
     """Generate B images coarse to fine.
 
     Guidance at scale k of K: ``t = cfg * k / (K - 1)``, ``logits = (1 + t) * cond - t * uncond`` (no
     guidance at the first scale; ``cfg`` is w - 1 in the ``u + w (c - u)`` form). ``seed`` seeds a fresh
     generator on the model's device (CPU and CUDA streams differ); ``generator`` passes one in.
-    ``logits_hook(si, logits_BlV)`` sees the guided logits of every scale before filtering. The result
+    ``logits_hook(si, logits_BlV)`` sees the guided logits of every scale before filtering,
+    ``scale_hook(si, f_hat_BCvhw)`` the cumulative latent after it (decode it with ``vae.fhat_to_img``). The result
     holds the images, the tokens of every scale, the labels and the final latent ``f_hat``.
     """
     st = start_sampling(var, vae, B, labels, cfg, top_k, top_p, seed, generator, edit)
@@ -318,7 +324,9 @@ def sample(
 
     var.kv_caching(True)
     try:
-        f_hat, tokens = run_scales(var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook)
+        f_hat, tokens = run_scales(
+            var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook, scale_hook
+        )
     finally:
         var.kv_caching(False)
     images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)

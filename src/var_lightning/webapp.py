@@ -1,0 +1,443 @@
+"""``var-app``: a Gradio app for class-conditional sampling and zero-shot editing (optional extra ``[app]``).
+
+Two tabs. **Sample**: pick classes (the checkpoint's class names, or ids), images per class, cfg, top-k,
+top-p, smoothing and a seed; the coarse-to-fine progression of the first image is streamed scale by scale
+as the sampler produces it, then the labelled grid, with the PNGs and the settings JSON to download.
+**Edit**: upload any image (shorter side resized to the model's resolution, centre crop: what ``var-edit``
+does), mark the region with the brush or a box, choose in-painting, out-painting or a class edit; the
+original, the mask and the results appear side by side.
+
+No sampling logic lives here: :class:`VarApp` calls :func:`var_lightning.inference.sample_per_class` and
+:func:`var_lightning.inference.run_edit` with the commands' sampler, so the same settings and seed give the
+same images as ``var-sample`` and ``var-edit``. Every bad input raises :class:`AppError` with a message the
+page shows (``gr.Error``); the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from var_lightning.cli.runtime import autocast_context
+from var_lightning.edit_io import edit_panel, fit_image, fit_mask, mask_to_pixels, save_image
+from var_lightning.inference import EditRequest, check_classes, run_edit, sample_per_class
+from var_lightning.loading import LoadedModels
+from var_lightning.sample_io import labelled_grid, save_pngs, to_uint8_hwc
+from var_lightning.transformer.editing import MODES, box_region
+from var_lightning.transformer.fast_sampling import build_sampler
+from var_lightning.transformer.sampling import check_sampling_args
+
+log = logging.getLogger(__name__)
+
+
+class AppError(ValueError):
+    """A bad input; its message is shown in the page."""
+
+
+def _gradio() -> Any:
+    try:
+        import gradio as gr
+    except ImportError as e:
+        raise ImportError(
+            "var-app needs gradio: pip install 'var-lightning[app]' (or pip install 'gradio>=5')"
+        ) from e
+    return gr
+
+
+class VarApp:
+    """The app's state (models, sampler, output folder) and its callbacks, usable without a browser."""
+
+    def __init__(
+        self,
+        models: LoadedModels,
+        out_dir: str | Path,
+        sampler: str = "fast",
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 32,
+        max_images: int = 64,
+    ) -> None:
+        if models.var is None:
+            raise AppError("var-app needs a transformer checkpoint (a VAR, not a tokenizer alone)")
+        self.models, self.var, self.vae, self.info = models, models.var, models.vae, models.info
+        self.draw = build_sampler(self.var, self.vae, sampler)
+        self.sampler_kind, self.device, self.precision = sampler, torch.device(device), precision
+        self.batch_size, self.max_images = int(batch_size), int(max_images)
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # one generation at a time: the models are shared
+
+    # ------------------------------------------------------------------ inputs
+    def class_choices(self) -> list[str]:
+        names = self.info.class_names
+        return [
+            f"{i}: {names[i]}" if names and i < len(names) else str(i) for i in range(self.var.num_classes)
+        ]
+
+    def parse_class(self, value: Any, what: str = "class") -> int:
+        """A class from the picker (``"207: golden retriever"``), a typed id or a typed class name."""
+        if value is None or str(value).strip() == "":
+            raise AppError(f"pick a {what}")
+        text = str(value).strip()
+        head = text.split(":", 1)[0].strip()
+        if head.lstrip("-").isdigit():
+            c = int(head)
+        else:
+            names = [n.lower() for n in (self.info.class_names or [])]
+            if text.lower() not in names:
+                raise AppError(f"{what} {text!r} is neither a class id nor one of this model's class names")
+            c = names.index(text.lower())
+        if not 0 <= c < self.var.num_classes:
+            raise AppError(
+                f"{what} {c} is out of range: this model has {self.var.num_classes} classes (0..{self.var.num_classes - 1})"
+            )
+        return c
+
+    def settings(self, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any) -> dict[str, Any]:
+        """Checked sampling settings. In the app top-p is in (0, 1], where 1 filters nothing (the commands'
+        top_p=0, which it is passed as, so both draw the same tokens)."""
+        try:
+            cfg, top_k, top_p = float(cfg), int(top_k), float(top_p)
+        except (TypeError, ValueError):
+            raise AppError("cfg, top-k and top-p must be numbers") from None
+        if not 0.0 < top_p <= 1.0:
+            raise AppError(
+                f"top-p={top_p:g} is outside (0, 1]: 1 keeps every token, 0.96 is the published setting"
+            )
+        try:
+            check_sampling_args(self.var, cfg, top_k, 0.0 if top_p == 1.0 else top_p, prefix="")
+        except ValueError as e:
+            raise AppError(str(e).replace(" (key cfg)", "").replace(" (key top_k)", "")) from e
+        return {
+            "cfg": cfg,
+            "top_k": top_k,
+            "top_p": 0.0 if top_p == 1.0 else top_p,
+            "more_smooth": bool(more_smooth),
+        }
+
+    def defaults(self) -> dict[str, Any]:
+        """The checkpoint's own sampling settings, in the app's terms (top-p 1 = off)."""
+        s = self.info.sampling
+        return {
+            "cfg": s["cfg"],
+            "top_k": s["top_k"],
+            "top_p": s["top_p"] or 1.0,
+            "more_smooth": s["more_smooth"],
+        }
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self, classes: Sequence[Any], num_per_class: Any, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any,
+        seed: Any,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """Updates while sampling: ``{"progression": [(image, caption)], "done": False}`` after each scale of
+        the first image, then ``{"grid", "images", "files", "settings", "done": True}``."""
+        picked = [
+            self.parse_class(c, "class")
+            for c in (classes if isinstance(classes, (list, tuple)) else [classes])
+        ]
+        picked = check_classes(picked, self.var.num_classes) if picked else []
+        if not picked:
+            raise AppError("pick at least one class")
+        n = _int(num_per_class, "images per class", lo=1)
+        if n * len(picked) > self.max_images:
+            raise AppError(
+                f"{n} x {len(picked)} classes = {n * len(picked)} images; at most {self.max_images} per request"
+            )
+        settings = self.settings(cfg, top_k, top_p, more_smooth)
+        seed = _int(seed, "seed", lo=0)
+        updates: queue.Queue = queue.Queue()
+        pn = self.var.patch_nums
+
+        def on_scale(b: int, si: int, f_hat: torch.Tensor) -> None:
+            if b == 0:  # the first image, decoded after every scale
+                img = self.vae.fhat_to_img(f_hat[:1].float()).add(1).mul(0.5)
+                updates.put(("scale", si, _pil(img[0])))
+
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                with self._lock, torch.no_grad(), autocast_context(self.device, self.precision):
+                    result["images"], result["labels"] = sample_per_class(
+                        self.draw,
+                        picked,
+                        n,
+                        settings,
+                        seed,
+                        self.batch_size,
+                        self.device,
+                        scale_hook=on_scale,
+                    )
+            except Exception as e:  # noqa: BLE001 - reported to the page below
+                result["error"] = e
+            updates.put(("done", None, None))
+
+        threading.Thread(target=work, daemon=True).start()
+        progression: list[tuple[Image.Image, str]] = []
+        while True:
+            kind, si, img = updates.get()
+            if kind == "done":
+                break
+            progression.append((img, f"scale {si + 1}/{len(pn)}: {pn[si]}x{pn[si]} tokens"))
+            yield {"progression": list(progression), "done": False}
+        if "error" in result:
+            raise result["error"]
+        yield {"progression": progression, **self._write_samples(result["images"], result["labels"], picked, n,
+                                                                 settings, seed), "done": True}  # fmt: skip
+
+    def _write_samples(self, images: torch.Tensor, labels: torch.Tensor, classes: list[int], n: int,
+                       settings: dict[str, Any], seed: int) -> dict[str, Any]:  # fmt: skip
+        run = self.out_dir / f"sample-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        counters = dict.fromkeys(classes, 0)
+        names = []
+        for lab in labels.tolist():
+            names.append(f"{lab:04d}_{counters[lab]:04d}.png")
+            counters[lab] += 1
+        pngs = save_pngs(images, run / "samples", names)
+        grid = labelled_grid(
+            images, labels.tolist(), run / "grid.png", per_row=n, class_names=self.info.class_names
+        )
+        meta = {"model": self.info.as_dict(), "classes": classes, "num_per_class": n, **settings, "seed": seed,
+                "seed_rule": "seed * 100003 + batch index", "batch_size": self.batch_size, "sampler": self.sampler_kind,
+                "precision": self.precision, "same as": self._command(classes, n, settings, seed)}  # fmt: skip
+        (run / "settings.json").write_text(json.dumps(meta, indent=2))
+        return {"grid": str(grid), "images": [str(p) for p in pngs], "files": [str(grid), str(run / "settings.json"), *map(str, pngs)],
+                "settings": meta}  # fmt: skip
+
+    def _command(self, classes: list[int], n: int, settings: dict[str, Any], seed: int) -> str:
+        src = (
+            f"pretrained={self.info.pretrained}" if self.info.pretrained else f"ckpt_path={self.info.source}"
+        )
+        return (f"var-sample {src} classes=[{','.join(map(str, classes))}] num_per_class={n} cfg={settings['cfg']:g} "
+                f"top_k={settings['top_k']} top_p={settings['top_p']:g} more_smooth={str(settings['more_smooth']).lower()} "
+                f"seed={seed} batch_size={self.batch_size} sampler={self.sampler_kind} precision={self.precision}")  # fmt: skip
+
+    # ------------------------------------------------------------------ editing
+    def region_from_editor(self, value: Any) -> tuple[Image.Image | None, np.ndarray | None]:
+        """(the uploaded image, the brushed region as a bool array of its size) from an ImageEditor value."""
+        if value is None:
+            return None, None
+        if isinstance(value, Image.Image):
+            return value, None
+        background = value.get("background") if isinstance(value, dict) else None
+        if background is None:
+            return None, None
+        background = (
+            background if isinstance(background, Image.Image) else Image.fromarray(np.asarray(background))
+        )
+        marked = None
+        for layer in value.get("layers") or []:
+            arr = np.asarray(layer if not isinstance(layer, Image.Image) else layer.convert("RGBA"))
+            alpha = (
+                arr[..., 3] > 0
+                if arr.ndim == 3 and arr.shape[-1] == 4
+                else arr.reshape(arr.shape[0], arr.shape[1], -1).max(-1) > 0
+            )
+            marked = alpha if marked is None else marked | alpha
+        return background, marked
+
+    def edit(
+        self, editor: Any, region_source: str, box: Sequence[Any], mode: str, klass: Any, cfg: Any, top_k: Any,
+        top_p: Any, more_smooth: Any, seed: Any, num_variations: Any,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Original, mask and results (PIL images), the files and the settings of one edit."""
+        image, brushed = self.region_from_editor(editor)
+        if image is None:
+            raise AppError("upload an image first (the Edit tab's left panel)")
+        if mode not in MODES:
+            raise AppError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
+        size, grid = self.vae.cfg.image_size, self.var.patch_nums[-1]
+        image_13HW = fit_image(image, size)
+        if region_source == "brush":
+            if brushed is None or not brushed.any():
+                raise AppError("the brushed region is empty: paint over the part to edit, or use a box")
+            region = fit_mask(Image.fromarray(brushed.astype(np.uint8) * 255), size, image_wh=image.size)
+        else:
+            try:
+                coords = [float(v) for v in box]
+                region = box_region(coords, grid, size)
+            except (TypeError, ValueError) as e:
+                raise AppError(str(e).replace(" (key box)", "")) from e
+        label = self.parse_class(klass, "class to paint") if mode == "class-edit" else None
+        settings = self.settings(cfg, top_k, top_p, more_smooth)
+        seed, n = _int(seed, "seed", lo=0), _int(num_variations, "variations", lo=1)
+        if n > self.max_images:
+            raise AppError(f"at most {self.max_images} variations per request")
+        try:
+            with self._lock, torch.no_grad(), autocast_context(self.device, self.precision):
+                result = run_edit(self.var, self.vae, EditRequest(image_13HW, region, mode, label), settings, seed, n,
+                                  sampler=self.draw)  # fmt: skip
+        except ValueError as e:  # an empty region, a class the mode does not take, ...
+            raise AppError(str(e)) from e
+        run = self.out_dir / f"edit-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        original = image_13HW[0].add(1).mul(0.5)
+        generated_HW = 1 - mask_to_pixels(result.keep_mask[0].cpu(), size)
+        images = result.images.float().cpu()
+        paths = [save_image(img, run / f"result_{i}.png") for i, img in enumerate(images)]
+        panel = edit_panel(original, generated_HW, images, run / "panel.png")
+        meta = {"model": self.info.as_dict(), "mode": mode, "class": label, "region": region_source,
+                "box": [float(v) for v in box] if region_source != "brush" else None, **settings, "seed": seed,
+                "num_variations": n, "sampler": self.sampler_kind, "kept_token_fraction": result.kept_fraction()}  # fmt: skip
+        (run / "edit.json").write_text(json.dumps(meta, indent=2))
+        return {
+            "original": _pil(original),
+            "mask": _pil(generated_HW.unsqueeze(0).expand(3, -1, -1)),
+            "results": [_pil(img) for img in images],
+            "files": [str(panel), str(run / "edit.json"), *map(str, paths)],
+            "settings": meta,
+            "tokens": result.tokens,
+        }
+
+    # ------------------------------------------------------------------ the page
+    def build(self) -> Any:
+        gr = _gradio()
+        d = self.defaults()
+        choices = self.class_choices()
+
+        def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                try:
+                    return fn(*args)
+                except AppError as e:
+                    raise gr.Error(str(e)) from None
+                except Exception as e:  # noqa: BLE001 - the page gets a message, the log the traceback
+                    log.exception("var-app: unexpected error")
+                    raise gr.Error(
+                        f"unexpected error ({type(e).__name__}: {e}); see the server log"
+                    ) from None
+
+            return run
+
+        def sample_ui(classes, n, cfg, top_k, top_p, more_smooth, seed):
+            try:
+                for u in self.sample(classes, n, cfg, top_k, top_p, more_smooth, seed):
+                    if not u["done"]:
+                        yield u["progression"], None, None, "sampling ..."
+                    else:
+                        yield (u["progression"], u["grid"], u["files"],
+                               f"done: {len(u['images'])} images. The same with the command line:\n\n`{u['settings']['same as']}`")  # fmt: skip
+            except AppError as e:
+                raise gr.Error(str(e)) from None
+            except Exception as e:  # noqa: BLE001
+                log.exception("var-app: unexpected error")
+                raise gr.Error(f"unexpected error ({type(e).__name__}: {e}); see the server log") from None
+
+        def edit_ui(editor, source, x0, y0, x1, y1, mode, klass, cfg, top_k, top_p, more_smooth, seed, n):
+            out = self.edit(
+                editor, source, [x0, y0, x1, y1], mode, klass, cfg, top_k, top_p, more_smooth, seed, n
+            )
+            panel = [(out["original"], "original"), (out["mask"], "mask: white = generated")]
+            panel += [(img, f"result {i}") for i, img in enumerate(out["results"])]
+            return panel, out["files"], f"done: {len(out['results'])} {mode} result(s)"
+
+        title = self.info.pretrained or Path(str(self.info.source)).name
+        with gr.Blocks(title="var-app") as demo:
+            gr.Markdown(f"## VAR: sampling and zero-shot editing\nmodel `{title}`: {self.var.num_classes} classes, "
+                        f"{self.info.image_size} px, {len(self.var.patch_nums)} scales; {self.sampler_kind} sampler on {self.device}")  # fmt: skip
+            with gr.Tab("Sample", elem_id="tab-sample"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        classes = gr.Dropdown(choices, value=choices[: min(4, len(choices))], multiselect=True,
+                                              allow_custom_value=True, label="classes", elem_id="classes")  # fmt: skip
+                        n = gr.Number(4, precision=0, label="images per class", elem_id="num-per-class")
+                        cfg = gr.Number(d["cfg"], label="cfg (guidance, >= 0)", elem_id="cfg")
+                        top_k = gr.Number(
+                            d["top_k"],
+                            precision=0,
+                            label=f"top-k (0 = off, at most {self.var.V})",
+                            elem_id="top-k",
+                        )
+                        top_p = gr.Number(d["top_p"], label="top-p in (0, 1] (1 = off)", elem_id="top-p")
+                        smooth = gr.Checkbox(
+                            d["more_smooth"], label="more smooth (pictures, not FID)", elem_id="more-smooth"
+                        )
+                        seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+                        go = gr.Button("Sample", variant="primary", elem_id="sample-btn")
+                    with gr.Column(scale=2):
+                        progression = gr.Gallery(label="coarse to fine (the first image, one per scale)", columns=len(self.var.patch_nums),
+                                                 height=180, elem_id="progression")  # fmt: skip
+                        grid = gr.Image(label="samples, one row per class", type="filepath", elem_id="grid")
+                        status = gr.Markdown(elem_id="sample-status")
+                        files = gr.File(
+                            label="download: grid, settings.json, PNGs",
+                            file_count="multiple",
+                            elem_id="sample-files",
+                        )
+                go.click(
+                    sample_ui,
+                    [classes, n, cfg, top_k, top_p, smooth, seed],
+                    [progression, grid, files, status],
+                )
+            with gr.Tab("Edit", elem_id="tab-edit"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        editor = gr.ImageEditor(type="pil", sources=["upload"], label="image (brush: the region)",
+                                                brush=gr.Brush(colors=["#ffffff"], default_size=24), elem_id="editor")  # fmt: skip
+                        source = gr.Radio(
+                            ["box", "brush"], value="box", label="region", elem_id="region-source"
+                        )
+                        with gr.Row():
+                            x0 = gr.Number(0.25, label="box x0", elem_id="box-x0")
+                            y0 = gr.Number(0.25, label="box y0", elem_id="box-y0")
+                            x1 = gr.Number(0.75, label="box x1", elem_id="box-x1")
+                            y1 = gr.Number(0.75, label="box y1", elem_id="box-y1")
+                        mode = gr.Radio(list(MODES), value="inpaint", label="mode", elem_id="edit-mode")
+                        klass = gr.Dropdown(choices, value=None, allow_custom_value=True, label="class (class-edit)",
+                                            elem_id="edit-class")  # fmt: skip
+                        e_cfg = gr.Number(max(d["cfg"], 3.0), label="cfg (class-edit)", elem_id="edit-cfg")
+                        e_top_k = gr.Number(d["top_k"], precision=0, label="top-k", elem_id="edit-top-k")
+                        e_top_p = gr.Number(d["top_p"], label="top-p in (0, 1]", elem_id="edit-top-p")
+                        e_smooth = gr.Checkbox(True, label="more smooth", elem_id="edit-smooth")
+                        e_seed = gr.Number(0, precision=0, label="seed", elem_id="edit-seed")
+                        e_n = gr.Number(4, precision=0, label="variations", elem_id="edit-n")
+                        e_go = gr.Button("Edit", variant="primary", elem_id="edit-btn")
+                    with gr.Column(scale=2):
+                        e_out = gr.Gallery(
+                            label="original | mask | results", columns=6, height=260, elem_id="edit-results"
+                        )
+                        e_status = gr.Markdown(elem_id="edit-status")
+                        e_files = gr.File(
+                            label="download: panel, edit.json, results",
+                            file_count="multiple",
+                            elem_id="edit-files",
+                        )
+                e_go.click(guard(edit_ui), [editor, source, x0, y0, x1, y1, mode, klass, e_cfg, e_top_k, e_top_p, e_smooth,
+                                            e_seed, e_n], [e_out, e_files, e_status])  # fmt: skip
+        return demo
+
+    def launch(
+        self, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True
+    ) -> Any:
+        demo = self.build()
+        demo.queue(default_concurrency_limit=1)
+        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                    allowed_paths=[str(self.out_dir)], quiet=not block)  # fmt: skip
+        return demo
+
+
+def _int(value: Any, what: str, lo: int | None = None) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AppError(f"{what} must be a whole number") from None
+    if number != int(number):
+        raise AppError(f"{what} must be a whole number, got {number:g}")
+    if lo is not None and number < lo:
+        raise AppError(f"{what} must be >= {lo}, got {int(number)}")
+    return int(number)
+
+
+def _pil(image_3HW: torch.Tensor) -> Image.Image:
+    return Image.fromarray(to_uint8_hwc(image_3HW.unsqueeze(0).float().cpu())[0])
