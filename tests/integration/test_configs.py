@@ -139,8 +139,8 @@ def test_a_bare_var_train_trains_the_cpu_tokenizer(tmp_path):
 
 
 def test_the_inference_root_configs_run_as_shipped(tiny_var_ckpt, tmp_path):
-    """sample / edit / eval / classifier with only their required inputs (a model, an image, a feature
-    extractor that needs no download) run end to end."""
+    """sample / edit / eval / classifier / app with only their required inputs (a model, an image, a feature
+    extractor that needs no download) run end to end (the app is built, not served)."""
     from var_lightning.cli import classifier, edit, evaluate, sample
 
     meta = sample.run(
@@ -162,6 +162,10 @@ def test_the_inference_root_configs_run_as_shipped(tiny_var_ckpt, tmp_path):
     with open_dict(cfg):
         cfg.out = str(tmp_path / "c" / "classifier.pt")
     assert (classifier.run(cfg)["num_classes"]) == 10 and (tmp_path / "c" / "classifier.pt").is_file()
+    from var_lightning.cli.app import make_app
+
+    app = make_app(compose_root("app", [f"ckpt_path={tiny_var_ckpt}"]), tmp_path / "a")  # served by var-app
+    assert app.sampler_kind == "fast" and len(app.class_choices()) == 10
 
 
 # ---------------------------------------------------------------------------------------------- typos
