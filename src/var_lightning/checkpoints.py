@@ -8,7 +8,7 @@ the rare foreign file the user vouches for. ``.safetensors`` files are read with
 Two kinds of content come through here:
 
 * a **var_lightning checkpoint**: a Lightning checkpoint (or a ``var-convert`` output) with
-  ``checkpoint["var_lightning"]["stage"]`` = ``"tokenizer"`` or ``"var"``, the model configs in
+  ``checkpoint["var_lightning"]["stage"]`` = ``"tokenizer"``, ``"var"`` or ``"ar"`` (the AR baseline), the model configs in
   ``hyper_parameters`` and the weights in ``state_dict`` (``vae.*``, ``var.*``). As ``.safetensors`` the
   tensors are the state_dict and the rest is JSON in the header metadata (key ``var_lightning``).
 * a **released state_dict** in the published layout (``vae_ch160v4096z32.pth``, ``var_d16.pth`` ...), or

@@ -3,7 +3,8 @@
 Accepted, with no flag saying which is which:
 
 * a ``var-train`` checkpoint of the VAR stage (its frozen tokenizer is inside), or a ``var-convert
-  to-lightning`` output, as ``.ckpt`` or ``.safetensors``;
+  to-lightning`` output, as ``.ckpt`` or ``.safetensors``; a checkpoint of the raster-order AR baseline
+  (``stage: ar``, :mod:`var_lightning.transformer.ar`) loads the same way, its model in place of VAR;
 * a ``var-train`` checkpoint of the tokenizer stage (then ``var`` is None);
 * a released transformer ``var_d16.pth`` ... (``.pth`` or ``.safetensors``) with its tokenizer given as
   ``vae_path`` or lying beside it as ``vae_ch160v4096z32.pth``; a released tokenizer alone;
@@ -80,7 +81,7 @@ class ModelInfo:
     """What a loaded model file says about itself besides its weights."""
 
     kind: str  # "var_lightning" (var-train / var-convert) or "released" (the published layout)
-    stage: str  # "var" or "tokenizer"
+    stage: str  # "var", "ar" (the raster-order baseline) or "tokenizer"
     source: str  # what was asked for: a path or a pretrained name
     files: dict[str, str]  # the files read: {"checkpoint": ...} or {"var": ..., "vae": ...}
     patch_nums: tuple[int, ...]
@@ -176,8 +177,15 @@ def _vae_from_hparams(
     return materialize(lambda: MultiScaleVQVAE(cfg), sub_state_dict(sd, "vae."), device, "tokenizer")
 
 
-def _var_from_hparams(hp: Mapping[str, Any], sd: Mapping[str, torch.Tensor], device, key: str) -> VAR:
+def _var_from_hparams(
+    hp: Mapping[str, Any], sd: Mapping[str, torch.Tensor], device, key: str, stage: str = "var"
+) -> VAR:
+    """The transformer of a ``var`` checkpoint, or the raster-order baseline of an ``ar`` one."""
     cfg = VARConfig(**dict(hp["transformer"]))
+    if stage == "ar":
+        from var_lightning.transformer.ar import ARTransformer
+
+        return materialize(lambda: ARTransformer(cfg), sub_state_dict(sd, "var."), device, "AR transformer")
     return materialize(lambda: VAR(cfg), sub_state_dict(sd, "var."), device, "transformer")
 
 
@@ -193,7 +201,7 @@ def _info(
 ) -> ModelInfo:
     return ModelInfo(
         kind=kind,
-        stage="var" if var is not None else "tokenizer",
+        stage=getattr(var, "kind", "var") if var is not None else "tokenizer",
         source=source,
         files=files,
         patch_nums=tuple(vae.patch_nums),
@@ -317,9 +325,9 @@ def load_models(
         log.warning("vae_path=%s ignored: %s carries its own tokenizer", vae_path, path)
     meta = dict(ckpt.get("var_lightning") or {})
     hp = dict(ckpt.get("hyper_parameters") or {})
-    if stage == "var":
+    if stage in ("var", "ar"):
         vae = _vae_from_hparams(hp, ckpt["state_dict"], map_location, key)
-        var = _var_from_hparams(hp, ckpt["state_dict"], map_location, key)
+        var = _var_from_hparams(hp, ckpt["state_dict"], map_location, key, stage)
         info = _info(
             var, vae, "var_lightning", str(path), {"checkpoint": str(path)}, hp.get("sampling"),
             meta.get("class_names"), hyper_parameters=hp,
@@ -378,7 +386,7 @@ def load_tokenizer(
         p = resolve_tokenizer()  # the released tokenizer, shared by all released models
     ckpt = read_checkpoint(p, key=key, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
-    if stage in ("tokenizer", "var"):
+    if stage in ("tokenizer", "var", "ar"):
         vae = _vae_from_hparams(dict(ckpt["hyper_parameters"]), ckpt["state_dict"], map_location, key)
         if patch_nums is not None and tuple(patch_nums) != tuple(vae.patch_nums):
             raise ValueError(

@@ -70,7 +70,8 @@ class VAROptim:
     base_lr: learning rate per 256 images; lr = base_lr x global batch / 256 (``tblr``). betas: AdamW.
     weight_decay / weight_decay_end: start and end of a cosine-annealed weight decay (end None = constant;
     ``twd``/``twde``). warmup_fraction (of all steps; ep/50 published) or warmup_steps; warmup_start: the lr
-    ratio at step 0 (``wp0``). schedule: lin0 (flat 5% after warm-up, then linear), lin, cos or const;
+    ratio at step 0 (``wp0``). schedule: lin0 (flat 5% after warm-up, then linear), lin, cos, const or lin<T>
+    (the published schedule with progressive training until T, e.g. lin0.8);
     final_ratio: the lr ratio at the end (``wpe``). fused: fused AdamW (None = on CUDA).
     """
 
@@ -98,8 +99,9 @@ class VAROptim:
             not isinstance(self.warmup_steps, int) or self.warmup_steps < 0
         ):
             raise _bad(prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer or null")
-        if self.schedule not in LR_SCHEDULES:
-            raise _bad(prefix, "schedule", self.schedule, f"choose one of {', '.join(LR_SCHEDULES)}")
+        from var_lightning.training.schedules import check_schedule
+
+        check_schedule(str(self.schedule), f"{prefix}schedule")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise _bad(prefix, "betas", list(self.betas), "must be two numbers in [0, 1)")
 

@@ -94,7 +94,8 @@ def fetch(src: str) -> np.ndarray:
 
 
 def screenshot(driver, tmp_path: Path, name: str) -> None:
-    for close in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-close]"):  # messages already checked
+    # close the messages (already checked)
+    for close in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-close]"):
         driver.execute_script("arguments[0].click()", close)
     driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.5)

@@ -292,3 +292,73 @@ def test_an_image_folder_sets_the_class_count_names_and_size_and_reports_bad_fil
         ValueError, match=r"the data has 3 classes .* but model.transformer.num_classes=10 has 10"
     ):
         train(bad)
+
+
+def test_progressive_run_grows_the_prefix_skips_last_scale_metrics_and_its_prefix_loss_falls(
+    tmp_path, tokenizer_ckpt
+):
+    cfg = var_cfg(
+        tmp_path,
+        tokenizer_ckpt,
+        "debug=overfit",
+        "trainer.max_epochs=30",  # 2 batches per epoch: 60 steps
+        "model.optim.base_lr=0.05",
+        "model.optim.warmup_steps=4",
+        "model.train.cond_drop_rate=0.0",
+        "model.train.progressive.until=0.6",  # scales 1 -> 2 (of 0, 1, 2) over steps 4..36
+        "model.train.progressive.start_scale=1",
+        "model.train.progressive.warmup_epochs=2",
+        "logger=csv",
+    )
+    with open_dict(cfg):
+        cfg.trainer.log_every_n_steps = 1
+    train(cfg)
+    import csv
+
+    (metrics_csv,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    rows = list(csv.DictReader(metrics_csv.read_text().splitlines()))
+    steps = [r for r in rows if r.get("train/prog_stage")]
+    stages = [int(float(r["train/prog_stage"])) for r in steps]
+    assert stages[0] == 1 and stages[-1] == 2 and stages == sorted(stages)
+    assert {float(r["train/prog_resolution"]) for r in steps} == {8.0, 16.0}  # 2 and 4 tokens x 4 px
+    # the last scale's metrics only once it is trained; never a placeholder value
+    assert all(not r.get("train/loss_last") for r in steps if r["train/prog_stage"] == "1.0")
+    assert any(r.get("train/loss_last") for r in steps if r["train/prog_stage"] == "2.0")
+    ramps = [float(r["train/prog_ramp"]) for r in steps if r["train/prog_stage"] == "1.0"]
+    assert set(ramps) == {1.0}  # no ramp in the first stage
+    # the trained prefix's loss falls: scale 0 and scale 1 are trained from the first step
+    for key in ("train/scale/loss_s0", "train/scale/loss_s1"):
+        per_epoch = [float(r[key]) for r in rows if r.get(key)]
+        assert len(per_epoch) == 30 and per_epoch[-1] < 0.7 * per_epoch[0], (key, per_epoch)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["var_lightning"]["progressive"]["last_stage"] == 2
+
+
+def test_ar_baseline_trains_and_var_sample_and_var_eval_take_its_checkpoint(tmp_path, tokenizer_ckpt):
+    from hydra import compose, initialize_config_dir
+
+    from tests.integration.test_configs import CONF
+    from var_lightning.cli.evaluate import run as run_eval
+    from var_lightning.cli.sample import run as run_sample
+
+    cfg = var_cfg(tmp_path / "train", tokenizer_ckpt, "model=ar_tiny", "trainer.max_epochs=1", "logger=none")
+    with open_dict(cfg):
+        cfg.model.transformer.update(depth=2, width=32, num_heads=2)
+    metrics = train(cfg)
+    assert metrics["val/loss"] == metrics["val/loss_last"] and "val/scale/loss_s0" not in metrics
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    var, vae, info = load_models(ckpt)
+    assert info.stage == "ar" and type(var).__name__ == "ARTransformer"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        scfg = compose(
+            config_name="sample", overrides=[f"ckpt_path={ckpt}", "num_per_class=1", "classes=[0,3]"]
+        )
+        ecfg = compose(
+            config_name="eval",
+            overrides=[f"ckpt_path={ckpt}", "mode=loss", "data=synthetic", "data.image_size=16",
+                       "data.test_size=16", "batch_size=8"],
+        )  # fmt: skip
+    meta = run_sample(scfg, tmp_path / "samples")
+    assert meta["num_images"] == 2 and (tmp_path / "samples" / "samples" / "0003_0000.png").is_file()
+    report = run_eval(ecfg, tmp_path / "eval")
+    assert report["model"]["stage"] == "ar" and report["metrics"]["test/loss"] > 0

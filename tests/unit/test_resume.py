@@ -159,6 +159,21 @@ STAGES = {
         "++model.transformer.drop_path_rate=0.1",  # drop-path and label dropout both draw from the global RNG
         "model.transformer.num_classes=10",
     ],
+    # progressive training over the 3 scales of cpu_micro: 8 steps, 1 warm-up step, until 1.0 -> stage
+    # 1 + round(2 (t - 1) / 7): scale 1 on steps 3..6 with its loss-weight ramp (1.5 epochs = 6 steps) running
+    # across the kill at step 6, so a resume that lost the counters would train step 6 with another weight
+    "var_progressive": [
+        "experiment=var_tiny",
+        "++model.transformer.depth=2",
+        "++model.transformer.width=32",
+        "++model.transformer.num_heads=2",
+        "model.transformer.num_classes=10",
+        "model.optim.warmup_steps=1",
+        "model.optim.schedule=lin0.8",
+        "model.train.progressive.until=1.0",
+        "model.train.progressive.start_scale=0",
+        "model.train.progressive.warmup_epochs=1.5",
+    ],
     "tokenizer": [  # manual optimisation; the GAN starts (step 3) before the kill (step 6)
         "experiment=tokenizer_tiny",
         "model.tokenizer.ch=16",
@@ -174,6 +189,7 @@ STAGES = {
 METRICS = {
     "var": ("val/loss", "val/token_err_avg", "train/loss"),
     "tokenizer": ("val/rec_l1", "val/perplexity_last"),
+    "var_progressive": ("val/loss", "train/loss", "train/prog_stage", "train/prog_ramp"),
 }
 
 
@@ -182,7 +198,7 @@ def _run_cfg(stage: str, run_dir: Path, tokenizer: Path, *extra: str):
         [
             *STAGES[stage],
             "schedule=cpu_micro",
-            *([f"model.tokenizer_ckpt={tokenizer}"] if stage == "var" else []),
+            *([f"model.tokenizer_ckpt={tokenizer}"] if stage.startswith("var") else []),
             "data.image_size=8",
             "data.train_size=32",
             "data.val_size=8",
@@ -209,7 +225,7 @@ def _final(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     return ckpt["state_dict"], metrics
 
 
-@pytest.mark.parametrize("stage", ["var", "tokenizer"])
+@pytest.mark.parametrize("stage", ["var", "tokenizer", "var_progressive"])
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(stage, tmp_path, tokenizer_file):
     from var_lightning.cli import train as train_mod
 

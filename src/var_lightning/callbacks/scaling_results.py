@@ -16,7 +16,7 @@ import pytorch_lightning as L
 from pytorch_lightning.utilities import rank_zero_only
 
 from var_lightning.scaling.collect import history_entry, write_results
-from var_lightning.scaling.flops import num_params, var_flops
+from var_lightning.scaling.flops import model_flops, model_num_params
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ class ScalingResults(L.Callback):
         var = getattr(pl_module, "var", None)
         if var is None:
             raise TypeError("ScalingResults records VAR-stage runs; remove it from tokenizer runs")
+        kind = getattr(var, "kind", "var")
         self._info = {
-            "params": num_params(var.cfg),
-            "flops_per_image": float(var_flops(var.cfg)["train"]),
+            "params": model_num_params(var.cfg, kind),
+            "flops_per_image": float(model_flops(var.cfg, kind)["train"]),
             "depth": var.cfg.depth,
             "seed": self.seed,
         }

@@ -1,7 +1,7 @@
 """`var-app`: serve the sampling and editing web app (:mod:`var_lightning.webapp`) for one VAR model.
 
-    var-app pretrained=var_d16
-    var-app ckpt_path=outputs/demo/var/checkpoints/last.ckpt port=7861
+var-app pretrained=var_d16
+var-app ckpt_path=outputs/demo/var/checkpoints/last.ckpt port=7861
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from var_lightning.cli.common import load_for_inference
+from var_lightning.cli.common import load_for_inference, require_var_stage
 from var_lightning.cli.runtime import resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
 
@@ -26,6 +26,7 @@ def make_app(cfg: DictConfig, out_dir: Path):
 
     device = resolve_device(cfg.device)
     models = load_for_inference(cfg, device)
+    require_var_stage(models, "the app (coarse-to-fine view and editing)")
     return VarApp(models, out_dir, sampler=cfg.sampler, device=device, precision=cfg.precision,
                   batch_size=cfg.batch_size, max_images=cfg.max_images)  # fmt: skip
 

@@ -72,7 +72,7 @@ def check_class_count(model_classes: int, datamodule: Any, what: str) -> None:
 def transformer_with_data_classes(cfg_model: DictConfig, datamodule: Any) -> dict[str, Any] | None:
     """The VAR config's ``transformer`` block with ``num_classes: null`` replaced by the data's count
     (None when the model is not a VAR)."""
-    if not str(cfg_model.get("_target_", "")).endswith("VARModule"):
+    if not str(cfg_model.get("_target_", "")).endswith(("VARModule", "ARModule")):
         return None
     transformer = dict(OmegaConf.to_container(cfg_model.get("transformer") or {}, resolve=True))
     n = int(datamodule.num_classes)
@@ -108,6 +108,16 @@ def load_for_inference(cfg: DictConfig, device: torch.device, require_var: bool 
         trust_pickle=bool(cfg.get("trust_pickle", False)),
         require_var=require_var,
     )
+
+
+def require_var_stage(models: LoadedModels, what: str, key: str = "ckpt_path") -> None:
+    """Refuse an AR-baseline checkpoint where a VAR feature (editing, the app's scale view) is needed."""
+    if models.info.stage == "ar":
+        raise ValueError(
+            f"{key}={models.info.source} is an AR-baseline checkpoint (raster order); {what} needs a VAR model: "
+            f"give a VAR checkpoint (var-train experiment=var_*) or pretrained=var_d16 (var-sample and var-eval "
+            f"take AR checkpoints)"
+        )
 
 
 def sampling_settings(overrides: Mapping[str, Any], models: LoadedModels, prefix: str = "") -> dict[str, Any]:

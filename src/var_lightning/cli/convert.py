@@ -133,6 +133,10 @@ def to_official(ckpt_path: str, out_dir: str, fmt: str = "pth", trust_pickle: bo
     """A var_lightning checkpoint -> released-layout state_dicts (``vae.pth`` and ``var_d<depth>.pth``)."""
     ckpt = read_checkpoint(ckpt_path, key="ckpt", trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
+    if stage == "ar":
+        raise ValueError(
+            f"{ckpt_path} is an AR-baseline checkpoint; the released layout has no AR model to export to"
+        )
     if stage not in ("tokenizer", "var"):
         raise ValueError(
             f"{ckpt_path} is a {stage!r} file, not a var_lightning checkpoint; nothing to convert"

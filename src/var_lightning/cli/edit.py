@@ -26,7 +26,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.common import inference_sampler, load_for_inference, sampling_settings
+from var_lightning.cli.common import (
+    inference_sampler,
+    load_for_inference,
+    require_var_stage,
+    sampling_settings,
+)
 from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.edit_io import (
@@ -83,6 +88,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         open_image(cfg.mask, key="mask")
     device = resolve_device(cfg.device)
     models = load_for_inference(cfg, device)
+    require_var_stage(models, "zero-shot editing")
     var, vae, class_names = models.var, models.vae, models.info.class_names
     settings = sampling_settings(cfg, models)
     size, grid = vae.cfg.image_size, var.patch_nums[-1]

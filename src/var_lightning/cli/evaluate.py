@@ -61,6 +61,7 @@ from var_lightning.evaluation.splits import datamodule_source_id, dataset_split
 from var_lightning.evaluation.token_metrics import accumulate_token_metrics
 from var_lightning.loading import LoadedModels
 from var_lightning.sample_io import save_pngs
+from var_lightning.training.ar_module import raster_losses
 from var_lightning.training.var_module import next_scale_losses
 
 log = logging.getLogger("var_lightning.eval")
@@ -385,8 +386,9 @@ def run_loss(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
     fit_data_to_model(models, dm)
     dataset = dataset_split(dm, cfg.loss.split, "loss.split")
     smoothing = float(models.info.hyper_parameters.get("train", {}).get("label_smoothing", 0.0))
+    losses = raster_losses if models.info.stage == "ar" else next_scale_losses
     metrics = accumulate_token_metrics(
-        functools.partial(next_scale_losses, models.var, models.vae, label_smoothing=smoothing),
+        functools.partial(losses, models.var, models.vae, label_smoothing=smoothing),
         _loader(cfg, ctx, dataset),
         ctx.device,
         cfg.loss.limit_batches,

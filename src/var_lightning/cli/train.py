@@ -48,7 +48,8 @@ log = logging.getLogger("var_lightning.train")
 
 
 def stage_of(model: L.LightningModule) -> str:
-    return "var" if hasattr(model, "var") else "tokenizer"
+    """``tokenizer``, ``var`` or ``ar`` (the raster-order baseline): the checkpoint stage the model writes."""
+    return str(getattr(model, "STAGE", None) or ("var" if hasattr(model, "var") else "tokenizer"))
 
 
 def check_pretokenized(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
@@ -57,8 +58,8 @@ def check_pretokenized(model: L.LightningModule, datamodule: L.LightningDataModu
         return
     if stage_of(model) != "var":
         raise ValueError(
-            "pre-tokenized shards (data.pretokenized=true) can only train the VAR stage; the tokenizer "
-            "stage needs images (data=webdataset)"
+            f"pre-tokenized shards (data.pretokenized=true) hold VAR's token pyramid and can only train the VAR "
+            f"stage; the {stage_of(model)} stage needs images (data=webdataset)"
         )
     meta = datamodule.tokenizer_meta
     if meta is None:
@@ -108,7 +109,7 @@ def strategy_for(cfg_trainer: DictConfig, model: L.LightningModule) -> tuple[Any
         return f"{strategy}_find_unused_parameters_true", []
     if isinstance(strategy, DictConfig) and "FSDPStrategy" in str(strategy.get("_target_", "")):
         built = instantiate(strategy, _convert_="all")
-        if stage_of(model) == "var":
+        if stage_of(model) in ("var", "ar"):
             built.kwargs.setdefault("ignored_modules", []).append(model.vae)
             return built, [_PlaceIgnoredModules([model.vae])]
         return built, []

@@ -54,13 +54,15 @@ def _settings_schema() -> dict[str, dict[str, Any]]:
     from var_lightning.tokenizer.losses import VQGANLoss
     from var_lightning.transformer.config import VARConfig
 
+    transformer_stage = {
+        "transformer": (VARConfig, {"preset"}),
+        "optim": VAROptim,
+        "train": VARTrain,
+        "sampling": SamplingDefaults,
+    }
     return {
-        "var_lightning.training.var_module.VARModule": {
-            "transformer": (VARConfig, {"preset"}),
-            "optim": VAROptim,
-            "train": VARTrain,
-            "sampling": SamplingDefaults,
-        },
+        "var_lightning.training.var_module.VARModule": transformer_stage,
+        "var_lightning.training.ar_module.ARModule": transformer_stage,
         "var_lightning.training.tokenizer_module.TokenizerModule": {
             "tokenizer": (VQVAEConfig, set()),
             "loss": VQGANLoss,

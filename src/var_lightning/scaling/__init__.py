@@ -14,11 +14,20 @@ from var_lightning.scaling.collect import (
     write_results,
 )
 from var_lightning.scaling.fit import PowerLawFit, fit_power_law
-from var_lightning.scaling.flops import num_params, paper_num_params, training_compute, var_flops
+from var_lightning.scaling.flops import (
+    ar_flops,
+    ar_num_params,
+    num_params,
+    paper_num_params,
+    training_compute,
+    var_flops,
+)
 from var_lightning.scaling.pareto import FrontierFit, fit_frontier, frontier_of_runs, pareto_frontier
 from var_lightning.scaling.report import ScalingAnalysis, ScalingFit, analyze
 
 __all__ = [
+    "ar_flops",
+    "ar_num_params",
     "Collection",
     "FailedJob",
     "FrontierFit",

@@ -1,4 +1,5 @@
-"""Analytic parameter and FLOP counts of the VAR transformer, for the compute axis of scaling laws.
+"""Analytic parameter and FLOP counts of the VAR transformer (and of the raster-order AR baseline,
+:func:`ar_flops` / :func:`ar_num_params`), for the compute axis of scaling laws and the AR-vs-VAR table.
 
 Only matrix multiplications are counted (2 FLOPs per multiply-add), as in Kaplan et al. (2020) and in
 ``torch.utils.flop_counter``; norms, softmax, GELU, biases, embeddings lookups and the loss are
@@ -92,20 +93,78 @@ def training_compute(train_flops_per_image: float, images_seen: int | float) -> 
     return float(train_flops_per_image) * float(images_seen)
 
 
-def num_params(cfg: VARConfig) -> int:
-    """Exact parameter count of ``VAR(cfg)`` (embeddings, AdaLN and head included)."""
+def _trunk_params(cfg: VARConfig) -> int:
+    """Blocks, the shared AdaLN (``-s`` models), the head and the class embedding: what VAR and the AR
+    baseline share."""
     C = D = int(cfg.width)
     F = round(C * cfg.mlp_ratio)
-    H, K, L, l1 = int(cfg.num_heads), len(cfg.patch_nums), cfg.seq_len, cfg.first_l
-    embeddings = (l1 + L) * C + (cfg.num_classes + 1) * C + K * C  # pos_start, pos_1LC, class_emb, lvl_embed
-    word_embed = cfg.cvae * C + C
+    H = int(cfg.num_heads)
     # qkv weight, q/v biases, proj, per-head temperature
     attn = 3 * C * C + 2 * C + (C * C + C) + (H if cfg.attn_l2_norm else 0)
     mlp = (C * F + F) + (F * C + C)
     ada = 6 * C if cfg.shared_aln else D * 6 * C + 6 * C  # ada_gss or the block's own AdaLN linear
     shared = D * 6 * C + 6 * C if cfg.shared_aln else 0
     head = (D * 2 * C + 2 * C) + (C * cfg.vocab_size + cfg.vocab_size)
-    return embeddings + word_embed + shared + cfg.depth * (attn + mlp + ada) + head
+    return (cfg.num_classes + 1) * C + shared + cfg.depth * (attn + mlp + ada) + head
+
+
+def num_params(cfg: VARConfig) -> int:
+    """Exact parameter count of ``VAR(cfg)`` (embeddings, AdaLN and head included)."""
+    C, K, L, l1 = int(cfg.width), len(cfg.patch_nums), cfg.seq_len, cfg.first_l
+    embeddings = (l1 + L) * C + K * C  # pos_start, pos_1LC, lvl_embed
+    word_embed = cfg.cvae * C + C
+    return embeddings + word_embed + _trunk_params(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- AR baseline
+def ar_seq_len(cfg: VARConfig) -> int:
+    """N: the AR baseline's tokens (and sampling steps), the last scale's grid."""
+    return int(cfg.patch_nums[-1]) ** 2
+
+
+def ar_flops(cfg: VARConfig, attention: str = "causal") -> dict[str, int]:
+    """FLOPs of one image through ``ARTransformer(cfg)`` (:mod:`var_lightning.transformer.ar`), counted as
+    :func:`var_flops` counts VAR's, over N = h * w tokens. The token embedding is a table lookup (no
+    matmul, 0 FLOPs); with the causal mask token i attends to i + 1 tokens, ``P = N (N + 1) / 2`` pairs
+    (``attention="dense"``: N^2, what a dense-mask kernel computes). Same keys as :func:`var_flops`, with
+    ``tok_embed`` in place of ``word_embed``."""
+    if attention not in ("causal", "dense"):
+        raise ValueError(f"attention={attention!r}: choose 'causal' or 'dense'")
+    N, d = ar_seq_len(cfg), cfg.depth
+    C = D = int(cfg.width)
+    F = round(C * cfg.mlp_ratio)
+    pairs = N * N if attention == "dense" else N * (N + 1) // 2
+    out = {
+        "tok_embed": 0,
+        "qkv": d * 2 * N * C * 3 * C,
+        "attn_scores": d * 2 * pairs * C,
+        "attn_values": d * 2 * pairs * C,
+        "proj": d * 2 * N * C * C,
+        "mlp": d * 2 * 2 * N * C * F,
+        "adaln": (1 if cfg.shared_aln else d) * 2 * D * 6 * C,
+        "head_adaln": 2 * D * 2 * C,
+        "head": 2 * N * C * cfg.vocab_size,
+    }
+    forward = sum(out.values())
+    out.update(forward=forward, train=TRAIN_FORWARD_RATIO * forward, attn_pairs=N * (N + 1) // 2,
+               attn_pairs_dense=N * N, seq_len=N)  # fmt: skip
+    return out
+
+
+def ar_num_params(cfg: VARConfig) -> int:
+    """Exact parameter count of ``ARTransformer(cfg)``: positions (N x C), the token table (V x C) and VAR's
+    trunk (blocks, class embedding, AdaLN, head)."""
+    C = int(cfg.width)
+    return ar_seq_len(cfg) * C + cfg.vocab_size * C + _trunk_params(cfg)
+
+
+def model_flops(cfg: VARConfig, kind: str = "var") -> dict[str, int]:
+    """:func:`var_flops` or :func:`ar_flops` by model kind (``"var"`` / ``"ar"``)."""
+    return ar_flops(cfg) if kind == "ar" else var_flops(cfg)
+
+
+def model_num_params(cfg: VARConfig, kind: str = "var") -> int:
+    return ar_num_params(cfg) if kind == "ar" else num_params(cfg)
 
 
 def paper_num_params(depth: int) -> int:

@@ -212,6 +212,26 @@ class MultiScaleQuantizer(nn.Module):
                 out.append(f_hat.clone() if to_fhat else idx_N.view(B, pn * pn))
         return out
 
+    # ------------------------------------------------------------------ one scale (the AR baseline's tokens)
+    @torch.no_grad()
+    def f_to_single_scale_idx(self, f_BChw: torch.Tensor) -> torch.Tensor:
+        """Tokens of the schedule reduced to its last scale: the nearest code of every position of ``f``
+        (no residual pyramid), (B, h * w) in raster order. Decode with :meth:`single_scale_fhat`."""
+        self._check_latent(f_BChw)
+        B, C, H, W = f_BChw.shape
+        with torch.autocast(device_type=f_BChw.device.type, enabled=False):
+            z_NC = f_BChw.detach().float().permute(0, 2, 3, 1).reshape(-1, C)
+            return self.nearest_code(z_NC).view(B, H * W)
+
+    def single_scale_fhat(self, idx_BN: torch.Tensor) -> torch.Tensor:
+        """``f_hat`` (B, C, h, w) of one-scale tokens: their codebook vectors refined by the last scale's phi."""
+        H = W = self.patch_nums[-1]
+        if idx_BN.ndim != 2 or idx_BN.shape[1] != H * W:
+            raise ValueError(
+                f"one-scale tokens must be (B, {H * W}) for the {H}x{W} grid, got {tuple(idx_BN.shape)}"
+            )
+        return self.quant_resi(self._embed_up(idx_BN.view(-1, H, W), H, W), self.num_scales - 1)
+
     # ------------------------------------------------------------------ Alg. 2
     def idx_to_fhat(
         self, idx_list: Sequence[torch.Tensor], cumulative: bool = False

@@ -224,6 +224,39 @@ def init_var_module(module: nn.Module, path: str | Path, trust_pickle: bool = Fa
     return report
 
 
+def init_ar_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
+    """Load an AR-baseline checkpoint's weights into an ARModule (same shape; no adaptation: the AR model is
+    a baseline, not a fine-tuning target)."""
+    if not Path(str(path)).expanduser().is_file():
+        raise FileNotFoundError(
+            f"{_KEY}={path}: no such file (an AR-baseline .ckpt from var-train experiment=ar_*)"
+        )
+    ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
+    stage = checkpoint_stage(ckpt)
+    if stage != "ar":
+        raise ValueError(
+            f"{_KEY}={path} is a {stage!r} checkpoint, but this run trains the AR baseline: start it from an AR "
+            f"checkpoint (var-train experiment=ar_*)"
+        )
+    sd = sub_state_dict(ckpt["state_dict"], "var.")
+    mine = module.var.state_dict()
+    bad = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in mine.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    missing = [k for k in mine if k not in sd]
+    if bad or missing:
+        raise ValueError(
+            f"{_KEY}={path} does not fit this AR model ({'; '.join((bad + missing)[:4])}); use the same "
+            f"model.transformer shape, schedule and class count"
+        )
+    module.var.load_state_dict({k: sd[k] for k in mine}, strict=True)
+    report = InitReport(str(path), "var_lightning AR checkpoint", kept=list(mine))
+    log.info("%s", report.summary())
+    return report
+
+
 # ---------------------------------------------------------------------------------------------- tokenizer
 def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
     """Load autoencoder (and, from a var-train checkpoint, discriminator) weights into a TokenizerModule."""
@@ -261,6 +294,8 @@ def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: boo
 def init_from_checkpoint(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
     """Dispatch on the module's stage: VARModule (has ``var``) or TokenizerModule. ``path``: a checkpoint
     file, or for the VAR stage a released model's name (``init_from=var_d16``)."""
+    if getattr(module, "STAGE", None) == "ar":
+        return init_ar_module(module, path, trust_pickle)
     is_var = hasattr(module, "var")
     if not Path(str(path)).expanduser().is_file() and not (is_var and str(path) in PRETRAINED):
         raise FileNotFoundError(

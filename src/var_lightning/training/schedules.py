@@ -2,7 +2,8 @@
 
 ``lr_factor`` multiplies the peak learning rate: a linear warm-up from ``warmup_start`` to 1, then
 ``lin0`` (the paper's default: flat for the first 5% after warm-up, then linear down to
-``final_ratio``), ``lin`` (flat for 15%), ``cos`` (cosine to ``final_ratio``) or ``const``.
+``final_ratio``), ``lin`` (flat for 15%), ``cos`` (cosine to ``final_ratio``), ``const``, or ``lin<T>``
+(the published trainer's schedule with progressive training until T; see :func:`check_schedule`).
 ``weight_decay_at`` anneals the weight decay from ``wd`` to ``wd_end`` with a cosine over the run.
 """
 
@@ -22,10 +23,7 @@ def lr_factor(
     warmup_start: float = 0.005,
     final_ratio: float = 0.01,
 ) -> float:
-    if kind not in SCHEDULES:
-        raise ValueError(
-            f"unknown lr schedule {kind!r}; choose one of {SCHEDULES} (key model.optim.schedule)"
-        )
+    check_schedule(kind)
     if step < warmup_steps:
         return warmup_start + (1 - warmup_start) * step / warmup_steps
     if kind == "const":
@@ -34,10 +32,33 @@ def lr_factor(
     progress = min(max(progress, 0.0), 1.0)
     if kind == "cos":
         return final_ratio + (1 - final_ratio) * (0.5 + 0.5 * math.cos(math.pi * progress))
+    if kind not in SCHEDULES:  # lin<T>: what the published trainer uses with progressive training (T = until)
+        T = float(kind[3:])
+        mid = (1 + final_ratio + (1 - final_ratio) * (1 - T)) / 2
+        if progress < T:
+            return 1 + (mid - 1) * progress / T
+        return final_ratio + (mid - final_ratio) * (1 - progress) / (1 - T)
     flat = 0.05 if kind == "lin0" else 0.15
     if progress < flat:
         return 1.0
     return final_ratio + (1 - final_ratio) * (1 - progress) / (1 - flat)
+
+
+def check_schedule(kind: str, key: str = "model.optim.schedule") -> None:
+    """Accept the named schedules and ``lin<T>`` with 0 < T < 1 (e.g. ``lin0.8``: linear from 1 to half-way
+    down over the first T after warm-up, then linear to ``final_ratio``; the published trainer's schedule
+    with progressive training until T)."""
+    if kind in SCHEDULES:
+        return
+    try:
+        T = float(kind[3:]) if kind.startswith("lin") else None
+    except ValueError:
+        T = None
+    if T is None or not 0 < T < 1:
+        raise ValueError(
+            f"{key}={kind!r}: unknown lr schedule; choose one of {', '.join(SCHEDULES)} or lin<T> with 0 < T < 1 "
+            f"(e.g. lin0.8) (key {key})"
+        )
 
 
 def weight_decay_at(step: int, max_steps: int, wd: float, wd_end: float | None) -> float:

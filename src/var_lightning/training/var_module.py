@@ -19,6 +19,7 @@ from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.chunked_ce import chunked_head_cross_entropy
 from var_lightning.training.optim import adamw, param_groups
+from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
 from var_lightning.transformer.config import PRESETS, VARConfig
 from var_lightning.transformer.sampling import check_compatible, sample
@@ -103,11 +104,24 @@ class VARModule(L.LightningModule):
                 "sampling": self.sampling_cfg,
             }
         )
-        self.var = VAR(var_cfg)
+        self.var = self.make_network(var_cfg)
         self.vae = vae.eval().requires_grad_(False)
         check_compatible(self.var, self.vae)
         self.peak_lr: float | None = None
         self.schedule_plan = SchedulePlan()  # lr / wd schedules that survive a resume with another run length
+        prog = self.train_cfg.progressive
+        self.progressive = ProgressiveSchedule(
+            prog.until, prog.start_scale, self.var.begin_ends, ramp_steps=1
+        )
+        self._stage: Stage | None = None  # the current optimizer step's progressive stage
+        self._stage_step: int | None = None
+
+    STAGE = (
+        "var"  # checkpoint stage (var_lightning.checkpoints); the transformer is ``self.var`` in every stage
+    )
+
+    def make_network(self, cfg: VARConfig) -> VAR:
+        return VAR(cfg)
 
     @staticmethod
     def _sampling_defaults(sampling: dict | None, vocab_size: int) -> dict[str, Any]:
@@ -172,11 +186,45 @@ class VARModule(L.LightningModule):
             o.schedule,
             o.final_ratio,
         )
+        if self.progressive.enabled:
+            self._plan_progressive(max_steps)
         groups = param_groups(self.var.named_parameters(), o.weight_decay)
         opt = adamw(groups, lr=self.peak_lr, betas=o.betas, fused=o.fused)
         fn = lambda step: lr_factor(plan.step(step), warmup, total, o.schedule, o.warmup_start, o.final_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _plan_progressive(self, max_steps: int) -> None:
+        p, t = self.train_cfg.progressive, self.trainer
+        epochs = t.max_epochs if t.max_epochs and t.max_epochs > 0 else None
+        steps_per_epoch = (
+            max_steps / epochs if epochs else max(t.num_training_batches // t.accumulate_grad_batches, 1)
+        )
+        warmup_epochs = (
+            p.warmup_epochs if p.warmup_epochs is not None else (max_steps / steps_per_epoch) / 300
+        )
+        self.progressive.ramp_steps = max(warmup_epochs * steps_per_epoch, 1e-12)
+        plan = self.schedule_plan
+        K = len(self.var.patch_nums)
+        log.info(
+            "progressive training: scales %d..%d grow over the first %.0f%% of %d steps (after %d warm-up steps); "
+            "each new scale's loss weight ramps 0.01 -> 1 over %.1f steps",
+            p.start_scale, K - 1, 100 * p.until, plan.total, plan.warmup, self.progressive.ramp_steps,
+        )  # fmt: skip
+        if self.optim_cfg.schedule != f"lin{p.until:g}" and p.until < 1:
+            log.info("the published trainer pairs progressive training with the lr schedule lin%g "
+                     "(model.optim.schedule=lin%g); this run uses %s", p.until, p.until, self.optim_cfg.schedule)  # fmt: skip
+
+    def progressive_stage(self) -> Stage | None:
+        """This optimizer step's stage (advanced once per optimizer step, also with gradient accumulation),
+        or None without progressive training."""
+        if not self.progressive.enabled:
+            return None
+        if self._stage_step != self.global_step:
+            plan = self.schedule_plan
+            self._stage = self.progressive.advance(plan.step(self.global_step), plan.warmup, plan.total)
+            self._stage_step = self.global_step
+        return self._stage
 
     def on_fit_start(self) -> None:
         if self.logger is not None and self.peak_lr is not None:
@@ -204,10 +252,11 @@ class VARModule(L.LightningModule):
             )
 
     def compute_losses(
-        self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False
+        self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False, stage: Stage | None = None
     ) -> dict[str, torch.Tensor]:
         """Loss, last-scale loss, token error rates and per-scale loss/accuracy of one batch (images or
-        pre-tokenized token pyramids with labels); label dropout only with ``drop_labels``."""
+        pre-tokenized token pyramids with labels); label dropout only with ``drop_labels``; ``stage``: the
+        progressive-training prefix (training only)."""
         t = self.train_cfg
         return next_scale_losses(
             self.var,
@@ -218,11 +267,20 @@ class VARModule(L.LightningModule):
             fused_ce=t.fused_ce,
             ce_chunk_tokens=t.ce_chunk_tokens,
             compile=t.compile,
+            stage=stage,
         )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.compute_losses(batch, drop_labels=True)
+        stage = self.progressive_stage()
+        out = self.compute_losses(batch, drop_labels=True, stage=stage)
         B = batch[0].shape[0]
+        if stage is not None:  # the published trainer's "AR_iter_schedule" curves
+            pn = self.var.patch_nums[stage.scale]
+            self.log_dict(
+                {"train/prog_stage": float(stage.scale), "train/prog_resolution": float(pn * self.vae.cfg.downsample),
+                 "train/prog_ramp": stage.ramp},
+                batch_size=B,
+            )  # fmt: skip
         self.log("train/loss", out["loss"].detach(), prog_bar=True, batch_size=B)
         self.log_dict(
             {f"train/{k}": v.detach() for k, v in out.items() if k != "loss" and not k.startswith("scale/")},
@@ -290,15 +348,19 @@ class VARModule(L.LightningModule):
         return list(names) if names else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta: dict[str, Any] = {"stage": "var"}
+        meta: dict[str, Any] = {"stage": self.STAGE}
         names = self._class_names()
         if names:
             meta["class_names"] = names
         meta["schedule"] = self.schedule_plan.state(self.global_step)
+        if self.progressive.enabled:
+            meta["progressive"] = self.progressive.state_dict()
         checkpoint["var_lightning"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.schedule_plan.load(checkpoint.get("var_lightning", {}).get("schedule"))
+        meta = checkpoint.get("var_lightning", {})
+        self.schedule_plan.load(meta.get("schedule"))
+        self.progressive.load_state_dict(meta.get("progressive"))
 
 
 @torch.no_grad()
@@ -332,12 +394,20 @@ def next_scale_losses(
     fused_ce: bool = False,
     ce_chunk_tokens: int = 8192,
     compile: bool | str = False,
+    stage: Stage | None = None,
 ) -> dict[str, torch.Tensor]:
     """The next-scale prediction objective of one batch: mean token cross-entropy (uniform 1/L weights, as
     published), the last scale's loss, token error rates (all scales / last) and per-scale loss and
-    accuracy. ``cond_drop_rate`` replaces that fraction of labels with the null class (training only)."""
+    accuracy. ``cond_drop_rate`` replaces that fraction of labels with the null class (training only).
+
+    ``stage`` (progressive training, :mod:`var_lightning.training.progressive`): feed only the tokens of
+    scales ``0..stage.scale``; the loss is the published weighted sum (1/L per token, the newest scale x
+    ``stage.ramp``) and the metrics of untrained scales (the last scale's among them) are left out."""
     img, label_B = batch
     gt_BL, x_BLCv = tokenize(vae, img)
+    L_full = gt_BL.shape[1]
+    if stage is not None and not stage.full:  # progressive training: only the prefix of scales 0..stage.scale
+        gt_BL, x_BLCv = gt_BL[:, : stage.end].contiguous(), x_BLCv[:, : stage.end - var.first_l]
     if cond_drop_rate > 0:
         drop_B = torch.rand(label_B.shape[0], device=label_B.device) < cond_drop_rate
         label_B = torch.where(drop_B, var.num_classes, label_B)
@@ -353,14 +423,23 @@ def next_scale_losses(
             logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=label_smoothing
         ).view(B, L)
         err_BL = (logits_BLV.argmax(dim=-1) != gt_BL).float()
-    a, b = var.begin_ends[-1]
-    out = {
-        "loss": loss_BL.mean(),
-        "loss_last": loss_BL[:, a:b].mean(),
-        "token_err_avg": err_BL.mean(),
-        "token_err_last": err_BL[:, a:b].mean(),
-    }
-    for si, (a, b) in enumerate(var.begin_ends):
+    if stage is not None and not stage.full:
+        # the published weights: 1/L per token of the full L (not of the prefix), the newest scale x ramp
+        a, b = var.begin_ends[stage.scale]
+        w_L = loss_BL.new_full((stage.end,), 1.0 / L_full)
+        w_L[a:b] *= stage.ramp
+        trained = var.begin_ends[: stage.scale + 1]
+        out = {"loss": (loss_BL * w_L).sum(dim=1).mean(), "token_err_avg": err_BL.mean()}
+    else:  # the last scale's metrics only when it is trained
+        a, b = var.begin_ends[-1]
+        trained = var.begin_ends
+        out = {
+            "loss": loss_BL.mean(),
+            "loss_last": loss_BL[:, a:b].mean(),
+            "token_err_avg": err_BL.mean(),
+            "token_err_last": err_BL[:, a:b].mean(),
+        }
+    for si, (a, b) in enumerate(trained):
         out[f"scale/loss_s{si}"] = loss_BL[:, a:b].mean().detach()
         out[f"scale/acc_s{si}"] = 1 - err_BL[:, a:b].mean()
     return out

@@ -312,7 +312,14 @@ def build_sampler(
     ``fast`` (default): a :class:`FastSampler` (static KV cache, AdaLN once per image, a CUDA graph per
     scale on GPU, channels-last decode), reused across calls so graphs are captured once per batch size.
     ``plain``: :func:`~var_lightning.transformer.sampling.sample`. Both draw the same tokens for a seed.
+    An AR baseline model (:mod:`var_lightning.transformer.ar`) gets :func:`~var_lightning.transformer.ar.ar_sample`.
     """
+    if getattr(var, "kind", "var") == "ar":  # the raster-order baseline has one sampler (static KV cache)
+        from var_lightning.transformer.ar import ar_sample
+
+        if kind not in SAMPLERS:
+            raise ValueError(f"{key}={kind!r}: choose one of {', '.join(SAMPLERS)}")
+        return functools.partial(ar_sample, var, vae)
     if kind == "plain":
         return functools.partial(sample, var, vae)
     if kind == "fast":
