@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-app test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
-        demo-sample demo-classifier demo-eval demo-edit eval train-tokenizer train-var sample app sweep-scaling clean
+        demo-sample demo-classifier demo-eval demo-edit eval train-tokenizer train-var sample app sweep-scaling compare-ar clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -114,6 +114,9 @@ sweep-scaling: $(STAMP) ## CPU scaling-law study: 4 VAR depths on the synthetic 
 	  model.tokenizer_ckpt=$(SCALING_DIR)/tokenizer/checkpoints/last.ckpt hydra.sweep.dir=$(SCALING_DIR)/sweep $(ARGS)
 	$(BIN)/var-scaling $(SCALING_DIR)/sweep --out $(SCALING_DIR)/report
 	@echo "plots and tables: $(SCALING_DIR)/report"
+
+compare-ar: $(STAMP) ## AR vs VAR at equal size and budget (~15 min CPU): experiments/ar_vs_var/README.md; ARGS="+scale=paper" prints the GPU runs
+	$(BIN)/var-compare-ar $(ARGS)
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -37,29 +37,13 @@ class ARModule(VARModule):
             )
         return ARTransformer(cfg)
 
-    def compute_losses(
-        self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False, stage: Stage | None = None
-    ) -> dict[str, torch.Tensor]:
-        t = self.train_cfg
-        return raster_losses(
-            self.var,
-            self.vae,
-            batch,
-            cond_drop_rate=t.cond_drop_rate if drop_labels else 0.0,
-            label_smoothing=t.label_smoothing,
-            fused_ce=t.fused_ce,
-            ce_chunk_tokens=t.ce_chunk_tokens,
-            compile=t.compile,
-        )
+    @staticmethod
+    def objective(*args: Any, stage: Stage | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return raster_losses(*args, **kwargs)  # no progressive stage (refused in make_network)
 
-    @torch.no_grad()
-    def generate(self, labels: torch.Tensor | list[int], **overrides: Any) -> torch.Tensor:
-        s = {**self.sampling_cfg, **overrides}
-        labels = torch.as_tensor(labels, device=self.device)
-        return ar_sample(
-            self.var, self.vae, labels.numel(), labels=labels, cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"],
-            more_smooth=s["more_smooth"], seed=s["seed"],
-        ).images  # fmt: skip
+    @staticmethod
+    def sampler(*args: Any, **kwargs: Any) -> Any:
+        return ar_sample(*args, **kwargs)
 
 
 def raster_losses(

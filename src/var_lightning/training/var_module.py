@@ -116,12 +116,21 @@ class VARModule(L.LightningModule):
         self._stage: Stage | None = None  # the current optimizer step's progressive stage
         self._stage_step: int | None = None
 
-    STAGE = (
-        "var"  # checkpoint stage (var_lightning.checkpoints); the transformer is ``self.var`` in every stage
-    )
+    # the checkpoint stage (var_lightning.checkpoints); the transformer is ``self.var`` in every stage
+    STAGE = "var"
 
     def make_network(self, cfg: VARConfig) -> VAR:
         return VAR(cfg)
+
+    @staticmethod
+    def objective(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The training objective of one batch (:func:`next_scale_losses`; the AR baseline has its own)."""
+        return next_scale_losses(*args, **kwargs)
+
+    @staticmethod
+    def sampler(*args: Any, **kwargs: Any) -> Any:
+        """The sampler of ``generate`` (:func:`~var_lightning.transformer.sampling.sample`)."""
+        return sample(*args, **kwargs)
 
     @staticmethod
     def _sampling_defaults(sampling: dict | None, vocab_size: int) -> dict[str, Any]:
@@ -258,7 +267,7 @@ class VARModule(L.LightningModule):
         pre-tokenized token pyramids with labels); label dropout only with ``drop_labels``; ``stage``: the
         progressive-training prefix (training only)."""
         t = self.train_cfg
-        return next_scale_losses(
+        return self.objective(
             self.var,
             self.vae,
             batch,
@@ -313,7 +322,7 @@ class VARModule(L.LightningModule):
         """Images (B, 3, H, W) in [0, 1] for the given classes with the module's sampling defaults."""
         s = {**self.sampling_cfg, **overrides}
         labels = torch.as_tensor(labels, device=self.device)
-        return sample(
+        return self.sampler(
             self.var,
             self.vae,
             labels.numel(),
@@ -353,6 +362,8 @@ class VARModule(L.LightningModule):
         if names:
             meta["class_names"] = names
         meta["schedule"] = self.schedule_plan.state(self.global_step)
+        if self._trainer is not None and getattr(self.trainer, "datamodule", None) is not None:
+            meta["global_batch"] = self.global_batch_size()  # images per optimizer step (training compute)
         if self.progressive.enabled:
             meta["progressive"] = self.progressive.state_dict()
         checkpoint["var_lightning"] = meta

@@ -1,0 +1,431 @@
+"""AR vs VAR at equal size and budget: the study behind ``make compare-ar`` (paper Table 3, rows 1-2).
+
+One plan of command lines trains a tokenizer, VAR and the raster-order AR baseline (same depth, width,
+tokenizer, batch and steps), a dataset classifier, and evaluates 500 samples of each model; then this
+module measures sampling speed at several batch sizes and the tokenizer's reconstruction floor of both
+token kinds, and writes the table (``README.md``), the numbers (``results.json``) and a plot of images/s
+against batch size. Every step whose output exists is reused, so an interrupted study continues where it
+stopped and the report can be rebuilt alone. At paper scale (``+scale=paper``) the same plan is printed as
+GPU command lines instead of run.
+
+Plain library code: the ``var-compare-ar`` command (:mod:`var_lightning.cli.compare_ar`) drives it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+MODELS = ("ar", "var")
+RECONSTRUCTIONS = ("multi_scale", "one_scale")
+LABELS = {"ar": "AR (raster order)", "var": "VAR (next scale)"}
+
+
+@dataclass
+class Step:
+    """One command of the plan: ``program`` (a console script) with Hydra ``args``; skipped when ``output``
+    exists (``output=None``: always run)."""
+
+    name: str
+    program: str
+    args: list[str]
+    output: Path | None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command_line(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return " ".join(filter(None, [env, self.program, *map(shlex.quote, self.args)]))
+
+
+@dataclass
+class Settings:
+    """What a study needs (the ``var-compare-ar`` config, resolved)."""
+
+    out_dir: Path
+    report_dir: Path
+    var_experiment: str
+    ar_experiment: str
+    tokenizer_experiment: str
+    tokenizer_ckpt: str | None
+    classifier_ckpt: str | None
+    train_overrides: list[str]
+    eval_overrides: list[str]
+    classifier_overrides: list[str]
+    num_samples: int
+    batch_sizes: list[int]
+    speed_repeats: int
+    device: str
+    scale: str
+    train_program: str = "var-train"  # a console script, or e.g. "torchrun --nproc_per_node=8 -m <module>"
+    eval_program: str = "var-eval"
+    model_eval_overrides: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
+        c = dict(cfg)
+        return cls(
+            out_dir=Path(c["out_dir"]),
+            report_dir=Path(c["report_dir"]),
+            var_experiment=str(c["var_experiment"]),
+            ar_experiment=str(c["ar_experiment"]),
+            tokenizer_experiment=str(c["tokenizer_experiment"]),
+            tokenizer_ckpt=c.get("tokenizer_ckpt"),
+            classifier_ckpt=c.get("classifier_ckpt"),
+            train_overrides=[str(a) for a in c.get("train_overrides") or []],
+            eval_overrides=[str(a) for a in c.get("eval_overrides") or []],
+            classifier_overrides=[str(a) for a in c.get("classifier_overrides") or []],
+            num_samples=int(c["num_samples"]),
+            batch_sizes=[int(b) for b in c["speed"]["batch_sizes"]],
+            speed_repeats=int(c["speed"]["repeats"]),
+            device=str(c["speed"]["device"]),
+            scale=str(c.get("scale_name") or "cpu"),
+            train_program=str(c.get("train_program") or "var-train"),
+            eval_program=str(c.get("eval_program") or "var-eval"),
+            model_eval_overrides=[str(a) for a in c.get("model_eval_overrides") or []],
+            seed=int(c.get("seed", 0)),
+        )
+
+    def run_dir(self, name: str) -> Path:
+        return self.out_dir / name
+
+    def tokenizer_path(self) -> str:
+        return self.tokenizer_ckpt or str(self.run_dir("tokenizer") / "checkpoints" / "last.ckpt")
+
+    def classifier_path(self) -> str | None:
+        if self.scale == "paper":
+            return None  # Inception features (the paper's protocol)
+        return self.classifier_ckpt or str(self.run_dir("classifier") / "classifier.pt")
+
+    def ckpt(self, model: str) -> Path:
+        return self.run_dir(model) / "checkpoints" / "last.ckpt"
+
+
+def plan(s: Settings) -> list[Step]:
+    """The study's commands in order (training, classifier, evaluation of both models and of the
+    tokenizer's reconstructions)."""
+    steps: list[Step] = []
+    program, *lead = shlex.split(s.train_program)
+    eval_program, *eval_lead = shlex.split(s.eval_program)
+    # an interrupted run continues from its newest checkpoint (a finished one is skipped: its last.ckpt exists)
+    resume = [] if any(o.startswith("resume=") for o in s.train_overrides) else ["resume=auto"]
+    if s.tokenizer_ckpt is None:
+        steps.append(Step("tokenizer", program, [*lead, f"experiment={s.tokenizer_experiment}",
+                                                  f"hydra.run.dir={s.run_dir('tokenizer')}", *resume, *s.train_overrides],
+                          Path(s.tokenizer_path())))  # fmt: skip
+    for model, exp in (("var", s.var_experiment), ("ar", s.ar_experiment)):
+        steps.append(Step(f"train {model}", program, [*lead, f"experiment={exp}",
+                          f"model.tokenizer_ckpt={s.tokenizer_path()}", f"hydra.run.dir={s.run_dir(model)}",
+                          *resume, *s.train_overrides], s.ckpt(model)))  # fmt: skip
+    classifier = s.classifier_path()
+    if classifier is not None and s.classifier_ckpt is None:
+        steps.append(Step("classifier", "var-classifier", [f"hydra.run.dir={s.run_dir('classifier')}",
+                          *s.classifier_overrides], Path(classifier)))  # fmt: skip
+    features = ["extractor=classifier", f"extractor.path={classifier}"] if classifier else []
+    kid = [f"metrics.kid_subset_size={min(100, s.num_samples)}"] if s.scale != "paper" else []
+    for model in MODELS:
+        args = [*eval_lead, f"ckpt_path={s.ckpt(model)}", f"generation.num_samples={s.num_samples}", *features, *kid,
+                f"seed={s.seed}", f"hydra.run.dir={s.run_dir('eval_' + model)}", *s.eval_overrides,
+                *s.model_eval_overrides]  # fmt: skip
+        steps.append(
+            Step(f"evaluate {model}", eval_program, args, s.run_dir("eval_" + model) / "report.json")
+        )
+    for kind in RECONSTRUCTIONS:
+        npz = s.run_dir("reconstructions") / f"{kind}.npz"
+        args = [*eval_lead, f"generation.samples={npz}", *features, *kid,
+                f"hydra.run.dir={s.run_dir('eval_recon_' + kind)}", *s.eval_overrides]  # fmt: skip
+        steps.append(Step(f"evaluate {kind} reconstructions", eval_program, args,
+                          s.run_dir("eval_recon_" + kind) / "report.json"))  # fmt: skip
+    return steps
+
+
+def run_step(step: Step) -> None:
+    """Run one command with this interpreter's console scripts; a failure raises with the command line."""
+    exe = Path(sys.executable).parent / step.program
+    argv = [str(exe) if exe.exists() else step.program, *step.args]
+    log.info("[%s] %s", step.name, step.command_line())
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"step {step.name!r} failed (exit {done.returncode}): {step.command_line()}")
+    log.info("[%s] done in %.0f s", step.name, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------- measurements
+def reconstruction_sets(s: Settings, datamodule: Any, count: int) -> dict[str, Any]:
+    """Write the tokenizer's reconstructions of ``count`` held-out (test split) images as ADM-layout .npz files
+    (arr_0 uint8 NHWC, arr_1 labels), one per token kind (VAR's K-scale pyramid, the AR baseline's one-scale
+    grid), and return their pixel MSE (images in [-1, 1]) and the count. Reused when the files exist."""
+    from types import SimpleNamespace
+
+    from var_lightning.cli.common import fit_data_to_model
+    from var_lightning.evaluation.splits import dataset_split
+    from var_lightning.loading import load_tokenizer
+    from var_lightning.transformer.ar import raster_tokens, raster_tokens_to_img
+
+    out = s.run_dir("reconstructions")
+    mse_file = out / "mse.json"
+    if mse_file.is_file() and all((out / f"{k}.npz").is_file() for k in ("multi_scale", "one_scale")):
+        return json.loads(mse_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    vae = load_tokenizer(s.tokenizer_path(), map_location=s.device).eval()
+    fit_data_to_model(SimpleNamespace(vae=vae), datamodule, check_classes=False)
+    dataset = dataset_split(datamodule, "test", "data")
+    n = min(count, len(dataset))
+    arrays: dict[str, list[np.ndarray]] = {"multi_scale": [], "one_scale": []}
+    sq = {"multi_scale": 0.0, "one_scale": 0.0}
+    labels: list[int] = []
+    with torch.no_grad():
+        for start in range(0, n, 50):
+            items = [dataset[i] for i in range(start, min(start + 50, n))]
+            x = torch.stack([it[0] for it in items]).to(s.device)
+            labels += [int(it[1]) for it in items]
+            recs = {"multi_scale": vae.img_to_reconstruction(x),
+                    "one_scale": raster_tokens_to_img(vae, raster_tokens(vae, x))}  # fmt: skip
+            for k, r in recs.items():
+                sq[k] += float((r - x).square().mean(dim=(1, 2, 3)).sum())
+                u8 = ((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                arrays[k].append(u8)
+    for k, chunks in arrays.items():
+        np.savez(out / f"{k}.npz", arr_0=np.concatenate(chunks), arr_1=np.asarray(labels, dtype=np.int64))
+    result = {"count": n, "mse": {k: v / n for k, v in sq.items()}}
+    mse_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _timed(fn: Any, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def sampling_speed(
+    ckpt: Path, batch_sizes: Sequence[int], repeats: int, device: str, seed: int = 0
+) -> dict[str, Any]:
+    """Images/s of the checkpoint's default sampler (fast; its own cfg / top-k / top-p) per batch size: the
+    median of ``repeats`` timed calls after one warm-up call, labels spread over the classes. Also the
+    tokenizer decoder's share (timed alone on the final latents): the same work for AR and VAR."""
+    from var_lightning.loading import load_models
+    from var_lightning.transformer.fast_sampling import build_sampler
+
+    var, vae, info = load_models(ckpt, map_location=device)
+    draw = build_sampler(var, vae, "fast")
+    settings = {k: info.sampling[k] for k in ("cfg", "top_k", "top_p", "more_smooth")}
+    steps = len(var.patch_nums) if info.stage == "var" else var.L
+    rates, decode = {}, {}
+    for B in batch_sizes:
+        labels = torch.arange(B, device=device) % var.num_classes
+        out = draw(B, labels=labels, seed=seed, **settings)  # warm-up (allocations, graph capture on CUDA)
+        times, dec = [], []
+        for r in range(repeats):
+            times.append(
+                _timed(functools.partial(draw, B, labels=labels, seed=seed + r + 1, **settings), device)
+            )
+            dec.append(_timed(functools.partial(vae.fhat_to_img, out.f_hat), device))
+        rates[B] = B / statistics.median(times)
+        decode[B] = statistics.median(dec) / statistics.median(times)
+        log.info(
+            "%s: batch %d, %.1f images/s (decoder %.0f%% of the time)",
+            info.stage,
+            B,
+            rates[B],
+            100 * decode[B],
+        )
+    return {"steps": steps, "images_per_s": rates, "decode_share": decode, "sampling": settings,
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def model_facts(ckpt: Path) -> dict[str, Any]:
+    """Parameters (counted on the module and by the analytic model), training FLOPs, the run's steps and
+    images seen, and the final validation losses of a training run."""
+    from var_lightning.loading import load_models
+    from var_lightning.scaling.flops import model_flops, model_num_params
+
+    var, _, info = load_models(ckpt)
+    run = ckpt.parent.parent
+    metrics = json.loads((run / "metrics.json").read_text())
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    step = int(raw.get("global_step", 0))
+    batch = (raw.get("var_lightning") or {}).get("global_batch")
+    per_image = float(model_flops(var.cfg, info.stage)["train"])
+    return {
+        "stage": info.stage,
+        "depth": var.cfg.depth,
+        "width": var.cfg.width,
+        "params": sum(p.numel() for p in var.parameters()),
+        "params_model": model_num_params(var.cfg, info.stage),
+        "train_flops_per_image": per_image,
+        "steps": step,
+        "global_batch": batch,
+        "images_seen": step * batch if batch else None,
+        "train_flops": per_image * step * batch if batch else None,
+        "val_loss": metrics.get("val/loss"),
+        "val_loss_last": metrics.get("val/loss_last"),
+        "val_token_err_last": metrics.get("val/token_err_last"),
+        "tokens": var.L if info.stage == "ar" else sum(p * p for p in var.patch_nums),
+    }
+
+
+def eval_metrics(report: Path) -> dict[str, Any]:
+    d = json.loads(report.read_text())
+    out = dict(d.get("metrics") or {})
+    out["count"] = (d.get("samples") or {}).get("count")
+    if d.get("real_baseline"):
+        out["real_baseline"] = d["real_baseline"].get("metrics")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float) and spec == "sci":
+        return f"{v:.3g}"
+    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def table(results: Mapping[str, Any], batch_sizes: Sequence[int]) -> str:
+    """The markdown table: one row per model."""
+    shown = [b for b in (1, 32) if b in batch_sizes] or list(batch_sizes[:2])
+    n = results["var"]["eval"].get("count")
+    head = ["model", "params", "training FLOPs", "final val loss, last scale", f"FID ({n} samples, domain)", "class acc",
+            "sampling steps", *[f"img/s @ B={b}" for b in shown]]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in MODELS:
+        r = results[m]
+        f, e, sp = r["facts"], r["eval"], r["speed"]
+        lines.append("| " + " | ".join([
+            LABELS[m], f"{f['params'] / 1e6:.2f} M", _fmt(f["train_flops"], "sci"), _fmt(f["val_loss_last"]),
+            _fmt(e.get("fid"), ".2f"), _fmt(e.get("class_acc"), ".3f"), str(sp["steps"]),
+            *[_fmt(sp["images_per_s"].get(b) or sp["images_per_s"].get(str(b)), ".1f") for b in shown],
+        ]) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot_speed(results: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for m in MODELS:
+        rates = {int(k): v for k, v in results[m]["speed"]["images_per_s"].items()}
+        bs = sorted(rates)
+        ax.plot(
+            bs, [rates[b] for b in bs], marker="o", label=f"{LABELS[m]}, {results[m]['speed']['steps']} steps"
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"sampling speed ({results['device']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def speedups(results: Mapping[str, Any]) -> dict[int, float]:
+    a = {int(k): v for k, v in results["ar"]["speed"]["images_per_s"].items()}
+    v = {int(k): x for k, x in results["var"]["speed"]["images_per_s"].items()}
+    return {b: v[b] / a[b] for b in sorted(a) if b in v}
+
+
+def write_report(results: Mapping[str, Any], report_dir: Path, command: str) -> Path:
+    """README.md (table, plot, comparison with the paper), results.json and speed.png in ``report_dir``.
+    Every statement in the text is computed from ``results`` (it holds for whatever the run measured)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    plot_speed(results, report_dir / "speed.png")
+    sb = [int(b) for b in results["batch_sizes"]]
+    up = speedups(results)
+    ar, var = results["ar"], results["var"]
+    real = var["eval"].get("real_baseline") or {}
+    rec = results["reconstruction"]
+    fid = {m: results[m]["eval"].get("fid") for m in MODELS}
+    floor = {"var": rec["multi_scale"].get("fid"), "ar": rec["one_scale"].get("fid")}
+    acc = {m: results[m]["eval"].get("class_acc") for m in MODELS}
+    steps = {m: results[m]["speed"]["steps"] for m in MODELS}
+    flops = {m: results[m]["facts"]["train_flops"] for m in MODELS}
+    b_lo, b_hi = min(up), max(up)
+    dec = {m: {int(k): v for k, v in results[m]["speed"]["decode_share"].items()} for m in MODELS}
+    n = var["eval"].get("count")
+    better = "lower" if fid["var"] < fid["ar"] else "higher"
+    text = f"""# AR vs VAR at equal size and budget
+
+Written by `{command}` on {results["date"]} ({results["device"]}, {var["speed"]["threads"]} threads); every
+number is in `results.json`. The paper's comparison is Table 3, rows 1-2: a raster-order AR transformer at
+18.65 FID against VAR-d16 at 5.22 with nothing else changed, at 0.013x the inference cost; the abstract's
+"20x faster" is the same comparison at 256 px.
+
+Both models use the same tokenizer (`{results["tokenizer"]}`), depth {var["facts"]["depth"]}, width
+{var["facts"]["width"]}, optimiser, batch ({var["facts"]["global_batch"]}) and number of optimizer steps
+({var["facts"]["steps"]} and {ar["facts"]["steps"]}); both sample with their checkpoint's settings
+(cfg {var["speed"]["sampling"]["cfg"]:g}, top-k {var["speed"]["sampling"]["top_k"]}, top-p
+{var["speed"]["sampling"]["top_p"]:g}). FID and class accuracy: {n} class-balanced samples per model, scored
+with the dataset classifier's features against the validation split (a domain FID, not Inception's; FIDs from
+different feature extractors are not comparable).
+
+{table(results, sb)}
+
+![images per second against batch size](speed.png)
+
+## What the numbers say
+
+* **Quality.** VAR's FID is {better} than AR's ({_fmt(fid["var"], ".2f")} vs {_fmt(fid["ar"], ".2f")}, ratio
+  AR / VAR {_fmt((fid["ar"] or 0) / max(fid["var"] or 1e-9, 1e-9), ".2f")}; the paper: 18.65 / 5.22 = 3.57) and its
+  class accuracy {_fmt(acc["var"], ".3f")} vs {_fmt(acc["ar"], ".3f")}. The floors: real images scored the same
+  way give FID {_fmt(real.get("fid"), ".2f")} (class accuracy {_fmt(real.get("class_acc"), ".3f")}); the tokenizer's
+  reconstructions of {rec["count"]} test images give FID {_fmt(floor["var"], ".2f")} from VAR's
+  {results["tokens"]["var"]}-token pyramid (MSE {rec["mse"]["multi_scale"]:.4f}) and {_fmt(floor["ar"], ".2f")} from
+  the AR baseline's {results["tokens"]["ar"]}-token one-scale grid (MSE {rec["mse"]["one_scale"]:.4f}). No model
+  can beat the reconstructions of its own tokens: above its floor, VAR is {_fmt((fid["var"] or 0) - (floor["var"] or 0), ".2f")}
+  FID and AR {_fmt((fid["ar"] or 0) - (floor["ar"] or 0), ".2f")}. The paper's AR row has its own one-scale tokenizer
+  (VQGAN); ours reuses the multi-scale tokenizer at one scale, whose shared codebook was trained for K-scale
+  residuals, so part of our AR gap is its tokens and part is the order.
+* **Speed.** One sampling step is one forward pass over the new tokens with a KV cache: AR takes one per token
+  ({steps["ar"]} here for an 8x8 grid, 256 at 256 px), VAR one per scale ({steps["var"]} here, 10 at 256 px),
+  each over a whole scale at once. Measured VAR / AR images per second:
+  {", ".join(f"{up[b]:.1f}x at B={b}" for b in up)}. The step ratio is {steps["ar"] / steps["var"]:.1f}x here
+  (25.6x at 256 px; the paper measures ~20x on a GPU). {"Below" if up[b_lo] < steps["ar"] / steps["var"] else "Against"}
+  it: VAR's steps carry more tokens
+  ({results["tokens"]["var"]} in all against {results["tokens"]["ar"]}), and both pay the same tokenizer decode,
+  {100 * dec["var"][b_lo]:.0f}% of VAR's time at B={b_lo} and {100 * dec["var"][b_hi]:.0f}% at B={b_hi} on this
+  machine. On a GPU a small step is launch-bound, so at batch 1 the time follows the step count more closely.
+* **Training compute.** At the same steps and batch, training FLOPs follow the tokens per image: VAR
+  {_fmt(flops["var"], "sci")}, AR {_fmt(flops["ar"], "sci")} (the scaling package's FLOP model,
+  `var_lightning.scaling.flops.ar_flops`).
+* **Loss.** The last-scale losses are cross-entropies over different targets (VAR: the last scale's residual
+  tokens given all coarser scales; AR: one-scale tokens given the previous ones in raster order), so they show
+  each model's fit, not a like-for-like ranking.
+
+## Reproduce
+
+    make compare-ar                       # this table on CPU; re-running reuses finished steps (outputs/ar_vs_var)
+    make compare-ar ARGS="+scale=paper"   # the GPU command lines of the paper-sized run (VAR-d16 vs AR-d16, ImageNet 256)
+"""
+    path = report_dir / "README.md"
+    path.write_text(text)
+    return path
