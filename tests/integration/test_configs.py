@@ -20,7 +20,7 @@ from tests.helpers import tiny_vae_cfg
 
 CONF = Path(var_lightning.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-TINY = {"tokenizer_tiny", "var_tiny"}
+TINY = {"tokenizer_tiny", "var_tiny", "ar_tiny"}
 
 
 def compose_root(name: str, overrides: list[str]):

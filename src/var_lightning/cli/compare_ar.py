@@ -67,12 +67,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     }
     for kind in study.RECONSTRUCTIONS:
         results["reconstruction"][kind] = study.eval_metrics(s.run_dir("eval_recon_" + kind) / "report.json")
+    speeds = study.sampling_speeds({m: s.ckpt(m) for m in study.MODELS}, s.batch_sizes, s.speed_repeats,
+                                   s.device, s.seed)  # fmt: skip
     for model in study.MODELS:
         facts = study.model_facts(s.ckpt(model))
         results[model] = {
             "facts": facts,
             "eval": study.eval_metrics(s.run_dir("eval_" + model) / "report.json"),
-            "speed": study.sampling_speed(s.ckpt(model), s.batch_sizes, s.speed_repeats, s.device, s.seed),
+            "speed": speeds[model],
         }
         results["tokens"][model] = facts["tokens"]
     command = "make compare-ar" if s.scale == "cpu" else "var-compare-ar +scale=paper print_only=false"

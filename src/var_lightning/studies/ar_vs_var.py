@@ -219,40 +219,50 @@ def _timed(fn: Any, device: str) -> float:
 
 
 @torch.no_grad()
-def sampling_speed(
-    ckpt: Path, batch_sizes: Sequence[int], repeats: int, device: str, seed: int = 0
-) -> dict[str, Any]:
-    """Images/s of the checkpoint's default sampler (fast; its own cfg / top-k / top-p) per batch size: the
-    median of ``repeats`` timed calls after one warm-up call, labels spread over the classes. Also the
-    tokenizer decoder's share (timed alone on the final latents): the same work for AR and VAR."""
+def sampling_speeds(
+    ckpts: Mapping[str, Path], batch_sizes: Sequence[int], repeats: int, device: str, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Images/s of each checkpoint's default sampler (fast; its own cfg / top-k / top-p) per batch size: after
+    one warm-up call each, ``repeats`` rounds in which the models take turns (so drifting machine load hits
+    both alike), the median per model; labels spread over the classes. Also the tokenizer decoder's share of
+    the time (timed alone on the final latents), the same work for AR and VAR."""
     from var_lightning.loading import load_models
     from var_lightning.transformer.fast_sampling import build_sampler
 
-    var, vae, info = load_models(ckpt, map_location=device)
-    draw = build_sampler(var, vae, "fast")
-    settings = {k: info.sampling[k] for k in ("cfg", "top_k", "top_p", "more_smooth")}
-    steps = len(var.patch_nums) if info.stage == "var" else var.L
-    rates, decode = {}, {}
+    runs = {}
+    for name, ckpt in ckpts.items():
+        var, vae, info = load_models(ckpt, map_location=device)
+        settings = {k: info.sampling[k] for k in ("cfg", "top_k", "top_p", "more_smooth")}
+        steps = len(var.patch_nums) if info.stage == "var" else var.L
+        runs[name] = (build_sampler(var, vae, "fast"), vae, var.num_classes, settings, steps)
+    out = {name: {"steps": r[4], "images_per_s": {}, "decode_share": {}, "sampling": r[3],
+                  "threads": torch.get_num_threads()} for name, r in runs.items()}  # fmt: skip
     for B in batch_sizes:
-        labels = torch.arange(B, device=device) % var.num_classes
-        out = draw(B, labels=labels, seed=seed, **settings)  # warm-up (allocations, graph capture on CUDA)
-        times, dec = [], []
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        dec: dict[str, list[float]] = {name: [] for name in runs}
+        last = {}
+        for name, (
+            draw,
+            _,
+            classes,
+            settings,
+            _,
+        ) in runs.items():  # warm-up (allocations, CUDA graph capture)
+            labels = torch.arange(B, device=device) % classes
+            last[name] = draw(B, labels=labels, seed=seed, **settings).f_hat
         for r in range(repeats):
-            times.append(
-                _timed(functools.partial(draw, B, labels=labels, seed=seed + r + 1, **settings), device)
-            )
-            dec.append(_timed(functools.partial(vae.fhat_to_img, out.f_hat), device))
-        rates[B] = B / statistics.median(times)
-        decode[B] = statistics.median(dec) / statistics.median(times)
-        log.info(
-            "%s: batch %d, %.1f images/s (decoder %.0f%% of the time)",
-            info.stage,
-            B,
-            rates[B],
-            100 * decode[B],
-        )
-    return {"steps": steps, "images_per_s": rates, "decode_share": decode, "sampling": settings,
-            "threads": torch.get_num_threads()}  # fmt: skip
+            for name, (draw, vae, classes, settings, _) in runs.items():
+                labels = torch.arange(B, device=device) % classes
+                call = functools.partial(draw, B, labels=labels, seed=seed + r + 1, **settings)
+                times[name].append(_timed(call, device))
+                dec[name].append(_timed(functools.partial(vae.fhat_to_img, last[name]), device))
+        for name in runs:
+            t = statistics.median(times[name])
+            out[name]["images_per_s"][B] = B / t
+            out[name]["decode_share"][B] = statistics.median(dec[name]) / t
+            log.info("%s: batch %d, %.1f images/s (decoder %.0f%% of the time)", name, B, B / t,
+                     100 * out[name]["decode_share"][B])  # fmt: skip
+    return out
 
 
 def model_facts(ckpt: Path) -> dict[str, Any]:
@@ -373,6 +383,10 @@ def write_report(results: Mapping[str, Any], report_dir: Path, command: str) -> 
     dec = {m: {int(k): v for k, v in results[m]["speed"]["decode_share"].items()} for m in MODELS}
     n = var["eval"].get("count")
     better = "lower" if fid["var"] < fid["ar"] else "higher"
+    excess = {m: (fid[m] or 0.0) - (floor[m] or 0.0) for m in MODELS}
+    gap, floor_gap = (fid["ar"] or 0.0) - (fid["var"] or 0.0), (floor["ar"] or 0.0) - (floor["var"] or 0.0)
+    smp = var["speed"]["sampling"]
+    filters = ", ".join(f"{k} {smp[k]:g}" if smp[k] else f"{k} off" for k in ("top_k", "top_p"))
     text = f"""# AR vs VAR at equal size and budget
 
 Written by `{command}` on {results["date"]} ({results["device"]}, {var["speed"]["threads"]} threads); every
@@ -383,8 +397,7 @@ number is in `results.json`. The paper's comparison is Table 3, rows 1-2: a rast
 Both models use the same tokenizer (`{results["tokenizer"]}`), depth {var["facts"]["depth"]}, width
 {var["facts"]["width"]}, optimiser, batch ({var["facts"]["global_batch"]}) and number of optimizer steps
 ({var["facts"]["steps"]} and {ar["facts"]["steps"]}); both sample with their checkpoint's settings
-(cfg {var["speed"]["sampling"]["cfg"]:g}, top-k {var["speed"]["sampling"]["top_k"]}, top-p
-{var["speed"]["sampling"]["top_p"]:g}). FID and class accuracy: {n} class-balanced samples per model, scored
+(cfg {smp["cfg"]:g}, {filters.replace("_", "-")}). FID and class accuracy: {n} class-balanced samples per model, scored
 with the dataset classifier's features against the validation split (a domain FID, not Inception's; FIDs from
 different feature extractors are not comparable).
 
@@ -401,10 +414,11 @@ different feature extractors are not comparable).
   reconstructions of {rec["count"]} test images give FID {_fmt(floor["var"], ".2f")} from VAR's
   {results["tokens"]["var"]}-token pyramid (MSE {rec["mse"]["multi_scale"]:.4f}) and {_fmt(floor["ar"], ".2f")} from
   the AR baseline's {results["tokens"]["ar"]}-token one-scale grid (MSE {rec["mse"]["one_scale"]:.4f}). No model
-  can beat the reconstructions of its own tokens: above its floor, VAR is {_fmt((fid["var"] or 0) - (floor["var"] or 0), ".2f")}
-  FID and AR {_fmt((fid["ar"] or 0) - (floor["ar"] or 0), ".2f")}. The paper's AR row has its own one-scale tokenizer
-  (VQGAN); ours reuses the multi-scale tokenizer at one scale, whose shared codebook was trained for K-scale
-  residuals, so part of our AR gap is its tokens and part is the order.
+  can beat the reconstructions of its own tokens: VAR is {_fmt(excess["var"], ".2f")} FID above its floor, AR
+  {_fmt(excess["ar"], ".2f")} above its own. Of the AR - VAR gap of {_fmt(gap, ".2f")} FID, {_fmt(floor_gap, ".2f")}
+  is the difference of the two floors (the tokens) and {_fmt(gap - floor_gap, ".2f")} what remains above them (the
+  models and the order). The paper's AR row has its own one-scale tokenizer (VQGAN); ours reuses the
+  multi-scale tokenizer at one scale, whose shared codebook was trained for K-scale residuals.
 * **Speed.** One sampling step is one forward pass over the new tokens with a KV cache: AR takes one per token
   ({steps["ar"]} here for an 8x8 grid, 256 at 256 px), VAR one per scale ({steps["var"]} here, 10 at 256 px),
   each over a whole scale at once. Measured VAR / AR images per second:

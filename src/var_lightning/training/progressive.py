@@ -16,6 +16,10 @@ With ``until > 0`` the trained prefix of the scale schedule grows during the fir
   began. The first stage has no ramp (the learning-rate warm-up covers it), and neither does the last
   stage, which trains as without progressive training.
 
+Validation and test always run the whole sequence (the model as it will be sampled), so their last-scale
+numbers are measurements of the untrained scales, not placeholders; the training metrics that need the last
+scale (``loss_last``, ``token_err_last``, per-scale metrics of untrained scales) are not logged until it trains.
+
 :class:`ProgressiveSchedule` holds the counters (steps in the stage, the last stage, whether the first
 stage is still running) that make the ramp depend on history; its ``state_dict`` goes into every
 checkpoint so a resumed run continues the stage and ramp exactly.
