@@ -115,7 +115,7 @@ sweep-scaling: $(STAMP) ## CPU scaling-law study: 4 VAR depths on the synthetic 
 	$(BIN)/var-scaling $(SCALING_DIR)/sweep --out $(SCALING_DIR)/report
 	@echo "plots and tables: $(SCALING_DIR)/report"
 
-compare-ar: $(STAMP) ## AR vs VAR at equal size and budget (~15 min CPU): experiments/ar_vs_var/README.md; ARGS="+scale=paper" prints the GPU runs
+compare-ar: $(STAMP) ## AR vs VAR at equal size and budget (~10 min CPU): experiments/ar_vs_var/README.md; ARGS="+scale=paper" prints the GPU runs
 	$(BIN)/var-compare-ar $(ARGS)
 
 clean: ## remove outputs and caches (keeps .venv)
