@@ -13,12 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.training.chunked_ce import chunked_head_cross_entropy
 from var_lightning.training.progressive import Stage
-from var_lightning.training.var_module import VARModule
+from var_lightning.training.var_module import VARModule, drop_labels, token_losses
 from var_lightning.transformer.ar import ARTransformer, ar_sample, raster_tokens
 from var_lightning.transformer.config import VARConfig
 
@@ -66,20 +64,8 @@ def raster_losses(
             "one-scale raster tokens (use data=webdataset or an image dataset, not data=webdataset_tokens)"
         )
     gt_BN = raster_tokens(vae, img)
-    if cond_drop_rate > 0:
-        drop_B = torch.rand(label_B.shape[0], device=label_B.device) < cond_drop_rate
-        label_B = torch.where(drop_B, model.num_classes, label_B)
+    label_B = drop_labels(label_B, cond_drop_rate, model.num_classes)
     h_BNC, cond_BD = model.forward_hidden(label_B, gt_BN, compile=compile)
-    if fused_ce:
-        loss_BN, err_BN = chunked_head_cross_entropy(
-            h_BNC, cond_BD, model.head_nm, model.head, gt_BN, label_smoothing, ce_chunk_tokens
-        )
-    else:
-        logits_BNV = model.get_logits(h_BNC, cond_BD)
-        B, N, V = logits_BNV.shape
-        loss_BN = F.cross_entropy(
-            logits_BNV.view(-1, V), gt_BN.view(-1), reduction="none", label_smoothing=label_smoothing
-        ).view(B, N)
-        err_BN = (logits_BNV.argmax(dim=-1) != gt_BN).float()
+    loss_BN, err_BN = token_losses(model, h_BNC, cond_BD, gt_BN, label_smoothing, fused_ce, ce_chunk_tokens)
     loss, err = loss_BN.mean(), err_BN.mean()
     return {"loss": loss, "loss_last": loss.detach(), "token_err_avg": err, "token_err_last": err.detach()}

@@ -396,6 +396,37 @@ def tokenize(vae: MultiScaleVQVAE, img_B3HW: torch.Tensor) -> tuple[torch.Tensor
     return torch.cat(idx_list, dim=1), x_BLCv
 
 
+def drop_labels(label_B: torch.Tensor, rate: float, null_class: int) -> torch.Tensor:
+    """Replace a random ``rate`` of the labels with the null class (classifier-free guidance training)."""
+    if rate <= 0:
+        return label_B
+    drop_B = torch.rand(label_B.shape[0], device=label_B.device) < rate
+    return torch.where(drop_B, null_class, label_B)
+
+
+def token_losses(
+    model: Any,
+    h_BLC: torch.Tensor,
+    cond_BD: torch.Tensor,
+    gt_BL: torch.Tensor,
+    label_smoothing: float,
+    fused_ce: bool,
+    ce_chunk_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy and error (B, L) of the trunk's output through the model's head (VAR and the AR
+    baseline share it); ``fused_ce`` never materialises the (B, L, V) fp32 logits (same numbers)."""
+    if fused_ce:
+        return chunked_head_cross_entropy(
+            h_BLC, cond_BD, model.head_nm, model.head, gt_BL, label_smoothing, ce_chunk_tokens
+        )
+    logits_BLV = model.get_logits(h_BLC, cond_BD)
+    B, L, V = logits_BLV.shape
+    loss_BL = F.cross_entropy(
+        logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=label_smoothing
+    ).view(B, L)
+    return loss_BL, (logits_BLV.argmax(dim=-1) != gt_BL).float()
+
+
 def next_scale_losses(
     var: VAR,
     vae: MultiScaleVQVAE,
@@ -419,21 +450,9 @@ def next_scale_losses(
     L_full = gt_BL.shape[1]
     if stage is not None and not stage.full:  # progressive training: only the prefix of scales 0..stage.scale
         gt_BL, x_BLCv = gt_BL[:, : stage.end].contiguous(), x_BLCv[:, : stage.end - var.first_l]
-    if cond_drop_rate > 0:
-        drop_B = torch.rand(label_B.shape[0], device=label_B.device) < cond_drop_rate
-        label_B = torch.where(drop_B, var.num_classes, label_B)
+    label_B = drop_labels(label_B, cond_drop_rate, var.num_classes)
     h_BLC, cond_BD = var.forward_hidden(label_B, x_BLCv, compile=compile)
-    if fused_ce:  # never materialises the (B, L, V) fp32 logits; same numbers
-        loss_BL, err_BL = chunked_head_cross_entropy(
-            h_BLC, cond_BD, var.head_nm, var.head, gt_BL, label_smoothing, ce_chunk_tokens
-        )
-    else:
-        logits_BLV = var.get_logits(h_BLC, cond_BD)
-        B, L, V = logits_BLV.shape
-        loss_BL = F.cross_entropy(
-            logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=label_smoothing
-        ).view(B, L)
-        err_BL = (logits_BLV.argmax(dim=-1) != gt_BL).float()
+    loss_BL, err_BL = token_losses(var, h_BLC, cond_BD, gt_BL, label_smoothing, fused_ce, ce_chunk_tokens)
     if stage is not None and not stage.full:
         # the published weights: 1/L per token of the full L (not of the prefix), the newest scale x ramp
         a, b = var.begin_ends[stage.scale]
