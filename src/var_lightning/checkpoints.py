@@ -102,9 +102,8 @@ def torch_load(
     log.warning(msg)
     warnings.warn(msg, stacklevel=2)
     try:
-        return torch.load(
-            p, map_location=map_location, weights_only=False, mmap=mmap
-        )  # trust_pickle=True only
+        # only reached with trust_pickle=True (refused above otherwise): full unpickling
+        return torch.load(p, map_location=map_location, weights_only=not trust_pickle, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - whatever the trusted file raises, name it
         raise CheckpointError(
             f"{key}={p}: cannot read the file ({type(e).__name__}: {_first_line(e)})"
