@@ -50,6 +50,23 @@ def attention_pairs(patch_nums: Sequence[int], dense: bool = False) -> int:
     return pairs
 
 
+def _trunk_flops(cfg: VARConfig, tokens: int, pairs: int) -> dict[str, int]:
+    """Forward FLOPs of the blocks, AdaLN and head over ``tokens`` tokens and ``pairs`` attended pairs:
+    what VAR and the AR baseline share (only the input embedding and the mask differ)."""
+    d, C = cfg.depth, int(cfg.width)
+    D, F = C, round(C * cfg.mlp_ratio)
+    return {
+        "qkv": d * 2 * tokens * C * 3 * C,
+        "attn_scores": d * 2 * pairs * C,
+        "attn_values": d * 2 * pairs * C,
+        "proj": d * 2 * tokens * C * C,
+        "mlp": d * 2 * 2 * tokens * C * F,
+        "adaln": (1 if cfg.shared_aln else d) * 2 * D * 6 * C,
+        "head_adaln": 2 * D * 2 * C,
+        "head": 2 * tokens * C * cfg.vocab_size,
+    }
+
+
 def var_flops(cfg: VARConfig, attention: str = "block_causal") -> dict[str, int]:
     """FLOPs of one image through ``VAR(cfg)``.
 
@@ -60,21 +77,9 @@ def var_flops(cfg: VARConfig, attention: str = "block_causal") -> dict[str, int]
     """
     if attention not in ("block_causal", "dense"):
         raise ValueError(f"attention={attention!r}: choose 'block_causal' or 'dense'")
-    L, l1, d = cfg.seq_len, cfg.first_l, cfg.depth
-    C = D = int(cfg.width)
-    F = round(C * cfg.mlp_ratio)
+    L, l1 = cfg.seq_len, cfg.first_l
     pairs = attention_pairs(cfg.patch_nums, dense=attention == "dense")
-    out = {
-        "word_embed": 2 * (L - l1) * cfg.cvae * C,
-        "qkv": d * 2 * L * C * 3 * C,
-        "attn_scores": d * 2 * pairs * C,
-        "attn_values": d * 2 * pairs * C,
-        "proj": d * 2 * L * C * C,
-        "mlp": d * 2 * 2 * L * C * F,
-        "adaln": (1 if cfg.shared_aln else d) * 2 * D * 6 * C,
-        "head_adaln": 2 * D * 2 * C,
-        "head": 2 * L * C * cfg.vocab_size,
-    }
+    out = {"word_embed": 2 * (L - l1) * cfg.cvae * int(cfg.width), **_trunk_flops(cfg, L, pairs)}
     forward = sum(out.values())
     out.update(
         forward=forward,
@@ -130,21 +135,9 @@ def ar_flops(cfg: VARConfig, attention: str = "causal") -> dict[str, int]:
     ``tok_embed`` in place of ``word_embed``."""
     if attention not in ("causal", "dense"):
         raise ValueError(f"attention={attention!r}: choose 'causal' or 'dense'")
-    N, d = ar_seq_len(cfg), cfg.depth
-    C = D = int(cfg.width)
-    F = round(C * cfg.mlp_ratio)
+    N = ar_seq_len(cfg)
     pairs = N * N if attention == "dense" else N * (N + 1) // 2
-    out = {
-        "tok_embed": 0,
-        "qkv": d * 2 * N * C * 3 * C,
-        "attn_scores": d * 2 * pairs * C,
-        "attn_values": d * 2 * pairs * C,
-        "proj": d * 2 * N * C * C,
-        "mlp": d * 2 * 2 * N * C * F,
-        "adaln": (1 if cfg.shared_aln else d) * 2 * D * 6 * C,
-        "head_adaln": 2 * D * 2 * C,
-        "head": 2 * N * C * cfg.vocab_size,
-    }
+    out = {"tok_embed": 0, **_trunk_flops(cfg, N, pairs)}
     forward = sum(out.values())
     out.update(forward=forward, train=TRAIN_FORWARD_RATIO * forward, attn_pairs=N * (N + 1) // 2,
                attn_pairs_dense=N * N, seq_len=N)  # fmt: skip
