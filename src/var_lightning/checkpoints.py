@@ -61,7 +61,9 @@ def _unpickling_reason(e: BaseException) -> str:
 def _resolve(path: str | os.PathLike, key: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
-        hint = " (it is a directory: give the checkpoint file inside it)" if p.is_dir() else ""
+        hint = (
+            " (it is a directory but not a sharded checkpoint: give the checkpoint file inside it)" if p.is_dir() else ""
+        )
         raise FileNotFoundError(f"{key}={str(path)!r}: no such file{hint}")
     return p
 
@@ -175,7 +177,12 @@ def read_checkpoint(
     trust_pickle: bool = False,
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``) as a dict, loaded safely."""
+    """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``), or a sharded checkpoint directory written
+    by ``trainer=fsdp*`` (weights only), as a dict, loaded safely."""
+    from var_lightning.sharded_checkpoints import is_sharded_checkpoint, read_sharded_checkpoint
+
+    if is_sharded_checkpoint(Path(path).expanduser()):
+        return read_sharded_checkpoint(Path(path).expanduser(), key, trust_pickle)
     p = _resolve(path, key)
     if p.suffix == SAFETENSORS_SUFFIX or is_safetensors(p):
         return read_safetensors(p, key, device=str(map_location))

@@ -15,6 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hydra.utils import instantiate
+
 from tests.helpers import tiny_vae_cfg
 from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.loading import load_models
@@ -139,48 +141,55 @@ def test_data_parallel_trainer_configs_build_a_trainer(name, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize(
-    ("name", "sharding"),
-    [("fsdp", "FULL_SHARD"), ("fsdp_grad_op", "SHARD_GRAD_OP"), ("fsdp_hybrid", "HYBRID_SHARD")],
+    ("name", "reshard", "replicas"),
+    [("fsdp", True, None), ("fsdp_grad_op", False, None), ("fsdp_hybrid", True, "nodes"), ("fsdp_cpu", True, None)],
 )
-def test_fsdp_configs_wrap_blocks_and_keep_the_tokenizer_out(name, sharding, tmp_path):
-    """Strategy construction only: Lightning runs FSDP on CUDA devices (untested here)."""
-    from pytorch_lightning.strategies import FSDPStrategy
-
+def test_sharded_configs_build_the_fsdp2_strategy(name, reshard, replicas, tmp_path):
+    """Construction only; tests/integration/test_sharded.py trains with each of them on CPU processes."""
     from tests.integration.test_configs import compose_train
     from var_lightning.cli.train import strategy_for
+    from var_lightning.training.sharding import ShardedStrategy
     from var_lightning.training.var_module import VARModule
-    from var_lightning.transformer.layers import AdaLNSelfAttn
 
     cfg = compose_train(
-        [
-            "experiment=var_tiny",
-            "model.tokenizer_ckpt=x.ckpt",
-            f"trainer={name}",
-            "trainer.num_nodes=2",
-            "trainer.devices=4",
-        ],
-        tmp_path,
+        ["experiment=var_tiny", "model.tokenizer_ckpt=x.ckpt", f"trainer={name}", "trainer.num_nodes=1"], tmp_path
     )
     module = VARModule(
         transformer=dict(depth=2, width=32, num_heads=2, num_classes=3), tokenizer=asdict(tiny_vae_cfg())
     )
-    strategy, callbacks = strategy_for(cfg.trainer, module)
-    assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy.name == sharding
-    policy = strategy.kwargs["auto_wrap_policy"]
-    assert AdaLNSelfAttn in policy._module_classes
-    assert strategy.kwargs["ignored_modules"] == [module.vae] and strategy.kwargs["use_orig_params"]
-    assert len(callbacks) == 1
-    if name == "fsdp_hybrid":
-        assert strategy.kwargs["device_mesh"] == (2, 4)
+    assert strategy_for(cfg.trainer, module) == (None, [])  # built by the trainer config as it stands
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, ShardedStrategy)
+    assert strategy.plan.reshard_after_forward is reshard and strategy.plan.replicas == replicas
+    assert strategy.plan.resolved("bf16-mixed").param_dtype == "bfloat16"
+    assert strategy.plan.resolved("32-true").param_dtype is None
 
 
-def test_tokenizer_stage_ddp_detects_unused_parameters(tmp_path):
+def test_sharded_strategy_refuses_the_tokenizer_stage(tmp_path):
     from tests.integration.test_configs import compose_train
     from var_lightning.cli.train import strategy_for
 
-    cfg = compose_train(["experiment=tokenizer_tiny", "trainer=ddp_cpu"], tmp_path)
+    cfg = compose_train(["experiment=tokenizer_tiny", "trainer=fsdp_cpu"], tmp_path)
     module = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
-    assert strategy_for(cfg.trainer, module) == ("ddp_find_unused_parameters_true", [])
+    with pytest.raises(ValueError, match="trainer=ddp"):
+        strategy_for(cfg.trainer, module)
+
+
+def test_ddp_skips_buffer_broadcast_and_finds_unused_parameters_for_the_tokenizer(tmp_path):
+    """The frozen tokenizer's buffers and the mask never change: no broadcast every step (as published)."""
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from tests.integration.test_configs import compose_train
+    from var_lightning.cli.train import strategy_for
+    from var_lightning.training.var_module import VARModule
+
+    cfg = compose_train(["experiment=tokenizer_tiny", "trainer=ddp_cpu"], tmp_path)
+    tok = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
+    var = VARModule(transformer=dict(depth=2, width=32, num_heads=2, num_classes=3), tokenizer=asdict(tiny_vae_cfg()))
+    for module, unused in ((tok, True), (var, False)):
+        strategy, extra = strategy_for(cfg.trainer, module)
+        assert isinstance(strategy, DDPStrategy) and extra == []
+        assert strategy._ddp_kwargs == {"broadcast_buffers": False, "find_unused_parameters": unused}
 
 
 def test_submitit_launcher_config_composes(tmp_path):

@@ -109,6 +109,21 @@ def test_no_decay_groups_follow_the_published_filter():
     assert not skipped & decayed and len(skipped) + len(decayed) == len(list(m.var.parameters()))
 
 
+def test_decay_groups_are_decided_by_name_before_any_wrapping():
+    """A wrapper that hands the optimizer flattened 1-D shards (FSDP1 with use_orig_params) must not move
+    every matrix into the no-decay group: the names fixed on the plain network decide."""
+    m = module(weight_decay=0.05)
+    flat = [(n, torch.nn.Parameter(p.detach().reshape(-1))) for n, p in m.var.named_parameters()]
+    names = {id(p): n for n, p in flat}
+
+    def decay_names(groups):
+        return {names[id(p)] for g in groups if g["name"] == "decay" for p in g["params"]}
+
+    assert decay_names(param_groups(flat, 0.05)) == set()  # the ndim rule alone: silently no decay at all
+    assert decay_names(param_groups(flat, 0.05, m.decayed)) == set(m.decayed)
+    assert "blocks.0.attn.mat_qkv.weight" in m.decayed and "head.bias" not in m.decayed
+
+
 def test_a_resume_that_changes_the_run_length_keeps_the_schedules_continuous():
     first = SchedulePlan()
     total, warmup = first.plan(100, 10)

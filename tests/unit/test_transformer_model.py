@@ -129,3 +129,17 @@ def test_drop_path_only_in_training():
     torch.testing.assert_close(model(label, x), model(label, x))
     assert model.blocks[-1].drop_path.p == pytest.approx(0.5)
     assert model.blocks[0].drop_path.p == 0.0
+
+
+def test_embeddings_take_the_input_in_the_weights_dtype():
+    """A bf16 parameter policy (FSDP mixed precision) holds word_embed in bf16 while the tokenizer's
+    teacher-forcing input is fp32: the forward must cast, not fail with 'mat1 and mat2 must have the same
+    dtype'."""
+    var = tiny_var().eval()
+    label_B = torch.tensor([0, 1])
+    x_BLCv = torch.randn(2, var.L - var.first_l, var.Cvae)
+    ref_BLV = var(label_B, x_BLCv)
+    var.word_embed.to(torch.bfloat16)
+    out_BLV = var(label_B, x_BLCv)
+    assert out_BLV.dtype == torch.float32
+    torch.testing.assert_close(out_BLV, ref_BLV, atol=5e-2, rtol=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
 from var_lightning.sample_io import labelled_grid
@@ -108,10 +108,19 @@ class ImageLogger(L.Callback):
         if self._batch is not None:
             self._log(trainer, pl_module, tag="final")
 
-    @rank_zero_only
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
+        """Rank 0 samples and writes. A sharded model's ranks all take part in gathering its full weights
+        (``pl_module.gathered()``, a collective) before rank 0 samples from them."""
         if not hasattr(pl_module, "log_images"):
             return
+        sharded = bool(getattr(pl_module, "sharded", False))
+        if not trainer.is_global_zero and not sharded:
+            return
+        with pl_module.gathered() if sharded else nullcontext():
+            if trainer.is_global_zero:
+                self._write(trainer, pl_module, tag)
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
         images = pl_module.log_images(self._batch, max_images=self.max_images)
         out_dir = self._dir(trainer)
         out_dir.mkdir(parents=True, exist_ok=True)

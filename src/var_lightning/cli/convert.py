@@ -10,6 +10,8 @@
     var-convert to-lightning --pretrained var_d16 --out var_d16.safetensors
     # back to the published layout (plain state_dicts loadable strictly by the published classes)
     var-convert to-official outputs/.../last.ckpt --out-dir released/ [--format safetensors]
+    # a sharded checkpoint directory of a trainer=fsdp* run -> one file (every command also reads the directory)
+    var-convert consolidate outputs/d30/checkpoints/last.ckpt --out d30.safetensors
 
 The VAR file carries its scale schedule (``lvl_1L``), so the tokenizer takes the transformer's schedule.
 A written checkpoint holds weights and configs, no optimizer state: fine-tune from it with
@@ -154,6 +156,26 @@ def to_official(ckpt_path: str, out_dir: str, fmt: str = "pth", trust_pickle: bo
     return written
 
 
+def consolidate(ckpt_path: str, out: str, fmt: str | None = None, trust_pickle: bool = False) -> Path:
+    """A sharded checkpoint directory (``trainer=fsdp*``) -> one file with the full weights, the run's
+    hyper-parameters and our ``var_lightning`` record (no optimizer state: it is for sampling, evaluation,
+    ``init_from`` and sharing; resume from the directory itself)."""
+    from var_lightning.sharded_checkpoints import is_sharded_checkpoint
+
+    if not is_sharded_checkpoint(ckpt_path):
+        raise ValueError(
+            f"{ckpt_path} is not a sharded checkpoint directory (one with a .metadata index, as trainer=fsdp* "
+            "writes); a checkpoint file needs no consolidation"
+        )
+    ckpt = read_checkpoint(ckpt_path, key="ckpt", trust_pickle=trust_pickle)
+    keep = ("state_dict", "hyper_parameters", "var_lightning", "epoch", "global_step", "pytorch-lightning_version")
+    out_path = Path(out)
+    save_checkpoint({k: ckpt[k] for k in keep if k in ckpt}, out_path, _fmt(out_path, fmt))
+    log.info("wrote %s (%d tensors, %s stage, step %s)", out_path, len(ckpt["state_dict"]),
+             checkpoint_stage(ckpt), ckpt.get("global_step"))  # fmt: skip
+    return out_path
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(
@@ -181,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("to-official", help="a var_lightning checkpoint -> released-layout .pth files")
     b.add_argument("ckpt")
     b.add_argument("--out-dir", required=True)
-    for p in (a, b):
+    c = sub.add_parser(
+        "consolidate", help="a sharded checkpoint directory (trainer=fsdp*) -> one .ckpt / .safetensors file"
+    )
+    c.add_argument("ckpt", help="e.g. outputs/run/checkpoints/last.ckpt (a directory)")
+    c.add_argument("--out", required=True, help="output path (.ckpt, or .safetensors)")
+    for p in (a, b, c):
         p.add_argument(
             "--format",
             choices=["pth", "safetensors"],
@@ -198,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "to-lightning":
             pn = [int(x) for x in args.patch_nums.split(",")] if args.patch_nums else None
             to_lightning(args.vae, args.var, args.out, pn, args.pretrained, args.format, args.trust_pickle)
+        elif args.cmd == "consolidate":
+            consolidate(args.ckpt, args.out, args.format, args.trust_pickle)
         else:
             to_official(args.ckpt, args.out_dir, args.format or "pth", args.trust_pickle)
     except (ValueError, FileNotFoundError, RuntimeError, CheckpointError) as e:

@@ -78,41 +78,34 @@ def check_pretokenized(model: L.LightningModule, datamodule: L.LightningDataModu
         )
 
 
-class _PlaceIgnoredModules(L.Callback):
-    """FSDP leaves ``ignored_modules`` where they are; put the frozen tokenizer on the rank's device first."""
-
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
-        self.modules = modules
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for m in self.modules:
-            m.to(trainer.strategy.root_device)
-
-
 def strategy_for(cfg_trainer: DictConfig, model: L.LightningModule) -> tuple[Any, list[L.Callback]]:
     """The trainer's strategy adjusted to the model (None = as configured), plus callbacks it needs.
 
+    * DDP: ``broadcast_buffers=False``, as the published trainer: the frozen tokenizer's buffers and the
+      L x L mask never change, so broadcasting them every step is wasted bandwidth.
     * DDP + tokenizer stage: the discriminator gets no gradient before ``disc_start`` (and schedules with
       fewer scales than phis leave phis unused), which DDP's reducer rejects unless it looks for unused
-      parameters; plain ``ddp``/``ddp_spawn`` become their ``_find_unused_parameters_true`` variants.
-    * FSDP + VAR stage: the frozen tokenizer is kept out of sharding (``ignored_modules``) and placed on the
-      device; the transformer blocks are the wrap units (conf/trainer/fsdp*.yaml).
+      parameters.
+    * Sharded (``trainer=fsdp*``): the VAR stage only; the module shards itself in ``configure_model``.
     """
     strategy = cfg_trainer.get("strategy")
-    if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn") and stage_of(model) == "tokenizer":
-        log.info(
-            "trainer.strategy=%s -> %s_find_unused_parameters_true (the discriminator is idle before "
-            "disc_start)",
-            strategy,
-            strategy,
-        )
-        return f"{strategy}_find_unused_parameters_true", []
-    if isinstance(strategy, DictConfig) and "FSDPStrategy" in str(strategy.get("_target_", "")):
-        built = instantiate(strategy, _convert_="all")
-        if stage_of(model) in ("var", "ar"):
-            built.kwargs.setdefault("ignored_modules", []).append(model.vae)
-            return built, [_PlaceIgnoredModules([model.vae])]
-        return built, []
+    stage = stage_of(model)
+    if isinstance(strategy, DictConfig) and "ShardedStrategy" in str(strategy.get("_target_", "")):
+        if stage == "tokenizer":
+            raise ValueError(
+                "trainer.strategy=ShardedStrategy (trainer=fsdp*) shards the VAR transformer; the tokenizer stage "
+                "(~100M parameters, fits every GPU) trains data-parallel: use trainer=ddp (or ddp_cpu)"
+            )
+        return None, []
+    if isinstance(strategy, str) and strategy in ("ddp", "ddp_spawn"):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        unused = stage == "tokenizer"
+        if unused:
+            log.info("trainer.strategy=%s looks for unused parameters (the discriminator is idle before "
+                     "disc_start)", strategy)  # fmt: skip
+        start = "spawn" if strategy == "ddp_spawn" else "popen"
+        return DDPStrategy(start_method=start, broadcast_buffers=False, find_unused_parameters=unused), []
     return None, []
 
 

@@ -33,6 +33,7 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning.checkpoints import CheckpointError, UnsafeCheckpointError, torch_load
+from var_lightning.sharded_checkpoints import LIGHTNING_META, is_sharded_checkpoint, read_sharded_meta, stored_keys
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,22 @@ class RNGStateCallback(L.Callback):
 # ---------------------------------------------------------------------------------------------- which ckpt
 def candidate_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Checkpoints of a run directory, newest first: ``checkpoints/*.ckpt`` and Lightning's SLURM
-    pre-emption checkpoints ``hpc_ckpt_*.ckpt`` (in the run directory, Lightning's ``default_root_dir``)."""
+    pre-emption checkpoints ``hpc_ckpt_*.ckpt`` (in the run directory, Lightning's ``default_root_dir``);
+    files or sharded checkpoint directories (dated by their ``meta.pt``, written last)."""
     run = Path(run_dir)
     found = (
         list((run / "checkpoints").glob("*.ckpt"))
         + list(run.glob("hpc_ckpt_*.ckpt"))
         + list(run.glob("*.ckpt"))
     )
-    unique = {p.resolve(): p for p in found if p.is_file()}
-    return sorted(unique.values(), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    # files, and the directories sharded runs write (trainer=fsdp*: DCP shards + meta.pt)
+    unique = {p.resolve(): p for p in found if p.is_file() or is_sharded_checkpoint(p)}
+    return sorted(unique.values(), key=lambda p: (_written_at(p), p.name), reverse=True)
+
+
+def _written_at(path: Path) -> int:
+    stamp = path / LIGHTNING_META if path.is_dir() else path
+    return (stamp if stamp.exists() else path).stat().st_mtime_ns
 
 
 def verify_records(path: str | os.PathLike) -> None:
@@ -122,6 +130,10 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> d
     or a failing disk leaves behind. Loaded with ``weights_only=True``; a file that needs full unpickling
     raises :class:`~var_lightning.checkpoints.UnsafeCheckpointError` unless ``trust_pickle``."""
     try:
+        if is_sharded_checkpoint(path):  # the index, the shard files' sizes and meta.pt; no tensors read
+            meta, index = read_sharded_meta(path, key="resume", trust_pickle=trust_pickle)
+            return {**meta, "state_dict": stored_keys(index, "state_dict"),
+                    "optimizer_states": stored_keys(index, "optimizer_0")}  # fmt: skip
         if Path(path).is_file():
             verify_records(path)
         ckpt = torch_load(path, key="resume", trust_pickle=trust_pickle, mmap=True)
@@ -149,7 +161,7 @@ def check_resumable(ckpt: dict[str, Any], path: Path, stage: str | None, key: st
             f"{key}: {path} is a {got!r}-stage checkpoint, but this run trains the {stage!r} stage; resume from a "
             f"checkpoint of the same stage (a {got!r} checkpoint belongs in {other})"
         )
-    if "optimizer_states" not in ckpt or "loops" not in ckpt:
+    if not ckpt.get("optimizer_states") or "loops" not in ckpt:
         raise ValueError(
             f"{key}: {path} holds weights only (no optimizer/loop state) and cannot resume a run; start a new run "
             f"from its weights with init_from={path}"
@@ -172,7 +184,7 @@ def resolve_resume(
         search, explicit = Path(run_dir), False
     else:
         p = Path(str(resume)).expanduser()
-        if p.is_file():
+        if p.is_file() or is_sharded_checkpoint(p):
             try:
                 ckpt = inspect_checkpoint(p, trust_pickle)
             except RuntimeError as e:

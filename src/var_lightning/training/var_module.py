@@ -6,6 +6,8 @@ Shapes: B batch, K scales, L tokens of all scales, V vocabulary, Cv tokenizer co
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -18,9 +20,10 @@ from var_lightning.settings import SamplingDefaults, VAROptim, VARTrain, setting
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.chunked_ce import chunked_head_cross_entropy
-from var_lightning.training.optim import adamw, param_groups
+from var_lightning.training.optim import adamw, decayed_names, param_groups
 from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
+from var_lightning.training.sharding import full_copy, is_sharded, shard_transformer, sharding_plan
 from var_lightning.transformer.config import PRESETS, VARConfig
 from var_lightning.transformer.sampling import check_compatible, sample
 from var_lightning.transformer.var import VAR
@@ -107,6 +110,9 @@ class VARModule(L.LightningModule):
         self.var = self.make_network(var_cfg)
         self.vae = vae.eval().requires_grad_(False)
         check_compatible(self.var, self.vae)
+        # weight decay by parameter name, decided on the plain network (identical under any wrapping)
+        self.decayed = decayed_names(self.var.named_parameters())
+        self._gathered: VAR | None = None  # full-weight copy while sampling a sharded transformer
         self.peak_lr: float | None = None
         self.schedule_plan = SchedulePlan()  # lr / wd schedules that survive a resume with another run length
         prog = self.train_cfg.progressive
@@ -162,6 +168,36 @@ class VARModule(L.LightningModule):
             )
         return load_tokenizer(ckpt, patch_nums=patch_nums, trust_pickle=trust_pickle)
 
+    # ------------------------------------------------------------------ sharding
+    def configure_model(self) -> None:
+        """Under ``trainer=fsdp*`` (:class:`~var_lightning.training.sharding.ShardedStrategy`): each block one
+        FSDP2 unit, the root another; the frozen tokenizer stays whole on every rank. No-op otherwise."""
+        plan = sharding_plan(self._trainer)
+        if plan is None or self.device_mesh is None:
+            return
+        from var_lightning.training.sharding import fsdp_mesh
+
+        shard_transformer(self.var, fsdp_mesh(self.device_mesh, plan, self.trainer.num_nodes), plan)
+
+    @property
+    def sharded(self) -> bool:
+        """True when the transformer is sharded: sampling then needs every rank (see :meth:`gathered`)."""
+        return is_sharded(self.var)
+
+    @contextmanager
+    def gathered(self) -> Iterator[None]:
+        """Inside, :meth:`generate` samples from a full-weight copy of a sharded transformer (fp32 master
+        weights, gathered from all ranks: every rank must enter, which is a collective). Unsharded: no-op."""
+        if self._gathered is not None or not self.sharded:
+            yield
+            return
+        # object.__setattr__: a module attribute would register the copy as a submodule (and checkpoint it)
+        object.__setattr__(self, "_gathered", full_copy(self.var).eval())
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_gathered", None)
+
     # ------------------------------------------------------------------ mode and optimisation
     def train(self, mode: bool = True) -> VARModule:
         super().train(mode)
@@ -197,7 +233,7 @@ class VARModule(L.LightningModule):
         )
         if self.progressive.enabled:
             self._plan_progressive(max_steps)
-        groups = param_groups(self.var.named_parameters(), o.weight_decay)
+        groups = param_groups(self.var.named_parameters(), o.weight_decay, self.decayed)
         opt = adamw(groups, lr=self.peak_lr, betas=o.betas, fused=o.fused)
         fn = lambda step: lr_factor(plan.step(step), warmup, total, o.schedule, o.warmup_start, o.final_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
@@ -319,11 +355,18 @@ class VARModule(L.LightningModule):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def generate(self, labels: torch.Tensor | list[int], **overrides: Any) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] for the given classes with the module's sampling defaults."""
+        """Images (B, 3, H, W) in [0, 1] for the given classes with the module's sampling defaults. A sharded
+        transformer samples only inside :meth:`gathered`."""
         s = {**self.sampling_cfg, **overrides}
         labels = torch.as_tensor(labels, device=self.device)
+        net = self._gathered if self._gathered is not None else self.var
+        if net is self.var and self.sharded:
+            raise RuntimeError(
+                "the transformer is sharded over the ranks: sample inside `with module.gathered():`, entered on "
+                "every rank (it gathers the full weights)"
+            )
         return self.sampler(
-            self.var,
+            net,
             self.vae,
             labels.numel(),
             labels=labels,
@@ -345,7 +388,8 @@ class VARModule(L.LightningModule):
         labels = torch.tensor(classes, device=self.device).repeat_interleave(max_images)
         was_training = self.var.training
         self.var.eval()
-        imgs = self.generate(labels)
+        with self.gathered():
+            imgs = self.generate(labels)
         self.var.train(was_training)
         names = self._class_names()
         rows = [names[c] if names and c < len(names) else f"class {c}" for c in classes]

@@ -182,13 +182,17 @@ class VAR(nn.Module):
         self, label_B: torch.Tensor, x_BLCv: torch.Tensor, end: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, C) of [start tokens; word_embed(teacher-forcing input)] plus level and
-        position embeddings, and the class embedding ``cond_BD``."""
+        position embeddings, and the class embedding ``cond_BD``.
+
+        Outside autocast, as published; the input is cast to ``word_embed``'s own dtype (fp32 normally, bf16
+        when a sharding or precision wrapper holds the weights in bf16)."""
         end = self.L if end is None else end
         B = label_B.shape[0]
         with torch.autocast(device_type=x_BLCv.device.type, enabled=False):
             sos_BD = cond_BD = self.class_emb(label_B)
             sos = sos_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
-            x_BLC = torch.cat((sos, self.word_embed(x_BLCv[:, : end - self.first_l].float())), dim=1)
+            x_in = x_BLCv[:, : end - self.first_l].to(self.word_embed.weight.dtype)
+            x_BLC = torch.cat((sos, self.word_embed(x_in).to(sos.dtype)), dim=1)
             x_BLC = x_BLC + self.lvl_embed(self.lvl_1L[:, :end].expand(B, -1)) + self.pos_1LC[:, :end]
         return x_BLC, cond_BD
 
