@@ -120,7 +120,9 @@ def read_sharded_meta(
 
     meta_file = p / LIGHTNING_META
     if not meta_file.is_file():
-        raise CheckpointError(f"{key}={p}: {LIGHTNING_META} is missing; this is not a var-train checkpoint directory")
+        raise CheckpointError(
+            f"{key}={p}: {LIGHTNING_META} is missing; this is not a var-train checkpoint directory"
+        )
     meta = torch_load(meta_file, key=key, trust_pickle=trust_pickle)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{key}={meta_file}: holds a {type(meta).__name__}, not checkpoint metadata")

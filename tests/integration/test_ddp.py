@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from hydra.utils import instantiate
 
 from tests.helpers import tiny_vae_cfg
@@ -142,7 +141,12 @@ def test_data_parallel_trainer_configs_build_a_trainer(name, tmp_path, monkeypat
 
 @pytest.mark.parametrize(
     ("name", "reshard", "replicas"),
-    [("fsdp", True, None), ("fsdp_grad_op", False, None), ("fsdp_hybrid", True, "nodes"), ("fsdp_cpu", True, None)],
+    [
+        ("fsdp", True, None),
+        ("fsdp_grad_op", False, None),
+        ("fsdp_hybrid", True, "nodes"),
+        ("fsdp_cpu", True, None),
+    ],
 )
 def test_sharded_configs_build_the_fsdp2_strategy(name, reshard, replicas, tmp_path):
     """Construction only; tests/integration/test_sharded.py trains with each of them on CPU processes."""
@@ -152,7 +156,8 @@ def test_sharded_configs_build_the_fsdp2_strategy(name, reshard, replicas, tmp_p
     from var_lightning.training.var_module import VARModule
 
     cfg = compose_train(
-        ["experiment=var_tiny", "model.tokenizer_ckpt=x.ckpt", f"trainer={name}", "trainer.num_nodes=1"], tmp_path
+        ["experiment=var_tiny", "model.tokenizer_ckpt=x.ckpt", f"trainer={name}", "trainer.num_nodes=1"],
+        tmp_path,
     )
     module = VARModule(
         transformer=dict(depth=2, width=32, num_heads=2, num_classes=3), tokenizer=asdict(tiny_vae_cfg())
@@ -185,7 +190,9 @@ def test_ddp_skips_buffer_broadcast_and_finds_unused_parameters_for_the_tokenize
 
     cfg = compose_train(["experiment=tokenizer_tiny", "trainer=ddp_cpu"], tmp_path)
     tok = TokenizerModule(tokenizer=asdict(tiny_vae_cfg()), loss=dict(perceptual_weight=0.0, disc_ch=8))
-    var = VARModule(transformer=dict(depth=2, width=32, num_heads=2, num_classes=3), tokenizer=asdict(tiny_vae_cfg()))
+    var = VARModule(
+        transformer=dict(depth=2, width=32, num_heads=2, num_classes=3), tokenizer=asdict(tiny_vae_cfg())
+    )
     for module, unused in ((tok, True), (var, False)):
         strategy, extra = strategy_for(cfg.trainer, module)
         assert isinstance(strategy, DDPStrategy) and extra == []

@@ -168,7 +168,14 @@ def consolidate(ckpt_path: str, out: str, fmt: str | None = None, trust_pickle: 
             "writes); a checkpoint file needs no consolidation"
         )
     ckpt = read_checkpoint(ckpt_path, key="ckpt", trust_pickle=trust_pickle)
-    keep = ("state_dict", "hyper_parameters", "var_lightning", "epoch", "global_step", "pytorch-lightning_version")
+    keep = (
+        "state_dict",
+        "hyper_parameters",
+        "var_lightning",
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+    )
     out_path = Path(out)
     save_checkpoint({k: ckpt[k] for k in keep if k in ckpt}, out_path, _fmt(out_path, fmt))
     log.info("wrote %s (%d tensors, %s stage, step %s)", out_path, len(ckpt["state_dict"]),

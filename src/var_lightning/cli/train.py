@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate

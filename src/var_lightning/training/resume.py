@@ -33,7 +33,12 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning.checkpoints import CheckpointError, UnsafeCheckpointError, torch_load
-from var_lightning.sharded_checkpoints import LIGHTNING_META, is_sharded_checkpoint, read_sharded_meta, stored_keys
+from var_lightning.sharded_checkpoints import (
+    LIGHTNING_META,
+    is_sharded_checkpoint,
+    read_sharded_meta,
+    stored_keys,
+)
 
 log = logging.getLogger(__name__)
 

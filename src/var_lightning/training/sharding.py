@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from pytorch_lightning.strategies import ModelParallelStrategy
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,12 @@ except ImportError:  # pragma: no cover - torch 2.4 / 2.5 keep FSDP2 under _comp
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # param_dtype=auto: the blocks' compute dtype that trainer.precision asks for
-AUTO_PARAM_DTYPE = {"bf16-mixed": "bfloat16", "bf16-true": "bfloat16", "16-mixed": "float16", "16-true": "float16"}
+AUTO_PARAM_DTYPE = {
+    "bf16-mixed": "bfloat16",
+    "bf16-true": "bfloat16",
+    "16-mixed": "float16",
+    "16-true": "float16",
+}
 
 
 def _dtype(name: str | None, key: str) -> torch.dtype | None:
@@ -90,12 +94,12 @@ class ShardingPlan:
     def __post_init__(self) -> None:
         _dtype(self.param_dtype, "trainer.strategy.param_dtype")
         _dtype(self.reduce_dtype, "trainer.strategy.reduce_dtype")
-        if self.replicas is not None and self.replicas != "nodes":
-            if not isinstance(self.replicas, int) or self.replicas < 1:
-                raise ValueError(
-                    f"trainer.strategy.replicas={self.replicas!r}: a positive number of replica groups, 'nodes' "
-                    "(one per node) or null (plain FSDP)"
-                )
+        valid = self.replicas in (None, "nodes") or (isinstance(self.replicas, int) and self.replicas >= 1)
+        if not valid:
+            raise ValueError(
+                f"trainer.strategy.replicas={self.replicas!r}: a positive number of replica groups, 'nodes' "
+                "(one per node) or null (plain FSDP)"
+            )
 
 
 class ShardedStrategy(ModelParallelStrategy):
@@ -125,7 +129,9 @@ class ShardedStrategy(ModelParallelStrategy):
         self._tensor_parallel_size = 1
         super().setup_environment()
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
         """Every rank writes its shards into a temporary directory beside the target; after a barrier rank 0
         swaps it in and removes the previous one. A job killed while saving leaves the previous checkpoint
         whole (DCP itself writes into the target directory, file by file)."""
@@ -158,6 +164,15 @@ def sharding_plan(trainer: Any) -> ShardingPlan | None:
 def is_sharded(module: nn.Module) -> bool:
     """True when ``module`` or one of its submodules was sharded with ``fully_shard``."""
     return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def reshard_all(module: nn.Module) -> None:
+    """Free every gathered FSDP2 unit of ``module`` back to its shards (no-op when unsharded). An evaluation
+    forward leaves the root gathered (it reshards after backward only); code that updates or swaps the stored
+    parameters must see the shards."""
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def fsdp_mesh(mesh: Any, plan: ShardingPlan, num_nodes: int) -> Any:
@@ -199,7 +214,8 @@ def shard_transformer(net: nn.Module, mesh: Any, plan: ShardingPlan) -> None:
     if is_sharded(net):
         return
     block_mp = MixedPrecisionPolicy(
-        param_dtype=_dtype(plan.param_dtype, "param_dtype"), reduce_dtype=_dtype(plan.reduce_dtype, "reduce_dtype")
+        param_dtype=_dtype(plan.param_dtype, "param_dtype"),
+        reduce_dtype=_dtype(plan.reduce_dtype, "reduce_dtype"),
     )
     root_mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=_dtype(plan.reduce_dtype, "reduce_dtype"))
     for block in net.blocks:

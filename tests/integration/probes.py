@@ -1,0 +1,44 @@
+"""Test-only callbacks, added to a real `var-train` command line (``+callbacks.<name>._target_=tests...``) to
+observe or interrupt a multi-process run from inside. The subprocess needs the repository root on
+PYTHONPATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as L
+
+
+class DecaySets(L.Callback):
+    """Writes ``decay_rank<r>.json``: the parameter names in each optimizer group, as the run built them."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from var_lightning.training.sharding import FSDPModule
+
+        for m in pl_module.var.modules():  # a gathered FSDP2 unit lists its gathered tensors, not the shards
+            if isinstance(m, FSDPModule):
+                m.reshard()
+        names = {id(p): n for n, p in pl_module.var.named_parameters()}
+        groups = {
+            g.get("name", str(i)): sorted(names[id(p)] for p in g["params"])
+            for i, g in enumerate(trainer.optimizers[0].param_groups)
+        }
+        Path(self.out_dir, f"decay_rank{trainer.global_rank}.json").write_text(json.dumps(groups))
+
+
+class KillAt(L.Callback):
+    """SIGKILLs the whole process group (every rank at once, as a node failure or ``scancel -s KILL`` does)
+    once ``step`` optimizer steps are done. Start the run in its own session."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step >= self.step and trainer.is_global_zero:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
