@@ -62,7 +62,9 @@ def _resolve(path: str | os.PathLike, key: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         hint = (
-            " (it is a directory but not a sharded checkpoint: give the checkpoint file inside it)" if p.is_dir() else ""
+            " (it is a directory but not a sharded checkpoint: give the checkpoint file inside it)"
+            if p.is_dir()
+            else ""
         )
         raise FileNotFoundError(f"{key}={str(path)!r}: no such file{hint}")
     return p
@@ -264,3 +266,10 @@ def checkpoint_stage(ckpt: Mapping[str, Any]) -> str:
 
 def sub_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def transformer_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The transformer weights to sample / evaluate / fine-tune from: the run's EMA (``var_ema.*``, written
+    with ``callbacks=ema``) when it kept one, else ``var.*``."""
+    ema = sub_state_dict(state_dict, "var_ema.")
+    return ema if ema else sub_state_dict(state_dict, "var.")

@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from var_lightning.checkpoints import CheckpointError, checkpoint_stage, read_checkpoint, sub_state_dict
+from var_lightning.checkpoints import (
+    CheckpointError,
+    checkpoint_stage,
+    read_checkpoint,
+    sub_state_dict,
+    transformer_state_dict,
+)
 from var_lightning.pretrained import (
     PRETRAINED,
     RELEASED_SAMPLING,
@@ -185,8 +191,8 @@ def _var_from_hparams(
     if stage == "ar":
         from var_lightning.transformer.ar import ARTransformer
 
-        return materialize(lambda: ARTransformer(cfg), sub_state_dict(sd, "var."), device, "AR transformer")
-    return materialize(lambda: VAR(cfg), sub_state_dict(sd, "var."), device, "transformer")
+        return materialize(lambda: ARTransformer(cfg), transformer_state_dict(sd), device, "AR transformer")
+    return materialize(lambda: VAR(cfg), transformer_state_dict(sd), device, "transformer")
 
 
 def _info(

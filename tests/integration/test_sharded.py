@@ -11,6 +11,7 @@ samples the same images as the directory itself.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,10 +48,21 @@ RUNS = {  # name -> overrides; global batch 16 everywhere
     "single": ["trainer=cpu", "data.batch_size=16"],
     "ddp": ["trainer=ddp", *CPU2, "data.batch_size=8"],
     "fsdp": ["trainer=fsdp_cpu", "data.batch_size=8"],
-    "fsdp_grad_op": ["trainer=fsdp_grad_op", *CPU2, "data.batch_size=8"],
+    "fsdp_grad_op": [
+        "trainer=fsdp_grad_op",
+        *CPU2,
+        "data.batch_size=8",
+        "callbacks=[default,generation_metrics]",
+        "callbacks.generation_metrics.extractor.name=tiny-random",
+        "callbacks.generation_metrics.num_samples=12",
+        "callbacks.generation_metrics.batch_size=5",
+        "callbacks.generation_metrics.kid=false",
+    ],
     "fsdp_hybrid": ["trainer=fsdp_hybrid", *CPU2, "trainer.strategy.replicas=2", "data.batch_size=8"],
     "fsdp_bf16": ["trainer=fsdp_cpu", "trainer.precision=bf16-mixed", "data.batch_size=8"],
     "fsdp_unclipped": ["trainer=fsdp_cpu", "data.batch_size=8", "trainer.gradient_clip_val=null"],
+    "single_ema": ["trainer=cpu", "data.batch_size=16", "callbacks=ema", "callbacks.ema.decay=0.5"],
+    "fsdp_ema": ["trainer=fsdp_cpu", "data.batch_size=8", "callbacks=ema", "callbacks.ema.decay=0.5"],
 }
 
 
@@ -142,6 +154,12 @@ def test_sharded_runs_write_image_grids_during_training(runs):
         ]
 
 
+def test_generation_metrics_sample_a_sharded_transformer_on_every_rank(runs):
+    """FID during sharded training: every rank gathers the full weights and samples its share."""
+    metrics = json.loads((runs["fsdp_grad_op"] / "metrics.json").read_text())
+    assert math.isfinite(metrics["val/fid"]) and metrics["val/fid_best"] <= metrics["val/fid"]
+
+
 def test_sharded_runs_decay_the_parameters_of_the_unsharded_run(runs):
     single = json.loads((runs["single"] / "decay_rank0.json").read_text())
     assert single["decay"] and single["no_decay"]
@@ -182,3 +200,19 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_weights(tokenizer, ru
     assert "periodic.ckpt (epoch 1, step 3)" in resumed.stdout + resumed.stderr
     ref = weights(runs["fsdp"] / "checkpoints" / "last.ckpt")
     assert max_diff(ref, weights(run / "checkpoints" / "last.ckpt")) < 1e-6
+
+
+def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(runs):
+    """callbacks=ema under FSDP averages the same weights as one process, holds the transformer only, and is
+    what load_models (var-sample, var-eval) returns; the raw weights stay in var.* for resuming."""
+    from var_lightning.checkpoints import read_checkpoint, sub_state_dict
+
+    sharded = read_checkpoint(runs["fsdp_ema"] / "checkpoints" / "last.ckpt")["state_dict"]
+    single = read_checkpoint(runs["single_ema"] / "checkpoints" / "last.ckpt")["state_dict"]
+    ema, raw = sub_state_dict(sharded, "var_ema."), sub_state_dict(sharded, "var.")
+    assert ema.keys() == raw.keys() and not any(k.startswith("vae") for k in ema)
+    assert max_diff(ema, sub_state_dict(single, "var_ema.")) < 1e-5
+    assert max_diff(raw, sub_state_dict(single, "var.")) < 1e-5
+    assert max_diff(ema, raw) > 1e-4  # the average lags the weights (decay 0.5 over 4 steps)
+    loaded = weights(runs["fsdp_ema"] / "checkpoints" / "last.ckpt")
+    assert max_diff(loaded, {k: v.float() for k, v in ema.items()}) == 0.0

@@ -10,14 +10,17 @@ with the dataset-classifier extractor).
 
 Why a callback: the feature network (91 MB for Inception) must not end up in the model checkpoint; a
 callback attribute is not in the module's ``state_dict``, and this callback's own ``state_dict`` holds only
-the best value and the step schedule. Why ``on_validation_epoch_end``: with ``EMAWeightAveraging`` the
-EMA weights are swapped in for validation, so the metrics describe the weights that validation and
-the saved checkpoints describe. When the EMA callback runs its epoch-end hook first (it is listed
-earlier), the EMA weights are already back in its averaged copy: the samples are drawn from that copy.
+the best value and the step schedule. Why ``on_validation_epoch_end``: with ``callbacks=ema``
+(:class:`~var_lightning.callbacks.ema.TransformerEMA`) the averaged weights are in the transformer from
+``on_validation_start`` to ``on_validation_end``, so the metrics describe the weights validation uses. With
+Lightning's own ``EMAWeightAveraging`` listed earlier, its epoch-end hook has already swapped the weights
+back into its averaged copy: the samples are drawn from that copy. A sharded transformer is sampled from
+its gathered full weights (every rank gathers; each samples its share).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -240,6 +243,7 @@ class GenerationMetrics(L.Callback):
         sampler = self._sampler(trainer, pl_module)
         was_training = sampler.training
         sampler.eval()
+        full_weights = sampler.gathered() if getattr(sampler, "sharded", False) else contextlib.nullcontext()
         precision_ctx = trainer.precision_plugin.forward_context
 
         def generate(labels_B: torch.Tensor, seed: int) -> torch.Tensor:
@@ -249,17 +253,18 @@ class GenerationMetrics(L.Callback):
         evaluator = GenerationEvaluator(self.extractor, self.settings)
         nb = math.ceil(n / self.batch_size)
         try:
-            sample_and_measure(
-                generate,
-                labels_N,
-                self.batch_size,
-                self.seed,
-                evaluator,
-                rank=trainer.global_rank,
-                world_size=trainer.world_size,
-                progress=False,
-                log_every=max(1, nb // 10) if nb >= 20 else 0,
-            )
+            with full_weights:  # a sharded transformer: every rank gathers the full weights, then samples
+                sample_and_measure(
+                    generate,
+                    labels_N,
+                    self.batch_size,
+                    self.seed,
+                    evaluator,
+                    rank=trainer.global_rank,
+                    world_size=trainer.world_size,
+                    progress=False,
+                    log_every=max(1, nb // 10) if nb >= 20 else 0,
+                )
         finally:
             sampler.train(was_training)
         gathered = evaluator.gather()

@@ -32,7 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from var_lightning.checkpoints import checkpoint_stage, read_checkpoint, sub_state_dict
+from var_lightning.checkpoints import (
+    checkpoint_stage,
+    read_checkpoint,
+    sub_state_dict,
+    transformer_state_dict,
+)
 from var_lightning.pretrained import PRETRAINED, resolve_transformer
 
 log = logging.getLogger(__name__)
@@ -190,7 +195,7 @@ def _var_source(
         hp = ckpt.get("hyper_parameters", {})
         return (
             "var_lightning VAR checkpoint",
-            sub_state_dict(ckpt["state_dict"], "var."),
+            transformer_state_dict(ckpt["state_dict"]),
             tuple(hp["transformer"]["patch_nums"]),
             dict(hp.get("tokenizer") or {}),
         )
@@ -238,7 +243,7 @@ def init_ar_module(module: nn.Module, path: str | Path, trust_pickle: bool = Fal
             f"{_KEY}={path} is a {stage!r} checkpoint, but this run trains the AR baseline: start it from an AR "
             f"checkpoint (var-train experiment=ar_*)"
         )
-    sd = sub_state_dict(ckpt["state_dict"], "var.")
+    sd = transformer_state_dict(ckpt["state_dict"])
     mine = module.var.state_dict()
     bad = [
         f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"

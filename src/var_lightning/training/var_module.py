@@ -177,7 +177,12 @@ class VARModule(L.LightningModule):
             return
         from var_lightning.training.sharding import fsdp_mesh
 
-        shard_transformer(self.var, fsdp_mesh(self.device_mesh, plan, self.trainer.num_nodes), plan)
+        mesh = fsdp_mesh(self.device_mesh, plan, self.trainer.num_nodes)
+        shard_transformer(self.var, mesh, plan)
+        if (
+            getattr(self, "var_ema", None) is not None
+        ):  # callbacks=ema: the average is sharded like the weights
+            shard_transformer(self.var_ema, mesh, plan)
 
     @property
     def sharded(self) -> bool:
@@ -413,6 +418,18 @@ class VARModule(L.LightningModule):
         checkpoint["var_lightning"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.get("state_dict")
+        if isinstance(sd, dict) and any(torch.is_tensor(v) for v in sd.values()):  # a file (not DCP shards)
+            has_ema = any(k.startswith("var_ema.") for k in sd)
+            if has_ema and getattr(self, "var_ema", None) is None:
+                log.info(
+                    "the checkpoint's EMA weights (var_ema.*) are not continued: this run has no callbacks=ema"
+                )
+                for k in [k for k in sd if k.startswith("var_ema.")]:
+                    del sd[k]
+            elif not has_ema and getattr(self, "var_ema", None) is not None:
+                log.info("callbacks=ema: the checkpoint has no EMA yet; the average starts from its weights")
+                sd.update({"var_ema." + k[4:]: v for k, v in list(sd.items()) if k.startswith("var.")})
         meta = checkpoint.get("var_lightning", {})
         self.schedule_plan.load(meta.get("schedule"))
         self.progressive.load_state_dict(meta.get("progressive"))
