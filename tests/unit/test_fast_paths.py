@@ -58,6 +58,20 @@ def test_flex_block_mask_equals_dense_mask(l2, end):
     assert get_block_mask(model, end, torch.device("cpu")) is block_mask  # cached per (schedule, end, device)
 
 
+def test_flex_block_mask_built_in_inference_mode_serves_training():
+    """Lightning's sanity check runs under torch.inference_mode(): a mask first built (and cached) there must
+    not hold inference tensors, which autograd refuses to save for backward in the training steps after."""
+    from var_lightning.transformer.flex import _block_mask, get_block_mask
+
+    _block_mask.cache_clear()
+    model = tiny_var()
+    with torch.inference_mode():
+        mask = get_block_mask(model, 14, "cpu")
+    tensors = [t for t in mask.as_tuple() if torch.is_tensor(t)]
+    assert tensors and not any(t.is_inference() for t in tensors)
+    assert get_block_mask(model, 14, "cpu") is mask  # and it is the cached one training reuses
+
+
 def test_forward_hidden_then_logits_is_forward():
     model = tiny_var().eval()
     x_BLCv, label_B = torch.randn(2, L_TINY - 1, 8), torch.tensor([1, 4])
@@ -120,6 +134,20 @@ def test_cuda_graph_bookkeeping_with_a_fake_graph(monkeypatch):
         _same_output(sampler.sample(3, **kw), sample(model, vae, 3, **kw))
     (plan,) = sampler._plans.values()
     assert len(plan.graphs) == len(TINY_PN) == len(plan.logits_out)
+
+
+def test_fast_sampler_keeps_a_bounded_number_of_plans():
+    """A plan holds a static KV cache (and graphs) for one batch size: B=256 with guidance at d16 is tens of
+    GB. Sampling several batch sizes (a short last batch, the app's slider) keeps at most ``max_plans``,
+    the most recently used, and still gives the plain sampler's tokens."""
+    vae, model = tiny_vae().eval(), tiny_var().eval()
+    sampler = FastSampler(model, vae, max_plans=2)
+    for B in (1, 2, 3, 2, 4, 1):
+        _same_output(sampler.sample(B, seed=B, cfg=1.5), sample(model, vae, B, seed=B, cfg=1.5))
+        assert len(sampler._plans) <= 2
+    assert [key[0] for key in sampler._plans] == [8, 2]  # rows: B=4 and B=1 with guidance (2B rows)
+    sampler.release()
+    assert not sampler._plans
 
 
 def test_fast_sampler_logits_hook_and_bf16_autocast_equal_plain():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,6 +95,10 @@ class FastSampler:
     (faster convolutions on tensor cores). The decode options work on a private copy of the decoder, taken
     at the first decode: the tokenizer is frozen while the transformer trains, so the copy stays valid.
 
+    max_plans: how many plans (a static KV cache, and on CUDA the graphs, for one batch size and precision)
+    are kept, least recently used dropped first: one plan of d16 at B=256 with guidance holds tens of GB.
+    ``release()`` drops them all.
+
     Usage: ``sampler = FastSampler(var, vae); out = sampler.sample(64, labels, cfg=1.5, top_k=900,
     top_p=0.96, seed=0)`` with the arguments of the plain :func:`sample`. Call it under
     ``torch.autocast`` for bf16 sampling as with the plain path.
@@ -106,11 +111,15 @@ class FastSampler:
         cuda_graphs: bool = True,
         decode_dtype: torch.dtype | None = None,
         channels_last: bool = False,
+        max_plans: int = 2,
     ) -> None:
         check_compatible(var, vae)
+        if max_plans < 1:
+            raise ValueError(f"max_plans={max_plans} must be >= 1")
         self.var, self.vae = var, vae
         self.cuda_graphs, self.decode_dtype, self.channels_last = cuda_graphs, decode_dtype, channels_last
-        self._plans: dict[tuple, _Plan] = {}
+        self.max_plans = max_plans
+        self._plans: OrderedDict[tuple, _Plan] = OrderedDict()  # least recently used first
         self._decoder: nn.Module | None = None
 
     # ------------------------------------------------------------------ public
@@ -146,6 +155,12 @@ class FastSampler:
         return SampleOutput(images=images, tokens=tokens, labels=st.label_B, f_hat=f_hat)
 
     __call__ = sample
+
+    def release(self) -> None:
+        """Drop every plan (KV caches, graphs and their memory pool) until the next call."""
+        self._plans.clear()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, H, W) in [-1, 1]; with ``decode_dtype``/``channels_last`` on the prepared copy."""
@@ -192,7 +207,11 @@ class FastSampler:
         graphs = self.cuda_graphs and _graphs_supported(device) and not self.var.training
         key = (n_rows, str(device), amp_enabled, amp_dtype, graphs)
         plan = self._plans.get(key)
-        if plan is None:
+        if plan is not None:
+            self._plans.move_to_end(key)
+        else:
+            while len(self._plans) >= self.max_plans:  # bounded: evict the least recently used plan
+                self._plans.popitem(last=False)
             # under autocast SDPA casts k, v to the autocast dtype; storing them cast is equal and lighter
             plan = _Plan(
                 [StaticKVCache(self.var.L, amp_dtype if amp_enabled else None) for _ in self.var.blocks]

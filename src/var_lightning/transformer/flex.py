@@ -27,12 +27,18 @@ from var_lightning.transformer.var import VAR, level_index
 
 @functools.lru_cache(maxsize=32)
 def _block_mask(patch_nums: tuple[int, ...], end: int, device: str) -> BlockMask:
-    lvl_L = level_index(patch_nums)[0, :end].to(device)
+    # Built outside inference mode: the first call may come from Lightning's sanity check (under
+    # torch.inference_mode), and the cached mask then serves training, whose autograd refuses to save
+    # inference tensors for backward.
+    with torch.inference_mode(False):
+        lvl_L = level_index(patch_nums)[0, :end].to(device)
 
-    def visible(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        return lvl_L[q_idx] >= lvl_L[kv_idx]
+        def visible(
+            b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+        ) -> torch.Tensor:
+            return lvl_L[q_idx] >= lvl_L[kv_idx]
 
-    return create_block_mask(visible, B=None, H=None, Q_LEN=end, KV_LEN=end, device=device)
+        return create_block_mask(visible, B=None, H=None, Q_LEN=end, KV_LEN=end, device=device)
 
 
 def get_block_mask(model: VAR, end: int, device: torch.device | str) -> BlockMask:
