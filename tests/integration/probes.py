@@ -4,12 +4,14 @@ PYTHONPATH."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 from pathlib import Path
 
 import pytorch_lightning as L
+import torch
 
 
 class DecaySets(L.Callback):
@@ -42,3 +44,19 @@ class KillAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         if trainer.global_step >= self.step and trainer.is_global_zero:
             os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class RNGTrace(L.Callback):
+    """Writes ``rng_rank<r>.json``: a digest of this rank's torch RNG state at the start of every training
+    step (what label dropout and drop-path draw from), merged across relaunches of the same run."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        path = Path(self.out_dir, f"rng_rank{trainer.global_rank}.json")
+        seen = json.loads(path.read_text()) if path.exists() else {}
+        seen[str(trainer.global_step)] = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[
+            :16
+        ]
+        path.write_text(json.dumps(seen))

@@ -82,6 +82,13 @@ def var_train(run_dir: Path, overrides: list[str], check: bool = True) -> subpro
     return proc
 
 
+def trace(run: Path) -> list[str]:
+    return [
+        "+callbacks.rng_trace._target_=tests.integration.probes.RNGTrace",
+        f"+callbacks.rng_trace.out_dir={run}",
+    ]
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokenizer")
@@ -102,7 +109,7 @@ def runs(tokenizer, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, extra in RUNS.items():
         run = base / name
-        probe = ["+callbacks.decay_sets._target_=tests.integration.probes.DecaySets",
+        probe = [*trace(run), "+callbacks.decay_sets._target_=tests.integration.probes.DecaySets",
                  f"+callbacks.decay_sets.out_dir={run}"]  # fmt: skip
         var_train(run, [*VAR, f"model.tokenizer_ckpt={tokenizer}", *extra, *probe])
         out[name] = run
@@ -191,6 +198,7 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_weights(tokenizer, ru
         f"model.tokenizer_ckpt={tokenizer}",
         *RUNS["fsdp"],
         "callbacks.periodic_checkpoint.every_n_steps=1",
+        *trace(run),
     ]
     killed = var_train(run, [*common, "+callbacks.kill._target_=tests.integration.probes.KillAt",
                              "+callbacks.kill.step=3"], check=False)  # fmt: skip
@@ -200,6 +208,19 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_weights(tokenizer, ru
     assert "periodic.ckpt (epoch 1, step 3)" in resumed.stdout + resumed.stderr
     ref = weights(runs["fsdp"] / "checkpoints" / "last.ckpt")
     assert max_diff(ref, weights(run / "checkpoints" / "last.ckpt")) < 1e-6
+    for rank in (0, 1):  # each rank continues its own random stream (restored per rank, not rank 0's)
+        seen = json.loads((run / f"rng_rank{rank}.json").read_text())
+        assert seen == json.loads((runs["fsdp"] / f"rng_rank{rank}.json").read_text())
+
+
+def test_ranks_draw_their_own_random_numbers(runs):
+    """Label dropout and drop-path masks differ between ranks (one seed for all would repeat the same mask
+    on every rank)."""
+    single = json.loads((runs["single"] / "rng_rank0.json").read_text())
+    for name in ("ddp", "fsdp"):
+        r0, r1 = (json.loads((runs[name] / f"rng_rank{r}.json").read_text()) for r in (0, 1))
+        assert r0.keys() == r1.keys() == single.keys() and len(r0) == 4
+        assert all(r0[k] != r1[k] for k in r0)
 
 
 def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(runs):

@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as L
@@ -273,9 +274,37 @@ def test_rng_states_round_trip_through_a_checkpoint_dict():
     restored.load_state_dict(
         torch.load(_roundtrip(saved), weights_only=True)
     )  # plain tensors: weights_only loads
-    restored.on_train_start(None, None)
+    restored.on_train_start(ONE_PROCESS, None)
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expect[0]) and np.array_equal(got[1], expect[1]) and got[2] == expect[2]
+
+
+ONE_PROCESS = SimpleNamespace(global_rank=0, world_size=1)
+
+
+def test_each_rank_restores_its_own_rng_state_and_a_new_world_size_reseeds():
+    from var_lightning.training.resume import RNGStateCallback
+
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(RNGStateCallback._local_state())
+    expect = torch.rand(3)  # rank 1's next draws
+    saved = torch.load(_roundtrip({**states[0], "per_rank": states}), weights_only=True)
+    torch.manual_seed(99)
+    cb = RNGStateCallback()
+    cb.load_state_dict(saved)
+    cb.on_train_start(SimpleNamespace(global_rank=1, world_size=2), None)
+    assert torch.equal(torch.rand(3), expect)  # rank 1 continues rank 1's stream, not rank 0's
+    # resumed on 3 ranks: rank 0 takes rank 0's state, rank 2 a stream of its own derived from it
+    draws = []
+    for rank in (0, 2):
+        cb = RNGStateCallback()
+        cb.load_state_dict(saved)
+        cb.on_train_start(SimpleNamespace(global_rank=rank, world_size=3), None)
+        draws.append(torch.rand(3))
+    torch.set_rng_state(states[0]["torch"])
+    assert torch.equal(draws[0], torch.rand(3)) and not torch.equal(draws[0], draws[1])
 
 
 def _roundtrip(obj):

@@ -9,8 +9,9 @@ What makes a resumed run exact (tested in tests/unit/test_resume.py):
   they always agree with the step, batch index and learning-rate schedule Lightning restores.
 * **Augmentations.** Each item is loaded under a torch RNG seeded from ``(seed, epoch, index)``, so random
   crops and flips do not depend on which worker loads an item or how many batches a worker has produced.
-* **Global RNG.** :class:`RNGStateCallback` stores the torch (CPU and CUDA), numpy and Python RNG states in
-  every checkpoint and restores them when training restarts (label dropout and drop-path draw from them).
+* **Global RNG.** :class:`RNGStateCallback` gives each rank its own stream and stores every rank's torch
+  (CPU and CUDA), numpy and Python RNG states in every checkpoint, restoring each rank its own when training
+  restarts (label dropout and drop-path draw from them).
 
 Limits: a checkpoint written in the middle of a gradient-accumulation window loses the accumulated
 gradients (Lightning saves none); resuming with another world size or batch size restarts the epoch's
@@ -32,7 +33,9 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 
+from var_lightning import distributed
 from var_lightning.checkpoints import CheckpointError, UnsafeCheckpointError, torch_load
+from var_lightning.data.resumable import mix_seed
 from var_lightning.sharded_checkpoints import (
     LIGHTNING_META,
     is_sharded_checkpoint,
@@ -45,15 +48,23 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- RNG state
 class RNGStateCallback(L.Callback):
-    """Saves the global RNG states (torch CPU/CUDA, numpy, Python) in each checkpoint and restores them when
-    training starts from one, so label dropout and drop-path continue the uninterrupted run's stream.
+    """Per-rank random streams that survive a resume: what label dropout and drop-path draw from.
 
-    All ranks are seeded alike and draw alike, so rank 0's state (the one written) is every rank's."""
+    * **Own stream per rank.** ``seed_everything`` gives every rank the same seed, so every rank would drop
+      the same labels and paths in the same places (as if the batch were world-size times smaller for the
+      regulariser). When a multi-process run starts fresh, rank r > 0 reseeds torch, numpy and Python from
+      ``(seed, r)``; rank 0 keeps the seed. The data order does not depend on these streams (:mod:`var_lightning.data.resumable`), so it stays exact.
+    * **Saved per rank.** Each checkpoint holds every rank's torch (CPU and CUDA), numpy and Python states
+      (gathered, so each save is a collective, as Lightning's saving already is), and a resume restores
+      each rank its own. A checkpoint from another world size (or from before per-rank states) restores
+      rank 0's state everywhere and reseeds ranks > 0 from it, with a warning.
+    """
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
 
-    def state_dict(self) -> dict[str, Any]:
+    @staticmethod
+    def _local_state() -> dict[str, Any]:
         # Tensors and plain Python values only, so checkpoints still load with torch.load(weights_only=True).
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         state = {
@@ -71,14 +82,21 @@ class RNGStateCallback(L.Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    def state_dict(self) -> dict[str, Any]:
+        state = self._local_state()  # rank 0's at the top level (what earlier versions wrote)
+        if distributed.is_distributed():
+            import torch.distributed as dist
+
+            per_rank: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, state)
+            state = {**per_rank[0], "per_rank": per_rank}
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Restored here, after the sanity check and loader setup, which may draw random numbers of their own.
-        if self._pending is None:
-            return
-        s, self._pending = self._pending, None
+    @staticmethod
+    def _restore(s: dict[str, Any]) -> None:
         torch.set_rng_state(s["torch"])
         n = s["numpy"]
         np.random.set_state(
@@ -88,6 +106,38 @@ class RNGStateCallback(L.Callback):
         random.setstate((version, tuple(internal), gauss))
         if "cuda" in s and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda"])
+
+    @staticmethod
+    def _reseed_for_rank(rank: int) -> None:
+        seed = mix_seed(torch.initial_seed(), rank)
+        torch.manual_seed(seed)  # CPU and every CUDA device
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Restored here, after the sanity check and loader setup, which may draw random numbers of their own.
+        rank, world = trainer.global_rank, trainer.world_size
+        if self._pending is None:
+            if world > 1 and rank > 0:
+                self._reseed_for_rank(rank)
+            return
+        s, self._pending = self._pending, None
+        per_rank = s.get("per_rank")
+        if per_rank is not None and len(per_rank) == world:
+            self._restore(per_rank[rank])
+            return
+        self._restore(s)
+        if world > 1:
+            if rank == 0:
+                log.warning(
+                    "resume: the checkpoint holds random states for %s rank(s), this run has %d; ranks > 0 "
+                    "reseed from rank 0's (data order is unaffected; dropout masks differ from the "
+                    "uninterrupted run)",
+                    len(per_rank) if per_rank is not None else 1,
+                    world,
+                )
+            if rank > 0:
+                self._reseed_for_rank(rank)
 
 
 # ---------------------------------------------------------------------------------------------- which ckpt
