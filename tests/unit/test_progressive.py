@@ -120,3 +120,46 @@ def test_lin_T_schedule_follows_the_published_formula():
     for bad in ("lin1.5", "linx", "cosine"):
         with pytest.raises(ValueError, match="model.optim.schedule"):
             check_schedule(bad)
+
+
+def test_compile_keeps_every_progressive_shape_compiled(monkeypatch):
+    """torch.compile with static shapes compiles the blocks once per (prefix length, batch size, train/eval).
+    Progressive training over 4 scales with a partial last batch and evaluation needs 10 graphs, past
+    dynamo's default recompile limit (8), after which it silently runs the blocks eagerly; ``setup`` reserves
+    the budget the run needs, so every one of them is compiled (counted by a counting backend)."""
+    from dataclasses import asdict
+
+    import torch._dynamo.config
+    from torch._dynamo.testing import CompileCounter
+
+    from tests.helpers import tiny_vae_cfg
+    from var_lightning.training.progressive import Stage
+    from var_lightning.training.var_module import VARModule
+    from var_lightning.transformer import var as var_mod
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setitem(
+        var_mod._COMPILED_RUN_BLOCKS, None, torch.compile(var_mod.run_blocks, backend=counter, dynamic=False)
+    )
+    m = VARModule(
+        transformer=dict(depth=2, width=32, num_heads=2, num_classes=4),
+        tokenizer=asdict(tiny_vae_cfg()),
+        train=dict(compile=True, progressive=dict(until=0.5, start_scale=0)),
+    )
+    m.setup("fit")
+    K, ends = len(m.var.patch_nums), [e for _, e in m.var.begin_ends]
+    shapes = 0
+    for B in (4, 3):  # a full and a partial last batch
+        batch = (torch.rand(B, 3, 8, 8), torch.arange(B) % 4)
+        m.train()
+        for si in range(K):
+            m.compute_losses(batch, drop_labels=True, stage=Stage(si, ends[si], 1.0, si == K - 1))
+            shapes += 1
+        m.eval()
+        with torch.no_grad():
+            m.compute_losses(batch)
+        shapes += 1
+    assert shapes == 10 and counter.frame_count == shapes
+    torch._dynamo.reset()

@@ -296,10 +296,21 @@ class VARModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.train_cfg.compile:
+            reserve_recompiles(self.compiled_shapes())
             log.info(
                 "torch.compile of the transformer blocks (mode=%s): the first steps compile",
                 self.train_cfg.compile,
             )
+
+    def compiled_shapes(self) -> int:
+        """How many static-shape graphs of the blocks a run compiles: per sequence length (each progressive
+        prefix, or the whole sequence) x train/eval x a full and a partial last batch."""
+        lengths = (
+            len(self.var.patch_nums) - self.train_cfg.progressive.start_scale
+            if self.progressive.enabled
+            else 1
+        )
+        return (lengths + 1) * 2 * 2  # + the whole sequence in evaluation
 
     def compute_losses(
         self, batch: tuple[torch.Tensor, torch.Tensor], drop_labels: bool = False, stage: Stage | None = None
@@ -433,6 +444,22 @@ class VARModule(L.LightningModule):
         meta = checkpoint.get("var_lightning", {})
         self.schedule_plan.load(meta.get("schedule"))
         self.progressive.load_state_dict(meta.get("progressive"))
+
+
+def reserve_recompiles(graphs: int) -> None:
+    """Raise dynamo's per-function recompile limit to ``graphs`` (+ a margin) when it is lower.
+
+    The blocks are compiled with static shapes (the best kernels for each length); past the limit dynamo
+    silently runs the function eagerly from then on, which for flex attention means the unfused B x H x L x L
+    path. ``recompile_limit`` is ``cache_size_limit`` before torch 2.6."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    need = graphs + 2
+    if getattr(dynamo_config, name) < need:
+        log.info("torch.compile: up to %d graph shapes in this run; dynamo's %s %d -> %d",
+                 graphs, name, getattr(dynamo_config, name), need)  # fmt: skip
+        setattr(dynamo_config, name, need)
 
 
 @torch.no_grad()
