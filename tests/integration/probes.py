@@ -60,3 +60,17 @@ class RNGTrace(L.Callback):
             :16
         ]
         path.write_text(json.dumps(seen))
+
+
+class PreemptOnce(L.Callback):
+    """Sends this process SIGUSR2 (what SLURM, and submitit's local executor near a timeout, send before
+    pre-empting) once ``step`` optimizer steps are done, on the first attempt only (``marker`` remembers it):
+    submitit checkpoints the job and requeues it."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step >= self.step and not self.marker.exists():
+            self.marker.write_text(str(trainer.global_step))
+            os.kill(os.getpid(), signal.SIGUSR2)

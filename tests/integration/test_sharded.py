@@ -61,6 +61,11 @@ RUNS = {  # name -> overrides; global batch 16 everywhere
     "fsdp_hybrid": ["trainer=fsdp_hybrid", *CPU2, "trainer.strategy.replicas=2", "data.batch_size=8"],
     "fsdp_bf16": ["trainer=fsdp_cpu", "trainer.precision=bf16-mixed", "data.batch_size=8"],
     "fsdp_unclipped": ["trainer=fsdp_cpu", "data.batch_size=8", "trainer.gradient_clip_val=null"],
+    "gpu": [
+        "trainer=gpu",
+        "trainer.accelerator=cpu",
+        "data.batch_size=16",
+    ],  # as shipped (bf16-mixed), on CPU
     "single_ema": ["trainer=cpu", "data.batch_size=16", "callbacks=ema", "callbacks.ema.decay=0.5"],
     "fsdp_ema": ["trainer=fsdp_cpu", "data.batch_size=8", "callbacks=ema", "callbacks.ema.decay=0.5"],
 }
@@ -127,7 +132,14 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.parametrize(
     ("name", "tol"),
-    [("ddp", 1e-5), ("fsdp", 1e-5), ("fsdp_grad_op", 1e-5), ("fsdp_hybrid", 1e-5), ("fsdp_bf16", 3e-2)],
+    [
+        ("ddp", 1e-5),
+        ("fsdp", 1e-5),
+        ("fsdp_grad_op", 1e-5),
+        ("fsdp_hybrid", 1e-5),
+        ("fsdp_bf16", 3e-2),
+        ("gpu", 3e-2),
+    ],
 )
 def test_every_strategy_trains_the_weights_of_one_process(runs, name, tol):
     """4 steps at lr 0.01 with clipping: fp32 strategies agree with one process to float rounding (1e-5);
