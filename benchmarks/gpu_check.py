@@ -22,6 +22,7 @@ scipy, pillow, rich (carry them as wheels: see gpu_check.sh). var_lightning itse
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -118,8 +119,8 @@ def check_flex(device: str) -> dict:
             dense = run_blocks(var.blocks, x_BLC, cond, bias, None).float()
             flex = run_blocks(var.blocks, x_BLC, cond, None, mask).float()
             diff = (dense - flex).abs().max().item() / max(dense.abs().max().item(), 1e-6)
-            t_dense = _timed(lambda: run_blocks(var.blocks, x_BLC, cond, bias, None), device)
-            t_flex = _timed(lambda: run_blocks(var.blocks, x_BLC, cond, None, mask), device)
+            t_dense = _timed(functools.partial(run_blocks, var.blocks, x_BLC, cond, bias, None), device)
+            t_flex = _timed(functools.partial(run_blocks, var.blocks, x_BLC, cond, None, mask), device)
         worst = max(worst, diff)
         rows.append(
             {"scale": si, "tokens": end, "rel_diff": diff, "sdpa_ms": 1e3 * t_dense, "flex_ms": 1e3 * t_flex}
