@@ -219,3 +219,22 @@ def test_submitit_launcher_config_composes(tmp_path):
     )
     assert launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue is True
     assert launcher.partition == "gpu"
+
+
+def test_published_d30_recipe_composes_with_sharding_and_its_clipping(tmp_path):
+    """The README's `experiment=var_d30_imagenet256 trainer=fsdp`: the recipe's clip value (2.0) stays and the
+    trainer builds (FSDP1's precision plugin refused norm clipping; FSDP2 clips like every other strategy)."""
+    import pytorch_lightning as L
+
+    from tests.integration.test_configs import compose_train
+    from var_lightning.training.sharding import ShardedStrategy
+
+    cfg = compose_train(
+        ["experiment=var_d30_imagenet256", "model.tokenizer_ckpt=x.pth", "trainer=fsdp", "trainer.devices=2",
+         "trainer.accelerator=cpu", "trainer.precision=32-true"],
+        tmp_path,
+    )  # fmt: skip
+    assert cfg.trainer.gradient_clip_val == 2.0
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer, L.Trainer) and isinstance(trainer.strategy, ShardedStrategy)
+    assert trainer.gradient_clip_val == 2.0
