@@ -20,8 +20,8 @@ from tests.helpers import tiny_vae_cfg
 from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.loading import load_models
 from var_lightning.tokenizer.usage import CodebookUsage
+from var_lightning.training.objectives import next_scale_losses
 from var_lightning.training.tokenizer_module import TokenizerModule
-from var_lightning.training.var_module import next_scale_losses
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 VAL_SIZE, IMAGE, CLASSES = 32, 8, 4  # as in ddp_run.py

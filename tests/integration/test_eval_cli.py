@@ -34,7 +34,8 @@ from var_lightning.evaluation import (
 from var_lightning.loading import load_models
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
-from var_lightning.training.var_module import VARModule, next_scale_losses
+from var_lightning.training.objectives import next_scale_losses
+from var_lightning.training.var_module import VARModule
 
 CONF = Path(var_lightning.__file__).parent / "conf"
 NUM_CLASSES = 4

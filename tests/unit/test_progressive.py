@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import tiny_vae, tiny_var
+from var_lightning.training.objectives import next_scale_losses, tokenize
 from var_lightning.training.progressive import RAMP_FLOOR, ProgressiveSchedule, Stage, stage_at
 from var_lightning.training.schedules import check_schedule, lr_factor
-from var_lightning.training.var_module import next_scale_losses, tokenize
 
 
 def test_stage_rule_matches_a_table_worked_out_by_hand():

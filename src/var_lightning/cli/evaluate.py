@@ -62,7 +62,7 @@ from var_lightning.evaluation.token_metrics import accumulate_token_metrics
 from var_lightning.loading import LoadedModels
 from var_lightning.sample_io import save_pngs
 from var_lightning.training.ar_module import raster_losses
-from var_lightning.training.var_module import next_scale_losses
+from var_lightning.training.objectives import next_scale_losses
 
 log = logging.getLogger("var_lightning.eval")
 MODES = ("generation", "loss", "reconstruction")

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.training.objectives import drop_labels, token_losses
 from var_lightning.training.progressive import Stage
-from var_lightning.training.var_module import VARModule, drop_labels, token_losses
+from var_lightning.training.var_module import VARModule
 from var_lightning.transformer.ar import ARTransformer, ar_sample, raster_tokens
 from var_lightning.transformer.config import VARConfig
 

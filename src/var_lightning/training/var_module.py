@@ -13,13 +13,12 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-import torch.nn.functional as F
 
 from var_lightning.loading import load_tokenizer, resolve_sampling, scaled_top_k
 from var_lightning.settings import SamplingDefaults, VAROptim, VARTrain, settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
-from var_lightning.training.chunked_ce import chunked_head_cross_entropy
+from var_lightning.training.objectives import next_scale_losses, reserve_recompiles, tokenize
 from var_lightning.training.optim import adamw, decayed_names, param_groups
 from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
@@ -179,9 +178,7 @@ class VARModule(L.LightningModule):
 
         mesh = fsdp_mesh(self.device_mesh, plan, self.trainer.num_nodes)
         shard_transformer(self.var, mesh, plan)
-        if (
-            getattr(self, "var_ema", None) is not None
-        ):  # callbacks=ema: the average is sharded like the weights
+        if getattr(self, "var_ema", None) is not None:  # callbacks=ema: sharded like the weights
             shard_transformer(self.var_ema, mesh, plan)
 
     @property
@@ -444,120 +441,3 @@ class VARModule(L.LightningModule):
         meta = checkpoint.get("var_lightning", {})
         self.schedule_plan.load(meta.get("schedule"))
         self.progressive.load_state_dict(meta.get("progressive"))
-
-
-def reserve_recompiles(graphs: int) -> None:
-    """Raise dynamo's per-function recompile limit to ``graphs`` (+ a margin) when it is lower.
-
-    The blocks are compiled with static shapes (the best kernels for each length); past the limit dynamo
-    silently runs the function eagerly from then on, which for flex attention means the unfused B x H x L x L
-    path. ``recompile_limit`` is ``cache_size_limit`` before torch 2.6."""
-    import torch._dynamo.config as dynamo_config
-
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    need = graphs + 2
-    if getattr(dynamo_config, name) < need:
-        log.info("torch.compile: up to %d graph shapes in this run; dynamo's %s %d -> %d",
-                 graphs, name, getattr(dynamo_config, name), need)  # fmt: skip
-        setattr(dynamo_config, name, need)
-
-
-@torch.no_grad()
-def tokenize(vae: MultiScaleVQVAE, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground-truth tokens (B, L) and the teacher-forcing input (B, L - l_1, Cv), in fp32, no grad.
-
-    Accepts images (B, 3, H, W) or, from pre-tokenized shards, the token pyramid itself (B, L) integer:
-    then only the cheap embedding lookup + phi convs of ``idx_to_var_input`` run, not the encoder."""
-    with torch.autocast(device_type=img_B3HW.device.type, enabled=False):
-        if img_B3HW.ndim == 2 and not img_B3HW.is_floating_point():
-            gt_BL = img_B3HW.long()
-            sizes = [pn * pn for pn in vae.patch_nums]
-            lo, hi = (int(v) for v in torch.aminmax(gt_BL))  # one host sync per step
-            if gt_BL.shape[1] != sum(sizes) or hi >= vae.cfg.vocab_size or lo < 0:
-                raise ValueError(
-                    f"pre-tokenized batch of {gt_BL.shape[1]} tokens (ids {lo}..{hi}) does "
-                    f"not fit the tokenizer (schedule {vae.patch_nums} = {sum(sizes)} tokens, vocabulary "
-                    f"{vae.cfg.vocab_size}); re-tokenize the shards with this tokenizer (var-make-shards --tokenizer)"
-                )
-            return gt_BL, vae.quantize.idx_to_var_input(gt_BL.split(sizes, dim=1))
-        idx_list, x_BLCv = vae.img_to_var_input(img_B3HW.float())
-    return torch.cat(idx_list, dim=1), x_BLCv
-
-
-def drop_labels(label_B: torch.Tensor, rate: float, null_class: int) -> torch.Tensor:
-    """Replace a random ``rate`` of the labels with the null class (classifier-free guidance training)."""
-    if rate <= 0:
-        return label_B
-    drop_B = torch.rand(label_B.shape[0], device=label_B.device) < rate
-    return torch.where(drop_B, null_class, label_B)
-
-
-def token_losses(
-    model: Any,
-    h_BLC: torch.Tensor,
-    cond_BD: torch.Tensor,
-    gt_BL: torch.Tensor,
-    label_smoothing: float,
-    fused_ce: bool,
-    ce_chunk_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy and error (B, L) of the trunk's output through the model's head (VAR and the AR
-    baseline share it); ``fused_ce`` never materialises the (B, L, V) fp32 logits (same numbers)."""
-    if fused_ce:
-        return chunked_head_cross_entropy(
-            h_BLC, cond_BD, model.head_nm, model.head, gt_BL, label_smoothing, ce_chunk_tokens
-        )
-    logits_BLV = model.get_logits(h_BLC, cond_BD)
-    B, L, V = logits_BLV.shape
-    loss_BL = F.cross_entropy(
-        logits_BLV.view(-1, V), gt_BL.view(-1), reduction="none", label_smoothing=label_smoothing
-    ).view(B, L)
-    return loss_BL, (logits_BLV.argmax(dim=-1) != gt_BL).float()
-
-
-def next_scale_losses(
-    var: VAR,
-    vae: MultiScaleVQVAE,
-    batch: tuple[torch.Tensor, torch.Tensor],
-    cond_drop_rate: float = 0.0,
-    label_smoothing: float = 0.0,
-    fused_ce: bool = False,
-    ce_chunk_tokens: int = 8192,
-    compile: bool | str = False,
-    stage: Stage | None = None,
-) -> dict[str, torch.Tensor]:
-    """The next-scale prediction objective of one batch: mean token cross-entropy (uniform 1/L weights, as
-    published), the last scale's loss, token error rates (all scales / last) and per-scale loss and
-    accuracy. ``cond_drop_rate`` replaces that fraction of labels with the null class (training only).
-
-    ``stage`` (progressive training, :mod:`var_lightning.training.progressive`): feed only the tokens of
-    scales ``0..stage.scale``; the loss is the published weighted sum (1/L per token, the newest scale x
-    ``stage.ramp``) and the metrics of untrained scales (the last scale's among them) are left out."""
-    img, label_B = batch
-    gt_BL, x_BLCv = tokenize(vae, img)
-    L_full = gt_BL.shape[1]
-    if stage is not None and not stage.full:  # progressive training: only the prefix of scales 0..stage.scale
-        gt_BL, x_BLCv = gt_BL[:, : stage.end].contiguous(), x_BLCv[:, : stage.end - var.first_l]
-    label_B = drop_labels(label_B, cond_drop_rate, var.num_classes)
-    h_BLC, cond_BD = var.forward_hidden(label_B, x_BLCv, compile=compile)
-    loss_BL, err_BL = token_losses(var, h_BLC, cond_BD, gt_BL, label_smoothing, fused_ce, ce_chunk_tokens)
-    if stage is not None and not stage.full:
-        # the published weights: 1/L per token of the full L (not of the prefix), the newest scale x ramp
-        a, b = var.begin_ends[stage.scale]
-        w_L = loss_BL.new_full((stage.end,), 1.0 / L_full)
-        w_L[a:b] *= stage.ramp
-        trained = var.begin_ends[: stage.scale + 1]
-        out = {"loss": (loss_BL * w_L).sum(dim=1).mean(), "token_err_avg": err_BL.mean()}
-    else:  # the last scale's metrics only when it is trained
-        a, b = var.begin_ends[-1]
-        trained = var.begin_ends
-        out = {
-            "loss": loss_BL.mean(),
-            "loss_last": loss_BL[:, a:b].mean(),
-            "token_err_avg": err_BL.mean(),
-            "token_err_last": err_BL[:, a:b].mean(),
-        }
-    for si, (a, b) in enumerate(trained):
-        out[f"scale/loss_s{si}"] = loss_BL[:, a:b].mean().detach()
-        out[f"scale/acc_s{si}"] = 1 - err_BL[:, a:b].mean()
-    return out
