@@ -60,6 +60,7 @@ RUNS = {  # name -> overrides; global batch 16 everywhere
     ],
     "fsdp_hybrid": ["trainer=fsdp_hybrid", *CPU2, "trainer.strategy.replicas=2", "data.batch_size=8"],
     "fsdp_bf16": ["trainer=fsdp_cpu", "trainer.precision=bf16-mixed", "data.batch_size=8"],
+    "fsdp_ac": ["trainer=fsdp_cpu", "trainer.strategy.activation_checkpointing=true", "data.batch_size=8"],
     "fsdp_unclipped": ["trainer=fsdp_cpu", "data.batch_size=8", "trainer.gradient_clip_val=null"],
     "gpu": [
         "trainer=gpu",
@@ -139,6 +140,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
         ("fsdp_hybrid", 1e-5),
         ("fsdp_bf16", 3e-2),
         ("gpu", 3e-2),
+        ("fsdp_ac", 1e-5),  # activation checkpointing: recomputed blocks, the same weights
     ],
 )
 def test_every_strategy_trains_the_weights_of_one_process(runs, name, tol):
