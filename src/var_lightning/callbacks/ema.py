@@ -23,7 +23,7 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-from var_lightning.training.sharding import reshard_all
+from var_lightning.training.sharding import is_sharded, reshard_all
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,13 @@ class TransformerEMA(L.Callback):
             return
         self._updated_at = step
         weight = 1.0 if step <= self.update_starting_at_step else 1.0 - self.decay
+        ema, raw = _params(pl_module.var_ema), _params(pl_module.var)
         with torch.no_grad():
-            for e, r in zip(_params(pl_module.var_ema), _params(pl_module.var), strict=True):
-                e.lerp_(r, weight)  # shard by shard under FSDP (a local op on each rank)
+            if is_sharded(pl_module.var):  # shard by shard (a local op on each rank's DTensor shards)
+                for e, r in zip(ema, raw, strict=True):
+                    e.lerp_(r, weight)
+            else:  # one fused call over all parameters: this runs every optimizer step
+                torch._foreach_lerp_(ema, raw, weight)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and not self._swapped:

@@ -53,7 +53,8 @@ class RNGStateCallback(L.Callback):
     * **Own stream per rank.** ``seed_everything`` gives every rank the same seed, so every rank would drop
       the same labels and paths in the same places (as if the batch were world-size times smaller for the
       regulariser). When a multi-process run starts fresh, rank r > 0 reseeds torch, numpy and Python from
-      ``(seed, r)``; rank 0 keeps the seed. The data order does not depend on these streams (:mod:`var_lightning.data.resumable`), so it stays exact.
+      ``(seed, r)``; rank 0 keeps the seed. The data order does not depend on these streams
+      (:mod:`var_lightning.data.resumable`), so it stays exact.
     * **Saved per rank.** Each checkpoint holds every rank's torch (CPU and CUDA), numpy and Python states
       (gathered, so each save is a collective, as Lightning's saving already is), and a resume restores
       each rank its own. A checkpoint from another world size (or from before per-rank states) restores
