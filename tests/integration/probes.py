@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import signal as signal_module
 from pathlib import Path
 
 import pytorch_lightning as L
@@ -74,3 +75,33 @@ class PreemptOnce(L.Callback):
         if trainer.global_step >= self.step and not self.marker.exists():
             self.marker.write_text(str(trainer.global_step))
             os.kill(os.getpid(), signal.SIGUSR2)
+
+
+class SignalAt(L.Callback):
+    """Sends ``signal`` (a name: SIGTERM, SIGINT, SIGUSR1) to rank 0's own process only, as ``kill <pid>`` or a
+    scheduler does, when ``step`` optimizer steps are done (exactly then, so a resumed run does not repeat it)."""
+
+    def __init__(self, step: int, signal: str) -> None:
+        self.step, self.signum = step, getattr(signal_module, signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            os.kill(os.getpid(), self.signum)
+
+
+class HoldAt(L.Callback):
+    """At ``step``, writes ``<out_dir>/at_step`` and waits (signals are handled meanwhile) until
+    ``<out_dir>/go`` exists: a run held still while a test acts on it."""
+
+    def __init__(self, step: int, out_dir: str) -> None:
+        self.step, self.out_dir = step, Path(out_dir)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step != self.step or not trainer.is_global_zero:
+            return
+        (self.out_dir / "at_step").write_text(str(trainer.global_step))
+        import time
+
+        deadline = time.monotonic() + 120
+        while not (self.out_dir / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)

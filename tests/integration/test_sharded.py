@@ -251,3 +251,34 @@ def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(r
     assert max_diff(ema, raw) > 1e-4  # the average lags the weights (decay 0.5 over 4 steps)
     loaded = weights(runs["fsdp_ema"] / "checkpoints" / "last.ckpt")
     assert max_diff(loaded, {k: v.float() for k, v in ema.items()}) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "sig", "code"), [("ddp", "SIGTERM", 143), ("single", "SIGUSR1", 138), ("fsdp", "SIGINT", 130)]
+)
+def test_a_signal_saves_a_checkpoint_and_the_relaunch_continues_exactly(tokenizer, runs, tmp_path, name, sig, code):
+    """The signal reaches rank 0 only, after step 3 of 4: every rank saves checkpoints/preempted.ckpt at that
+    step boundary, the run exits 128 + signal (not 0) naming the command that continues it, and that command
+    (resume=auto) ends on the uninterrupted run's weights."""
+    run = tmp_path / name
+    common = [*VAR, f"model.tokenizer_ckpt={tokenizer}", *RUNS[name], "callbacks.periodic_checkpoint.minutes=null"]
+    stopped = var_train(run, [*common, "+callbacks.sig._target_=tests.integration.probes.SignalAt",
+                              "+callbacks.sig.step=3", f"+callbacks.sig.signal={sig}"], check=False)  # fmt: skip
+    err = stopped.stdout + stopped.stderr
+    assert stopped.returncode == code, err[-3000:]
+    assert f"stopped by {sig} at step 3" in err and "to continue this run: var-train" in err, err[-3000:]
+    command = err.split("to continue this run: ", 1)[1].splitlines()[0]
+    assert f"hydra.run.dir={run}" in command and command.endswith("resume=auto")
+    saved = run / "checkpoints" / "preempted.ckpt"
+    assert saved.exists() and read_step(saved) == 3
+    assert not (run / ".var-train.lock").exists()  # released
+    resumed = var_train(run, [*common, "resume=auto"])
+    assert "preempted.ckpt (epoch 1, step 3)" in resumed.stdout + resumed.stderr
+    ref = weights(runs[name] / "checkpoints" / "last.ckpt")
+    assert max_diff(ref, weights(run / "checkpoints" / "last.ckpt")) < 1e-6
+
+
+def read_step(ckpt: Path) -> int:
+    from var_lightning.checkpoints import read_checkpoint
+
+    return int(read_checkpoint(ckpt)["global_step"])

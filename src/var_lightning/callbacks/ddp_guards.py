@@ -12,7 +12,8 @@ so a process blocked inside a collective (waiting for a rank that died or hangs)
 outlives its ``scancel`` / ``kill``. A watchdog thread listens on the signal wake-up file descriptor (written
 by Python's C-level handler the moment the signal arrives, whatever the main thread is doing) and, if the
 process is still alive ``grace_s`` seconds after a SIGTERM, exits it with status 143. The grace period lets a
-responsive run stop on its own (Lightning's SLURM requeue saves its checkpoint on SIGUSR1 beforehand).
+responsive run stop on its own: it saves a checkpoint at the next step boundary (callbacks/preemption.py),
+and a save in progress is always let finish.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def _watch(fd: int, grace_s: float) -> None:
         if signal.SIGTERM in data:
             log.warning("SIGTERM: the run ends; exiting in %.0f s unless it stops by itself first", grace_s)
             deadline = time.monotonic() + (grace_s if math.isfinite(grace_s) else 1e9)
-            while time.monotonic() < deadline:
+            from var_lightning.callbacks.preemption import SAVING
+
+            while time.monotonic() < deadline or SAVING.is_set():  # a pre-emption checkpoint is finished first
                 time.sleep(0.2)
             log.error("still running %.0f s after SIGTERM (blocked in a collective?): exiting now", grace_s)
             for h in logging.getLogger().handlers:

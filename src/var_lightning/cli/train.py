@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.callbacks.data_health import DataHealth
 from var_lightning.callbacks.ddp_guards import RankCoverage, SigtermExit
+from var_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.cli.common import (
     fit_data_to_model,
@@ -42,6 +43,7 @@ from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.distributed import launch_rank
 from var_lightning.training.checkpoint_io import AtomicCheckpointIO
 from var_lightning.training.resume import RNGStateCallback, candidate_checkpoints, resolve_resume
+from var_lightning.training.run_dir import RunLock, remove_stale_temp_files
 
 log = logging.getLogger("var_lightning.train")
 
@@ -132,6 +134,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         RNGStateCallback(),
         RankCoverage(),  # every rank has data, or the run stops at set-up instead of hanging
         SigtermExit(),  # SIGTERM ends a multi-process run even when a rank is stuck in a collective
+        PreemptionCheckpoint(),  # SIGTERM / Ctrl-C / SIGUSR1: a checkpoint at the step boundary, then stop
         DataHealth(),  # lost samples per shard, summed over ranks, per epoch and at the end
         ProcessGroupTeardown("test" if cfg.get("test") else "fit"),
     ]
@@ -186,9 +189,41 @@ def _weights_only(method: Any, cfg: DictConfig) -> dict[str, bool]:
     return {"weights_only": not bool(cfg.get("trust_pickle", False))}
 
 
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run: its own overrides, the run directory pinned, resume=auto."""
+    import shlex
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed without @hydra.main (tests, notebooks)
+        overrides = ["..."]
+    keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in ("resume", "hydra.run.dir", "overwrite")]
+    return shlex.join(["var-train", *keep, f"hydra.run.dir={cfg.paths.output_dir}", "resume=auto"])
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (and optionally test) and return the final metrics; ``optimized_metric`` picks one for sweeps."""
+    """Fit (and optionally test) and return the final metrics; ``optimized_metric`` picks one for sweeps.
+
+    The run directory is locked for the whole run (:class:`RunLock`, rank 0 of the launch). A run stopped by
+    SIGTERM / SIGINT / SIGUSR1 saves a checkpoint, logs the command that continues it and exits with
+    ``128 + signal`` (``SystemExit``)."""
     validate_config(cfg, "train")
+    lock = RunLock(cfg.paths.output_dir) if launch_rank() == 0 else None
+    if lock is not None:
+        lock.acquire()
+        remove_stale_temp_files(cfg.paths.output_dir)
+    try:
+        return _train(cfg)
+    except Preempted as stop:
+        if launch_rank() == 0:
+            log.warning("%s\nto continue this run: %s", stop, resume_command(cfg))
+        raise SystemExit(stop.exit_code) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True):
         refuse_to_start_over(cfg)
     if cfg.get("seed") is not None:

@@ -102,9 +102,9 @@ def unknown_key_error(node: Any, key: str, valid: set[str], prefix: str) -> Conf
     for path in _all_keys(node, prefix):
         if path != f"{prefix}{key}" and not path.startswith(f"{prefix}{key}."):  # not the typo itself
             candidates.setdefault(path.rsplit(".", 1)[-1], path)
-    guess = closest(key, shown) or _best_match(key, candidates)
-    hint = f"did you mean {guess if guess.startswith(prefix) and '.' in guess[len(prefix):] else prefix + guess}?" if guess else (
-        f"valid keys: {', '.join(shown)}")  # fmt: skip
+    sibling = closest(key, shown)
+    guess = f"{prefix}{sibling}" if sibling else _best_match(key, candidates)  # a sibling, or a full path
+    hint = f"did you mean {guess}?" if guess else f"valid keys: {', '.join(shown)}"
     return ConfigKeyError(f"unknown config key {prefix}{key}: {hint}")
 
 
@@ -296,9 +296,56 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
+def _target_accepts(config_name: str, overrides: list[str], key: str) -> bool:
+    """Whether ``key`` (``trainer.limit_val_batches``) is an argument of its parent node's ``_target_``
+    (``pytorch_lightning.Trainer``) that the shipped YAML just does not list."""
+    parent, _, leaf = key.rpartition(".")
+    if not parent:
+        return False
+    groups = [o for o in overrides if "." not in o.lstrip("+~").split("=")[0]]  # what picks the _target_s
+    try:
+        node = OmegaConf.select(_compose(config_name, groups), parent)
+    except Exception:  # noqa: BLE001
+        return False
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return False
+    obj = _locate(str(node.get("_target_")))
+    try:
+        params = inspect.signature(obj).parameters if obj is not None else {}
+    except (TypeError, ValueError):
+        return False
+    return leaf in params and leaf != "self"
+
+
+def accept_target_arguments(config_name: str, argv: list[str]) -> list[str]:
+    """``argv`` with ``key=value`` rewritten to ``++key=value`` where ``key`` is an argument of its node's
+    ``_target_`` that the YAML leaves at the default (any Lightning Trainer argument under ``trainer.``,
+    any ModelCheckpoint argument under ``callbacks.model_checkpoint.``): Hydra would reject it as "not in
+    struct", although the object takes it."""
+    parsed = _overrides(argv)
+    if parsed is None:
+        return argv
+    overrides = [o for o in parsed[0] if not o.lstrip("+~").startswith("hydra")]
+    out = list(argv)
+    for _ in range(len(overrides)):
+        try:
+            _compose(config_name, overrides)
+            return out
+        except Exception as err:  # noqa: BLE001
+            m = re.search(r"Could not override '([^']+)'", str(err)) or re.search(
+                r"Key '([^']+)' is not in struct", str(err)
+            )
+            if not m or not _target_accepts(config_name, overrides, m.group(1)):
+                return out
+            key = m.group(1)
+        overrides = [f"++{o}" if o.split("=")[0] == key else o for o in overrides]
+        out = [f"++{a}" if not a.startswith(("-", "+", "~")) and a.split("=")[0] == key else a for a in out]
+    return out
+
+
 def precheck(config_name: str, argv: list[str]) -> str | None:
     """The error message for a command line whose config has an unknown key, else None."""
-    parsed = _overrides(argv)
+    parsed = _overrides(accept_target_arguments(config_name, argv))
     if parsed is None:
         return None
     overrides, _ = parsed
@@ -337,6 +384,7 @@ def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig]
 
         @functools.wraps(task)
         def main() -> Any:
+            sys.argv[1:] = accept_target_arguments(config_name, sys.argv[1:])
             problem = precheck(config_name, sys.argv[1:])
             if problem is not None:
                 print(f"{prog}: error: {problem}", file=sys.stderr)

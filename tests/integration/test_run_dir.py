@@ -1,0 +1,157 @@
+"""One run per run directory, pre-emption that saves, and no leftovers of killed runs (`var-train` as a user
+launches it, in subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.integration.test_run_behaviour import TINY, TINY_DATA, cfg_for
+from var_lightning.training.run_dir import LOCK_NAME, RunDirLocked, RunLock, remove_stale_temp_files
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKENIZER = [*TINY, *TINY_DATA, "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0",
+             "callbacks.periodic_checkpoint.minutes=null"]  # fmt: skip
+
+
+def launch(run: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "HYDRA_FULL_ERROR")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "var_lightning.cli.train", *TOKENIZER, *extra, f"hydra.run.dir={run}"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=run.parent, start_new_session=True)  # fmt: skip
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=10)
+        time.sleep(0.2)
+
+
+def test_a_second_run_in_the_same_directory_stops_and_sigterm_saves_the_first(tmp_path):
+    """Run A holds the directory (held still at step 2 by a probe); run B, launched into it, stops at once
+    naming A. Then SIGTERM to A: it saves checkpoints/preempted.ckpt at step 2, exits 143 with the command
+    that continues it, leaves no lock; that command ends on the weights of an uninterrupted run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=2",
+            f"+callbacks.hold.out_dir={run}"]  # fmt: skip
+    a = launch(run, *hold)
+    try:
+        wait_for(run / "at_step", a)
+        lock = json.loads((run / LOCK_NAME).read_text())
+        assert lock["pid"] == a.pid and lock["host"] == socket.gethostname()
+        b = launch(run)
+        _, b_err = b.communicate(timeout=180)
+        assert b.returncode == 2 and "var-train: error: " in b_err, b_err[-3000:]
+        assert f"is in use by another var-train run (pid {a.pid} on host {socket.gethostname()}" in b_err
+        assert "hydra.run.dir=" in b_err and not (run / "checkpoints" / "last-v1.ckpt").exists()
+        os.kill(a.pid, signal.SIGTERM)
+        (run / "go").write_text("")
+        out, err = a.communicate(timeout=180)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+    err = out + err
+    assert a.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM at step 2" in err and "to continue this run: var-train" in err
+    assert torch.load(run / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 2
+    assert not (run / LOCK_NAME).exists()
+    command = shlex.split(err.split("to continue this run: ", 1)[1].splitlines()[0])
+    assert command[0] == "var-train" and command[-1] == "resume=auto" and f"hydra.run.dir={run}" in command
+    resumed = subprocess.run([sys.executable, "-m", "var_lightning.cli.train", *command[1:]], capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "preempted.ckpt (epoch 0, step 2)" in resumed.stdout + resumed.stderr
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    uninterrupted = launch(ref)
+    _, ref_err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, ref_err[-3000:]
+    a_sd = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    r_sd = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a_sd.keys() == r_sd.keys()
+    assert max((a_sd[k].float() - r_sd[k].float()).abs().max().item() for k in a_sd) < 1e-6
+
+
+def test_ctrl_c_in_process_saves_then_exits_130(tmp_path):
+    """The tokenizer stage, in this process: SIGINT after step 3 stops with a checkpoint and SystemExit(130);
+    the handlers in place before the run are back afterwards."""
+    from var_lightning.cli.train import train
+
+    before = signal.getsignal(signal.SIGINT)
+    probe = ["+callbacks.sig._target_=tests.integration.probes.SignalAt", "+callbacks.sig.step=3",
+             "+callbacks.sig.signal=SIGINT"]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        train(cfg_for(tmp_path, "trainer.max_epochs=2", "callbacks.periodic_checkpoint.minutes=null", *probe))
+    assert stop.value.code == 130
+    assert torch.load(tmp_path / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 3
+    assert signal.getsignal(signal.SIGINT) is before and not (tmp_path / LOCK_NAME).exists()
+
+
+def test_stale_locks_are_taken_over_and_live_ones_refused(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        here = socket.gethostname()
+        lock = tmp_path / LOCK_NAME
+        lock.write_text(json.dumps({"host": here, "pid": sleeper.pid, "command": "var-train x", "started": "t"}))
+        with pytest.raises(RunDirLocked, match=f"pid {sleeper.pid} on host {here}, started t: var-train x"):
+            RunLock(tmp_path).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with RunLock(tmp_path) as mine:  # the same pid, now gone: stale
+        assert json.loads(lock.read_text())["pid"] == os.getpid() and mine.held
+    assert not lock.exists()
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    with pytest.raises(RunDirLocked, match="host elsewhere"):
+        RunLock(tmp_path).acquire()
+    old = time.time() - 600
+    os.utime(lock, (old, old))  # not refreshed for 10 minutes: its host is gone
+    RunLock(tmp_path).acquire()
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "slurm_job": "77"}))
+    os.environ["SLURM_JOB_ID"] = "77"  # a requeued attempt of the same job
+    try:
+        RunLock(tmp_path).acquire()
+    finally:
+        del os.environ["SLURM_JOB_ID"]
+
+
+def test_a_live_lock_is_refreshed(tmp_path):
+    lock = RunLock(tmp_path, heartbeat_s=0.1)
+    lock.acquire()
+    try:
+        old = time.time() - 600
+        os.utime(lock.path, (old, old))
+        time.sleep(0.5)
+        assert time.time() - lock.path.stat().st_mtime < 5
+    finally:
+        lock.release()
+
+
+def test_temporary_files_of_killed_saves_are_removed_at_the_next_start(tmp_path):
+    from var_lightning.cli.train import train
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir(parents=True)
+    leftovers = [ckpts / ".last.ckpt.tmp-4242", ckpts / ".periodic.ckpt.tmp-99", tmp_path / ".hpc_ckpt_1.ckpt.tmp-7"]
+    for p in leftovers:
+        p.write_bytes(b"\0" * 2_000_000)
+    (ckpts / ".preempted.ckpt.tmp-5").mkdir()  # a sharded checkpoint's temporary directory
+    (ckpts / "notes.tmp-1").write_text("not ours")  # not a temporary checkpoint name: kept
+    train(cfg_for(tmp_path, "trainer.max_epochs=1", "callbacks.periodic_checkpoint.minutes=null"))
+    assert not any(p.exists() for p in leftovers) and not (ckpts / ".preempted.ckpt.tmp-5").exists()
+    assert (ckpts / "notes.tmp-1").exists() and (ckpts / "last.ckpt").exists()
+    assert remove_stale_temp_files(tmp_path) == []
