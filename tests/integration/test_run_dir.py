@@ -25,7 +25,11 @@ TOKENIZER = [*TINY, *TINY_DATA, "trainer.max_epochs=2", "trainer.num_sanity_val_
 
 
 def launch(run: Path, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "HYDRA_FULL_ERROR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "HYDRA_FULL_ERROR")
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "var_lightning.cli.train", *TOKENIZER, *extra, f"hydra.run.dir={run}"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -106,7 +110,9 @@ def test_stale_locks_are_taken_over_and_live_ones_refused(tmp_path):
     try:
         here = socket.gethostname()
         lock = tmp_path / LOCK_NAME
-        lock.write_text(json.dumps({"host": here, "pid": sleeper.pid, "command": "var-train x", "started": "t"}))
+        lock.write_text(
+            json.dumps({"host": here, "pid": sleeper.pid, "command": "var-train x", "started": "t"})
+        )
         with pytest.raises(RunDirLocked, match=f"pid {sleeper.pid} on host {here}, started t: var-train x"):
             RunLock(tmp_path).acquire()
     finally:
@@ -146,7 +152,11 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_start(tmp_path)
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir(parents=True)
-    leftovers = [ckpts / ".last.ckpt.tmp-4242", ckpts / ".periodic.ckpt.tmp-99", tmp_path / ".hpc_ckpt_1.ckpt.tmp-7"]
+    leftovers = [
+        ckpts / ".last.ckpt.tmp-4242",
+        ckpts / ".periodic.ckpt.tmp-99",
+        tmp_path / ".hpc_ckpt_1.ckpt.tmp-7",
+    ]
     for p in leftovers:
         p.write_bytes(b"\0" * 2_000_000)
     (ckpts / ".preempted.ckpt.tmp-5").mkdir()  # a sharded checkpoint's temporary directory

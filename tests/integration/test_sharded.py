@@ -256,12 +256,19 @@ def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(r
 @pytest.mark.parametrize(
     ("name", "sig", "code"), [("ddp", "SIGTERM", 143), ("single", "SIGUSR1", 138), ("fsdp", "SIGINT", 130)]
 )
-def test_a_signal_saves_a_checkpoint_and_the_relaunch_continues_exactly(tokenizer, runs, tmp_path, name, sig, code):
+def test_a_signal_saves_a_checkpoint_and_the_relaunch_continues_exactly(
+    tokenizer, runs, tmp_path, name, sig, code
+):
     """The signal reaches rank 0 only, after step 3 of 4: every rank saves checkpoints/preempted.ckpt at that
     step boundary, the run exits 128 + signal (not 0) naming the command that continues it, and that command
     (resume=auto) ends on the uninterrupted run's weights."""
     run = tmp_path / name
-    common = [*VAR, f"model.tokenizer_ckpt={tokenizer}", *RUNS[name], "callbacks.periodic_checkpoint.minutes=null"]
+    common = [
+        *VAR,
+        f"model.tokenizer_ckpt={tokenizer}",
+        *RUNS[name],
+        "callbacks.periodic_checkpoint.minutes=null",
+    ]
     stopped = var_train(run, [*common, "+callbacks.sig._target_=tests.integration.probes.SignalAt",
                               "+callbacks.sig.step=3", f"+callbacks.sig.signal={sig}"], check=False)  # fmt: skip
     err = stopped.stdout + stopped.stderr

@@ -116,7 +116,9 @@ def _watch(fd: int, grace_s: float) -> None:
             deadline = time.monotonic() + (grace_s if math.isfinite(grace_s) else 1e9)
             from var_lightning.callbacks.preemption import SAVING
 
-            while time.monotonic() < deadline or SAVING.is_set():  # a pre-emption checkpoint is finished first
+            while (
+                time.monotonic() < deadline or SAVING.is_set()
+            ):  # a pre-emption checkpoint is finished first
                 time.sleep(0.2)
             log.error("still running %.0f s after SIGTERM (blocked in a collective?): exiting now", grace_s)
             for h in logging.getLogger().handlers:

@@ -197,7 +197,11 @@ def resume_command(cfg: DictConfig) -> str:
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:  # composed without @hydra.main (tests, notebooks)
         overrides = ["..."]
-    keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in ("resume", "hydra.run.dir", "overwrite")]
+    keep = [
+        o
+        for o in overrides
+        if o.lstrip("+~").split("=", 1)[0] not in ("resume", "hydra.run.dir", "overwrite")
+    ]
     return shlex.join(["var-train", *keep, f"hydra.run.dir={cfg.paths.output_dir}", "resume=auto"])
 
 

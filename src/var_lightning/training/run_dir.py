@@ -57,7 +57,9 @@ def _pid_alive(pid: int) -> bool:
 class RunLock:
     """``with RunLock(run_dir):`` for the length of a run (see the module docstring)."""
 
-    def __init__(self, run_dir: str | os.PathLike, heartbeat_s: float = 30.0, stale_after_s: float = 180.0) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike, heartbeat_s: float = 30.0, stale_after_s: float = 180.0
+    ) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self._stop = threading.Event()
@@ -117,12 +119,9 @@ class RunLock:
                         f"{other.get('command')}). Two runs in one directory would overwrite each other's "
                         f"checkpoints and metrics: wait for it to finish (or stop it), or give this run its own "
                         f"directory with hydra.run.dir=...; if that run is certainly gone, delete {self.path}"
-                    )
+                    ) from None
                 log.warning("run directory lock %s taken over: %s", self.path, reason)
-                try:
-                    self.path.unlink()
-                except FileNotFoundError:
-                    pass
+                self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(self._record(), f)
