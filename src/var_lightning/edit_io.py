@@ -28,7 +28,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from var_lightning.data.synthetic import SyntheticShapes
-from var_lightning.data.transforms import build_transform
+from var_lightning.data.transforms import build_transform, to_rgb
 from var_lightning.sample_io import to_uint8_hwc
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def open_image(path: str | Path, key: str = "image") -> Image.Image:
 def fit_image(im: Image.Image, image_size: int) -> torch.Tensor:
     """PIL image of any size -> (1, 3, S, S) in [-1, 1]: shorter side resized to S, centre crop."""
     transform = build_transform(image_size, mid_reso=1.0, train=False)
-    return transform(im.convert("RGB")).unsqueeze(0)
+    return transform(to_rgb(im)).unsqueeze(0)
 
 
 def load_image(path: str | Path, image_size: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from var_lightning.data.shards import (
     tokens_dtype,
     write_shards,
 )
+from var_lightning.data.transforms import to_rgb
 
 log = logging.getLogger("var_lightning.make_shards")
 
@@ -126,7 +127,7 @@ def encode_image_file(path: str, resize_short: int | None) -> tuple[str, bytes] 
             fmt = (img.format or "").lower()
             if resize_short is None and fmt in ("jpeg", "png", "webp"):
                 return ("jpg" if fmt == "jpeg" else fmt), Path(path).read_bytes()
-            rgb = img.convert("RGB")
+            rgb = to_rgb(img)
     except Exception as e:  # noqa: BLE001 - any decode failure means "skip this file"
         log.warning("skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
         return None
@@ -197,7 +198,7 @@ class _CropDataset:
         try:
             with Image.open(path) as img:
                 img.load()
-                return pos, path, label, self.tf(img.convert("RGB"))
+                return pos, path, label, self.tf(to_rgb(img))
         except Exception as e:  # noqa: BLE001
             log.warning("skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
             return pos, path, label, None

@@ -53,6 +53,22 @@ class _LoaderMixin:
         n = len(ds)
         return [math.ceil(n / world_size)] * world_size
 
+    def _check_one_batch(self, dataset: Dataset) -> None:
+        """With ``drop_last`` a training split smaller than one batch per rank gives zero steps: the run would
+        end at once with no checkpoint. Stop before training instead, with the counts and the fixes."""
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        n = len(dataset)  # type: ignore[arg-type]
+        per_rank = math.ceil(n / world)
+        if self.drop_last and per_rank < self.batch_size:
+            ranks = f" ({per_rank} per rank on {world} ranks)" if world > 1 else ""
+            raise ValueError(
+                f"the training split has {n} images{ranks}, fewer than one batch of data.batch_size="
+                f"{self.batch_size}; with data.drop_last=true every epoch would have zero steps and the run would "
+                f"end without training or a checkpoint. Use data.batch_size={max(1, per_rank)} (or less), add "
+                f"images, or set data.drop_last=false"
+            )
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         """Training: a :class:`ResumableLoader` (seeded per-epoch order and per-item augmentation; a run
         resumed mid-epoch continues with exactly the batches an uninterrupted run would see). Evaluation:
@@ -65,6 +81,7 @@ class _LoaderMixin:
             persistent_workers=persistent,
         )
         if train:
+            self._check_one_batch(dataset)
             return ResumableLoader(
                 dataset,
                 batch_size=self.batch_size,

@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from var_lightning.data.transforms import to_rgb
+
 log = logging.getLogger(__name__)
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
@@ -47,7 +49,7 @@ def find_classes(root: str, config_key: str = "data.root") -> list[str]:
 def _load_rgb(path: str) -> Image.Image:
     with Image.open(path) as img:
         img.load()  # force the decode here, inside the caller's try, so truncation surfaces now
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 class SafeImageFolder(Dataset):
@@ -94,12 +96,29 @@ class SafeImageFolder(Dataset):
         self._warned: set[str] = set()  # per process: each worker warns once per bad file
 
     def _scan(self, extensions: tuple[str, ...]) -> list[tuple[str, int]]:
+        """Image files per class folder. Linked directories are followed once per real directory: a link
+        back up the tree (a loop) or a second link to a folder already read is skipped and counted in
+        ``skipped_links``, so no image is read twice and a loop cannot multiply the epoch."""
         samples: list[tuple[str, int]] = []
         empty = []
+
+        def ident(path: str) -> tuple[int, int]:
+            st = os.stat(path)
+            return st.st_dev, st.st_ino
+
+        # (device, inode) of every directory read or to be read: the root and the class folders up front,
+        # so a link to the root or into another class is never followed
+        seen = {ident(self.root), *(ident(os.path.join(self.root, c)) for c in self.classes)}
+        self.skipped_links: list[str] = []
         for cls in self.classes:
             cls_dir = os.path.join(self.root, cls)
             found = []
             for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=True):
+                if dirpath != cls_dir and ident(dirpath) in seen:
+                    self.skipped_links.append(dirpath)
+                    dirnames[:] = []
+                    continue
+                seen.add(ident(dirpath))
                 dirnames.sort()
                 found += [
                     os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(extensions)
@@ -107,6 +126,13 @@ class SafeImageFolder(Dataset):
             if not found:
                 empty.append(cls)
             samples += [(path, self.class_to_idx[cls]) for path in found]
+        if self.skipped_links:
+            shown = ", ".join(self.skipped_links[:3]) + (" ..." if len(self.skipped_links) > 3 else "")
+            log.warning(
+                "%s: skipped %d linked director%s already read (a symlink loop or a second link to the same "
+                "folder): %s", self.root, len(self.skipped_links),
+                "y" if len(self.skipped_links) == 1 else "ies", shown,
+            )  # fmt: skip
         if empty and len(empty) < len(self.classes):
             log.warning("%s: %d class folders have no images, e.g. %s", self.root, len(empty), empty[:5])
         return samples

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from var_lightning.data.transforms import build_transform
+from var_lightning.data.transforms import build_transform, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ class ImageDecoder:
             raise KeyError(f"no image field ({', '.join(IMAGE_EXTS)}) in sample with fields {sorted(sample)}")
         with Image.open(io.BytesIO(sample[ext])) as img:
             img.load()
-            rgb = img.convert("RGB")
+            rgb = to_rgb(img)
         label = int(sample["cls"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

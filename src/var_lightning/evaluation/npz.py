@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from var_lightning.data.transforms import to_rgb
+
 PNG_EXTS = (".png",)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -30,7 +32,7 @@ def _read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8; a clear error naming the file when it is not a readable image."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.asarray(to_rgb(im), dtype=np.uint8)
     except Exception as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
