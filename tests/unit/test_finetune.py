@@ -27,10 +27,10 @@ def var_module(num_classes: int = 5, patch_nums=(1, 2, 4), seed: int = 0) -> VAR
     )
 
 
-def save_lightning(module, path: Path, stage: str) -> Path:
+def save_lightning(module, path: Path, stage: str, class_names=None) -> Path:
     torch.save(
         {
-            "var_lightning": {"stage": stage},
+            "var_lightning": {"stage": stage, **({"class_names": class_names} if class_names else {})},
             "hyper_parameters": dict(module.hparams),
             "state_dict": module.state_dict(),
             "optimizer_states": [],
@@ -70,6 +70,39 @@ def test_class_count_change_keeps_shared_classes_and_the_null_class(tmp_path, ne
     for name, p in src.var.named_parameters():
         if name != "class_emb.weight":
             assert torch.equal(dict(dst.var.named_parameters())[name], p), name
+
+
+NINE = ["astronaut", "brick", "camera", "cat", "chelsea", "coffee", "coins", "horse", "rocket"]
+
+
+def test_a_class_subset_keeps_rows_by_name_not_by_index(tmp_path, caplog):
+    """Fine-tuning a 9-class model to 3 classes (two it knows, one new): 'chelsea' starts from the source's
+    'chelsea' row (index 4), not from 'astronaut' (index 0); the new class keeps its initialisation."""
+    src = var_module(num_classes=9, seed=1)
+    path = save_lightning(src, tmp_path / "var.ckpt", "var", class_names=NINE)
+    dst = var_module(num_classes=3, seed=2)
+    fresh = dst.var.class_emb.weight.detach().clone()
+    with caplog.at_level("INFO"):
+        report = init_from_checkpoint(dst, path, class_names=["Chelsea", "coffee", "zebra"])
+    W_old, W_new = src.var.class_emb.weight, dst.var.class_emb.weight
+    assert torch.equal(W_new[0], W_old[4]) and torch.equal(W_new[1], W_old[5])
+    assert torch.equal(W_new[2], fresh[2]) and torch.equal(W_new[3], W_old[9])  # new class; null row
+    how = report.resized["class_emb.weight"]
+    assert (
+        "matched by class name: kept 2 (Chelsea, coffee)" in how
+        and "new 1 (this model's initialisation: zebra)" in how
+    )
+    assert "dropped 7 (astronaut, brick, camera, cat, coins, horse, rocket)" in how and how in caplog.text
+    # the same count, other classes in another order: still by name
+    same = var_module(num_classes=9, seed=3)
+    init_from_checkpoint(same, path, class_names=list(reversed(NINE)))
+    assert torch.equal(same.var.class_emb.weight[0], W_old[8])
+    # no names on the source: by index, and the report says so
+    bare = save_lightning(src, tmp_path / "bare.ckpt", "var")
+    by_index = var_module(num_classes=3, seed=2)
+    report = init_from_checkpoint(by_index, bare, class_names=["chelsea", "coffee", "zebra"])
+    assert torch.equal(by_index.var.class_emb.weight[0], W_old[0])
+    assert "BY INDEX (the source has no class names)" in report.resized["class_emb.weight"]
 
 
 def test_schedule_change_adapts_positions_and_levels(tmp_path):

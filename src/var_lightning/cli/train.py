@@ -243,7 +243,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             if ckpt_path is None:
                 from var_lightning.training.finetune import init_from_checkpoint
 
-                init_from_checkpoint(model, cfg.init_from, bool(cfg.get("trust_pickle", False)))
+                names = getattr(datamodule, "class_names", None)
+                init_from_checkpoint(model, cfg.init_from, bool(cfg.get("trust_pickle", False)), names)
             else:
                 log.info(
                     "init_from=%s ignored: resuming %s, which already continues from it",

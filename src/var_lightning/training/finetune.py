@@ -7,10 +7,12 @@ the VAR stage; ``.pth`` or ``.safetensors``) or, for the VAR stage, a released m
 
 What the VAR stage adapts, and why it can (every decision is logged):
 
-* **Class count.** ``class_emb`` has ``num_classes + 1`` rows, the last being the null class of
-  classifier-free guidance. Rows of classes both models have are kept, the null row moves to the new last
-  row, and rows of new classes keep this model's fresh initialisation (the released models' class rows
-  are ImageNet-specific, so nothing better is known about a new class).
+* **Classes.** ``class_emb`` has ``num_classes + 1`` rows, the last being the null class of classifier-free
+  guidance. Both checkpoints carry class names (var-train records the data's; the released models are
+  ImageNet's), so rows are matched by name: a class both have keeps its row wherever it sits, a new class
+  keeps this model's fresh initialisation (nothing better is known about it), the null row moves to the new
+  last row; the log lists kept, new and dropped classes. Without names on either side, rows are kept by
+  index, and the log says so.
 * **Scale schedule.** ``pos_1LC`` is a concatenation of one (pn x pn, C) position table per scale. A new
   scale takes the table of an old scale of the same side, else the table of the nearest old side resized
   bicubically (positions are smooth over the grid). ``pos_start`` likewise. ``lvl_embed`` rows are kept by
@@ -133,17 +135,62 @@ def _check_shapes(sd: dict[str, torch.Tensor], model: nn.Module, what: str, path
 
 
 # ---------------------------------------------------------------------------------------------- VAR
+def _norm(name: str) -> str:
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
+def match_class_rows(old_names: Sequence[str], new_names: Sequence[str]) -> tuple[dict[int, int], str]:
+    """{new row: old row} for the classes both lists name (case, ``_``/``-``/space insensitive), and the
+    report line: which rows were kept (by name), which are new (this model's initialisation), which dropped."""
+    index = {_norm(n): i for i, n in enumerate(old_names)}
+    rows = {j: index[_norm(n)] for j, n in enumerate(new_names) if _norm(n) in index}
+    new = [n for j, n in enumerate(new_names) if j not in rows]
+    kept_old = set(rows.values())
+    dropped = [n for i, n in enumerate(old_names) if i not in kept_old]
+
+    def show(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "") or "none"
+
+    moved = [f"{new_names[j]} {i}->{j}" for j, i in rows.items() if i != j]
+    how = (
+        f"{len(old_names)}+1 -> {len(new_names)}+1 rows matched by class name: kept {len(rows)} "
+        f"({show([new_names[j] for j in rows])}){'; moved ' + show(moved) if moved else ''}; new {len(new)} "
+        f"(this model's initialisation: {show(new)}); dropped {len(dropped)} ({show(dropped)}); null class kept"
+    )
+    return rows, how
+
+
 def adapt_var_state(
-    sd: dict[str, torch.Tensor], old_pns: Sequence[int], var: nn.Module, report: InitReport, path: str = "?"
+    sd: dict[str, torch.Tensor],
+    old_pns: Sequence[int],
+    var: nn.Module,
+    report: InitReport,
+    path: str = "?",
+    old_names: Sequence[str] | None = None,
+    new_names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """A state_dict for ``var`` (the new model) from ``sd`` of a VAR trained with schedule ``old_pns``."""
+    """A state_dict for ``var`` (the new model) from ``sd`` of a VAR trained with schedule ``old_pns``.
+    With both class-name lists, class rows are matched by name; otherwise by index (and the report says so)."""
     own = var.state_dict()
     out = {k: v for k, v in sd.items() if k in own and k not in dict(var.named_buffers())}
     new_pns = tuple(var.patch_nums)
     if "class_emb.weight" in out:
         old_W, new_W = out["class_emb.weight"], own["class_emb.weight"].clone()
         n_old, n_new = old_W.shape[0] - 1, new_W.shape[0] - 1
-        if n_old != n_new and old_W.shape[1] == new_W.shape[1]:
+        named = old_names is not None and new_names is not None
+        if (
+            named
+            and len(old_names) == n_old
+            and len(new_names) == n_new
+            and list(old_names) != list(new_names)
+        ):
+            rows, how = match_class_rows(old_names, new_names)
+            for new_i, old_i in rows.items():
+                new_W[new_i] = old_W[old_i]
+            new_W[-1] = old_W[-1]  # the null class
+            out["class_emb.weight"] = new_W
+            report.resized["class_emb.weight"] = how
+        elif n_old != n_new and old_W.shape[1] == new_W.shape[1]:
             k = min(n_old, n_new)
             new_W[:k] = old_W[:k]
             new_W[-1] = old_W[-1]  # the null class
@@ -151,8 +198,11 @@ def adapt_var_state(
             extra = (
                 f"; classes {n_old}..{n_new - 1} keep this model's initialisation" if n_new > n_old else ""
             )
+            why = "the source has no class names" if new_names else "this run's data has no class names"
+            if not new_names and not old_names:
+                why = "neither side has class names"
             report.resized["class_emb.weight"] = (
-                f"{n_old}+1 -> {n_new}+1 rows: kept classes 0..{k - 1} and the null class{extra}"
+                f"{n_old}+1 -> {n_new}+1 rows BY INDEX ({why}): kept classes 0..{k - 1} and the null class{extra}"
             )
     if new_pns != tuple(old_pns):
         for key in ("pos_1LC", "pos_start"):
@@ -177,43 +227,62 @@ def adapt_var_state(
     return out
 
 
+def _released_names(num_classes: int) -> list[str] | None:
+    from var_lightning.loading import imagenet_class_names
+
+    return imagenet_class_names() if num_classes == 1000 else None
+
+
 def _var_source(
     path: str, trust_pickle: bool = False
-) -> tuple[str, dict[str, torch.Tensor], tuple[int, ...], dict[str, Any]]:
-    """(kind, transformer state_dict, its schedule, tokenizer hparams or {}) of a VAR checkpoint, a released
-    file (``.pth`` / ``.safetensors``) or a released model's name (``var_d16`` ..., through the Hub cache)."""
+) -> tuple[str, dict[str, torch.Tensor], tuple[int, ...], dict[str, Any], list[str] | None]:
+    """(kind, transformer state_dict, its schedule, tokenizer hparams or {}, class names or None) of a VAR
+    checkpoint, a released file (``.pth`` / ``.safetensors``; ImageNet's names) or a released model's name
+    (``var_d16`` ..., through the Hub cache)."""
     if not Path(path).expanduser().exists() and path in PRETRAINED:
         from var_lightning.interop.official import load_official_var
 
         var_path = resolve_transformer(path)
         sd = read_checkpoint(var_path, key=_KEY, trust_pickle=trust_pickle)
         var = load_official_var(sd)
-        return f"released {path} ({var_path})", var.state_dict(), tuple(var.patch_nums), {}
+        names = _released_names(var.num_classes)
+        return f"released {path} ({var_path})", var.state_dict(), tuple(var.patch_nums), {}, names
     ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     if stage == "var":
         hp = ckpt.get("hyper_parameters", {})
+        names = (ckpt.get("var_lightning") or {}).get("class_names")
         return (
             "var_lightning VAR checkpoint",
             transformer_state_dict(ckpt["state_dict"]),
             tuple(hp["transformer"]["patch_nums"]),
             dict(hp.get("tokenizer") or {}),
+            list(names) if names else None,
         )
     if stage == "official-var":
         from var_lightning.interop.official import load_official_var
 
         var = load_official_var(ckpt)
-        return "released VAR weights", var.state_dict(), tuple(var.patch_nums), {}
+        return (
+            "released VAR weights",
+            var.state_dict(),
+            tuple(var.patch_nums),
+            {},
+            _released_names(var.num_classes),
+        )
     raise _stage_mismatch(path, stage, "var")
 
 
-def init_var_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
-    """Load a VAR checkpoint's transformer weights into ``module.var`` (a VARModule), adapting class count
-    and schedule. The tokenizer stays the one from ``model.tokenizer_ckpt``; a different one is warned about."""
+def init_var_module(
+    module: nn.Module, path: str | Path, trust_pickle: bool = False, class_names: Sequence[str] | None = None
+) -> InitReport:
+    """Load a VAR checkpoint's transformer weights into ``module.var`` (a VARModule), adapting class rows (by
+    name when both sides have names: ``class_names`` are this run's) and schedule. The tokenizer stays the one
+    from ``model.tokenizer_ckpt``; a different one is refused."""
     path = str(path)
-    kind, sd, old_pns, tok_hp = _var_source(path, trust_pickle)
+    kind, sd, old_pns, tok_hp, old_names = _var_source(path, trust_pickle)
     report = InitReport(path, kind)
-    new_sd = adapt_var_state(sd, old_pns, module.var, report, path)
+    new_sd = adapt_var_state(sd, old_pns, module.var, report, path, old_names, class_names)
     missing, unexpected = module.var.load_state_dict(new_sd, strict=False)
     buffers = set(dict(module.var.named_buffers()))
     assert not unexpected and set(missing) <= buffers, (missing, unexpected)
@@ -296,9 +365,12 @@ def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: boo
     return report
 
 
-def init_from_checkpoint(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
+def init_from_checkpoint(
+    module: nn.Module, path: str | Path, trust_pickle: bool = False, class_names: Sequence[str] | None = None
+) -> InitReport:
     """Dispatch on the module's stage: VARModule (has ``var``) or TokenizerModule. ``path``: a checkpoint
-    file, or for the VAR stage a released model's name (``init_from=var_d16``)."""
+    file, or for the VAR stage a released model's name (``init_from=var_d16``). ``class_names``: this run's
+    classes (the data's), to match class rows by name."""
     if getattr(module, "STAGE", None) == "ar":
         return init_ar_module(module, path, trust_pickle)
     is_var = hasattr(module, "var")
@@ -308,5 +380,5 @@ def init_from_checkpoint(module: nn.Module, path: str | Path, trust_pickle: bool
             f"{', or a released model name: ' + ', '.join(PRETRAINED) if is_var else ''})"
         )
     if is_var:
-        return init_var_module(module, path, trust_pickle)
+        return init_var_module(module, path, trust_pickle, class_names)
     return init_tokenizer_module(module, path, trust_pickle)
