@@ -50,12 +50,16 @@ def _first_line(e: BaseException) -> str:
 
 
 def _unpickling_reason(e: BaseException) -> str:
-    """The useful line of torch's weights-only refusal (which global it met), without terminal colours."""
+    """What torch's weights-only refusal met (a global's name, an opcode), without terminal colours and
+    without torch's advice to allowlist that global (which would let exactly this file's code run)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    for line in text.splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line or "GLOBAL" in line:
-            return line.strip()
-    return _first_line(e)
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return f"it references the Python object {m.group(1)}"
+    m = re.search(r"Unsupported operand (\d+)", text)
+    if m:
+        return f"it uses the pickle operation {m.group(1)}"
+    return _first_line(e).split(". Please", 1)[0].split("torch.serialization", 1)[0].strip()
 
 
 def _resolve(path: str | os.PathLike, key: str) -> Path:
@@ -68,6 +72,26 @@ def _resolve(path: str | os.PathLike, key: str) -> Path:
         )
         raise FileNotFoundError(f"{key}={str(path)!r}: no such file{hint}")
     return p
+
+
+def _check_looks_like_torch(p: Path, key: str) -> None:
+    """PyTorch writes a zip archive (or, before 1.6, a pickle: first byte 0x80); anything else (a text file,
+    an image, an HTML error page saved as .ckpt) is named as such instead of failing inside the unpickler
+    with ``KeyError: 101``."""
+    with open(p, "rb") as f:
+        head = f.read(64)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or zipfile.is_zipfile(p):  # (a truncated zip too)
+        return
+    if not head:
+        what = "it is empty"
+    elif all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        what = f"it is a text file (it starts with {head[:40].decode('ascii', 'replace')!r})"
+    else:
+        what = f"its first bytes {head[:8]!r} are not PyTorch's zip or pickle format"
+    raise CheckpointError(
+        f"{key}={p}: not a checkpoint: {what}. Give a .ckpt written by var-train, a released .pth, or a "
+        f".safetensors file"
+    )
 
 
 def torch_load(
@@ -84,6 +108,7 @@ def torch_load(
     corrupt file raises ``CheckpointError``.
     """
     p = _resolve(path, key)
+    _check_looks_like_torch(p, key)
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -94,7 +119,7 @@ def torch_load(
                 f"released VAR checkpoints never need this. If you trust the file's origin, pass "
                 f"trust_pickle=true (command line) / trust_pickle=True (Python) to load it anyway"
             ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f"{key}={p}: cannot read the file ({type(e).__name__}: {_first_line(e)}); it is truncated, corrupt "
             f"or not a PyTorch checkpoint"
@@ -112,6 +137,31 @@ def torch_load(
         raise CheckpointError(
             f"{key}={p}: cannot read the file ({type(e).__name__}: {_first_line(e)})"
         ) from e
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "floating-point"
+    if dtype.is_complex:
+        return "complex"
+    return "boolean" if dtype == torch.bool else "integer"
+
+
+def check_dtypes(state_dict: Mapping[str, Any], expected: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse a stored tensor whose dtype cannot be the model's (an integer or boolean tensor for a float
+    weight, a float for an integer buffer): a cast would load it silently as garbage. Precisions of the same
+    kind (bf16 for fp32) are fine and are cast."""
+    bad = [
+        f"{k} is {state_dict[k].dtype} but the model's is {v.dtype}"
+        for k, v in expected.items()
+        if k in state_dict and torch.is_tensor(state_dict[k]) and _kind(state_dict[k].dtype) != _kind(v.dtype)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"the {what} weights hold {len(bad)} tensor(s) of the wrong kind ({'; '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}); the file is damaged or was converted by another tool: export it "
+            f"again from its source (var-convert) or use the original file"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- safetensors

@@ -31,6 +31,7 @@ from torch import nn
 
 from var_lightning.checkpoints import (
     CheckpointError,
+    check_dtypes,
     checkpoint_stage,
     read_checkpoint,
     sub_state_dict,
@@ -161,6 +162,7 @@ def materialize(
             if v
         ]
         raise CheckpointError(f"the {what} weights do not fit its stored config ({'; '.join(parts)})")
+    check_dtypes(state_dict, expected, what)
     sd = {}
     for k, v in expected.items():
         t = state_dict[k]

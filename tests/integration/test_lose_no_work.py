@@ -132,3 +132,20 @@ def test_atomic_save_replaces_in_one_step_and_cleans_up_on_failure(tmp_path):
         atomic_torch_save({"a": Boom()}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.zeros(3))
     assert [p.name for p in tmp_path.iterdir()] == ["x.ckpt"]
+
+
+def test_resume_with_a_checkpoint_of_another_shape_stops_before_fitting(good_run, tmp_path):
+    """The same message init_from gives, before Lightning starts (it used to fail inside its restore)."""
+    from var_lightning.cli.train import train
+
+    last = good_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError) as err:
+        train(cfg_for(tmp_path / "other", "trainer.max_epochs=2", f"resume={last}", "model.tokenizer.ch=8",
+                      "model.tokenizer.norm_groups=4"))  # fmt: skip
+    msg = str(err.value)
+    assert (
+        msg.startswith(f"resume={last}: the checkpoint's model differs from this run's")
+        and "with other shapes" in msg
+    )
+    assert "vae.decoder.conv_in.bias (32,) vs (16,)" in msg and f"init_from={last}" in msg
+    assert not (tmp_path / "other" / "checkpoints").exists()

@@ -191,3 +191,58 @@ def test_trust_pickle_loads_it_with_a_warning_naming_the_file(evil):
         ckpt = read_checkpoint(path, trust_pickle=True)
     assert "payload" in ckpt["hyper_parameters"] and marker.exists()
     marker.unlink()  # the fixture checks that nothing else ran it
+
+
+def test_the_refusal_does_not_pass_on_torchs_advice_to_allowlist_the_global(evil):
+    path, _ = evil
+    msg = refused(lambda: read_checkpoint(path), path)
+    assert (
+        "it references the Python object builtins.open" in msg
+        or "it references the Python object io.open" in msg
+    )
+    assert "add_safe_globals" not in msg and "allowlist" not in msg
+
+
+def test_a_text_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("epoch 3 looked good\n")
+    exe = shutil.which("var-sample") or str(Path(sys.executable).parent / "var-sample")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    out = subprocess.run([exe, f"ckpt_path={text}", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert (
+        f"ckpt_path={text}: not a checkpoint: it is a text file (it starts with 'epoch 3 looked good"
+        in out.stderr
+    )
+    assert "101" not in out.stderr
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a checkpoint: it is empty"):
+        read_checkpoint(empty)
+
+
+def test_a_safetensors_weight_stored_as_integers_is_refused_by_name(tmp_path):
+    from var_lightning.checkpoints import CheckpointError, save_checkpoint
+    from var_lightning.loading import load_models
+
+    torch.manual_seed(0)
+    module = VARModule(
+        transformer=dict(depth=1, width=32, num_heads=1, num_classes=10, drop_path_rate=0.0),
+        tokenizer=asdict(tiny_vae_cfg(patch_nums=(1, 2, 4), ch=16, norm_groups=8)),
+    )
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "var_lightning": {"stage": "var"}}  # fmt: skip
+    good = save_checkpoint(ckpt, tmp_path / "good.safetensors")
+    assert load_models(good).var.head.weight.dtype == torch.float32
+    sd = dict(ckpt["state_dict"])
+    sd["var.head.weight"] = (sd["var.head.weight"] * 1000).to(torch.int64)
+    bad = save_checkpoint({**ckpt, "state_dict": sd}, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match=r"head.weight is torch.int64 but the model's is torch.float32"):
+        load_models(bad)
+    from var_lightning.interop.official import export_official_var, load_official_var
+
+    released = export_official_var(module.var)
+    released["head.weight"] = released["head.weight"].to(torch.int32)
+    with pytest.raises(CheckpointError, match=r"head.weight is torch.int32"):
+        load_official_var(released)

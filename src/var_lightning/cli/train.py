@@ -42,7 +42,12 @@ from var_lightning.cli.common import (
 from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.distributed import launch_rank
 from var_lightning.training.checkpoint_io import AtomicCheckpointIO
-from var_lightning.training.resume import RNGStateCallback, candidate_checkpoints, resolve_resume
+from var_lightning.training.resume import (
+    RNGStateCallback,
+    candidate_checkpoints,
+    check_resume_fits,
+    resolve_resume,
+)
 from var_lightning.training.run_dir import RunLock, remove_stale_temp_files
 
 log = logging.getLogger("var_lightning.train")
@@ -239,6 +244,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(run_cfg)
     if cfg.get("train", True):
         ckpt_path = resume_checkpoint(cfg, stage_of(model))
+        if ckpt_path is not None:
+            check_resume_fits(model, ckpt_path, bool(cfg.get("trust_pickle", False)))
         if cfg.get("init_from"):
             if ckpt_path is None:
                 from var_lightning.training.finetune import init_from_checkpoint

@@ -25,6 +25,7 @@ from torch import nn
 from var_lightning.checkpoints import (
     SAFETENSORS_SUFFIX,
     UnsafeCheckpointError,
+    check_dtypes,
     is_safetensors,
     read_safetensors,
     torch_load,
@@ -300,6 +301,7 @@ def _assign(model: nn.Module, sd: Mapping[str, torch.Tensor], device: str | torc
     to the model's dtypes; the model ends up on ``device`` without a wasted random initialisation."""
     names = _official_names(model)
     expected = model.state_dict()
+    check_dtypes({names[p]: sd[p] for p in names if p in sd}, expected, type(model).__name__)
     ours = {}
     for pub, key in names.items():
         t = sd[pub]

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from var_lightning.checkpoints import (
+    CheckpointError,
+    check_dtypes,
     checkpoint_stage,
     read_checkpoint,
     sub_state_dict,
@@ -111,6 +113,10 @@ def _stage_mismatch(path: str, got: str, want: str) -> ValueError:
 
 def _check_shapes(sd: dict[str, torch.Tensor], model: nn.Module, what: str, path: str) -> None:
     params = dict(model.named_parameters())
+    try:
+        check_dtypes(sd, params, what)
+    except CheckpointError as e:
+        raise ValueError(f"{_KEY}={path}: {e}") from None
     missing = sorted(set(params) - set(sd))
     unexpected = sorted(k for k in set(sd) - set(params) if k not in dict(model.named_buffers()))
     wrong = sorted(

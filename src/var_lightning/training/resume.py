@@ -292,3 +292,42 @@ def resolve_resume(
         search,
     )
     return None
+
+
+def stored_shapes(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of a resume checkpoint's ``state_dict`` (file: memory-mapped; sharded directory: its
+    index), without reading the tensors."""
+    if is_sharded_checkpoint(path):
+        from var_lightning.sharded_checkpoints import read_metadata
+
+        index = read_metadata(Path(path), "resume", trust_pickle)
+        prefix = "state_dict."
+        return {
+            k[len(prefix) :]: tuple(getattr(m, "size", ()))
+            for k, m in index.state_dict_metadata.items()
+            if k.startswith(prefix) and hasattr(m, "size")
+        }
+    ckpt = torch_load(path, key="resume", trust_pickle=trust_pickle, mmap=True)
+    return {k: tuple(v.shape) for k, v in ckpt.get("state_dict", {}).items() if torch.is_tensor(v)}
+
+
+def check_resume_fits(model: torch.nn.Module, path: str | os.PathLike, trust_pickle: bool = False) -> None:
+    """Before fitting: the resume checkpoint's weights must have this run's names and shapes (otherwise
+    Lightning fails late, inside its restore, with a traceback). Checkpoint-only entries (an EMA copy made by
+    a callback at set-up) are left to the callbacks."""
+    stored = stored_shapes(path, trust_pickle)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(k for k in own if k not in stored)
+    wrong = sorted(f"{k} {stored[k]} vs {own[k]}" for k in own if k in stored and stored[k] != own[k])
+    if not missing and not wrong:
+        return
+    parts = [
+        f"{len(v)} {label}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+        for label, v in (("missing", missing), ("with other shapes", wrong))
+        if v
+    ]
+    raise ValueError(
+        f"resume={path}: the checkpoint's model differs from this run's ({'; '.join(parts)}); resume with the "
+        f"configuration that wrote it (the same experiment and model.* settings; its .hydra/config.yaml lists "
+        f"them), or start from its weights with init_from={path}, which adapts the class count and schedule"
+    )
