@@ -149,3 +149,25 @@ def test_resume_with_a_checkpoint_of_another_shape_stops_before_fitting(good_run
     )
     assert "vae.decoder.conv_in.bias (32,) vs (16,)" in msg and f"init_from={last}" in msg
     assert not (tmp_path / "other" / "checkpoints").exists()
+
+
+def test_save_top_k_stays_true_across_kills(tmp_path):
+    """Files a killed run wrote after the resumed checkpoint (or failed to delete) are removed when the run
+    resumes; the restored top-k list, last.ckpt and unrelated files stay."""
+    from var_lightning.cli.train import train
+
+    run = tmp_path / "run"
+    train(cfg_for(run, "trainer.max_epochs=1", "callbacks.periodic_checkpoint.minutes=null"))
+    ckpts = run / "checkpoints"
+    tracked = sorted(p.name for p in ckpts.glob("best-*.ckpt"))
+    assert len(tracked) == 1
+    for name in ("best-e007-s0000031.ckpt", "best-e000-s0000004-v1.ckpt"):  # an abandoned timeline's files
+        shutil.copy(ckpts / tracked[0], ckpts / name)
+        os.utime(ckpts / name, (1e9, 1e9))  # older than last.ckpt, which resume=auto picks
+    (ckpts / "my-notes.ckpt").write_bytes(b"")  # not the callback's pattern: kept
+    train(cfg_for(run, "trainer.max_epochs=2", "resume=auto", "callbacks.periodic_checkpoint.minutes=null"))
+    best = sorted(p.name for p in ckpts.glob("best-*.ckpt"))
+    assert (
+        len(best) == 1 and "best-e007-s0000031.ckpt" not in best and "best-e000-s0000004-v1.ckpt" not in best
+    )
+    assert (ckpts / "my-notes.ckpt").exists() and (ckpts / "last.ckpt").exists()

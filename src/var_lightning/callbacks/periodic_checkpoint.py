@@ -65,7 +65,7 @@ class PeriodicCheckpoint(L.Callback):
         if not due:
             return
         path = self.path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state (and no "not set" line)
         self._last_time, self._last_step = time.monotonic(), step
         self.saved.append(step)
         if trainer.is_global_zero:

@@ -132,7 +132,9 @@ class PreemptionCheckpoint(L.Callback):
         path = Path(trainer.default_root_dir) / "checkpoints" / f"{self.filename}.ckpt"
         SAVING.set()
         try:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(
+                path, weights_only=False
+            )  # the full training state (and no "not set" line)
         finally:
             SAVING.clear()
         if trainer.is_global_zero:

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from var_lightning.callbacks.checkpoint_housekeeping import TopKHousekeeping
 from var_lightning.callbacks.data_health import DataHealth
 from var_lightning.callbacks.ddp_guards import RankCoverage, SigtermExit
 from var_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
@@ -140,6 +141,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         RankCoverage(),  # every rank has data, or the run stops at set-up instead of hanging
         SigtermExit(),  # SIGTERM ends a multi-process run even when a rank is stuck in a collective
         PreemptionCheckpoint(),  # SIGTERM / Ctrl-C / SIGUSR1: a checkpoint at the step boundary, then stop
+        TopKHousekeeping(),  # save_top_k stays true across kills
         DataHealth(),  # lost samples per shard, summed over ranks, per epoch and at the end
         ProcessGroupTeardown("test" if cfg.get("test") else "fit"),
     ]
