@@ -38,14 +38,19 @@ def fit_data_to_model(model: Any, datamodule: Any, check_classes: bool = True) -
     transformer's is an error naming both numbers (``check_class_count``)."""
     vae = getattr(model, "vae", None)
     if vae is not None and getattr(datamodule, "image_size", "absent") != "absent":
-        why = f"its scale schedule ends at {vae.patch_nums[-1]} and the tokenizer downsamples {vae.cfg.downsample}x"
+        from var_lightning.data.defaults import schedule_hint
+
+        why = (f"its scale schedule ends at {vae.patch_nums[-1]} (schedule.patch_nums=[{','.join(map(str, vae.patch_nums))}]) and "
+               f"the tokenizer downsamples {vae.cfg.downsample}x")  # fmt: skip
+        asked = datamodule.image_size
+        hint = schedule_hint(int(asked), vae.cfg.downsample, vae.patch_nums) if asked is not None else ""
         fit = getattr(datamodule, "fit_image_size", None)
         if fit is not None:
-            fit(vae.cfg.image_size, why)
-        elif datamodule.image_size is not None and int(datamodule.image_size) != vae.cfg.image_size:
+            fit(vae.cfg.image_size, why, hint)
+        elif asked is not None and int(asked) != vae.cfg.image_size:
             raise ValueError(
-                f"data.image_size={datamodule.image_size} does not fit the model: {why}, so images must be "
-                f"{vae.cfg.image_size}x{vae.cfg.image_size} (set data.image_size={vae.cfg.image_size})"
+                f"data.image_size={asked} does not fit the model: {why}, so images must be "
+                f"{vae.cfg.image_size}x{vae.cfg.image_size} (set data.image_size={vae.cfg.image_size}){hint}"
             )
     var = getattr(model, "var", None)
     if var is not None and check_classes:

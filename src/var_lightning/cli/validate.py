@@ -264,6 +264,17 @@ def _composition_hint(err: Exception, config_name: str, overrides: list[str]) ->
         if not isinstance(node, DictConfig):
             return None
         return str(unknown_key_error(node, leaf, {str(k) for k in node}, f"{parent}." if parent else ""))
+    if "Config group override must be a string" in text:
+        for o in overrides:
+            key, _, value = o.lstrip("+~").partition("=")
+            if (CONF_DIR / key).is_dir() and re.fullmatch(r"[\d.]+", value):
+                options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                extra = (
+                    "; another resolution takes its own scales: schedule.patch_nums=[1,2,3,...] (README: 'Your own folder, at another resolution')"
+                    if key == "schedule"
+                    else ""
+                )
+                return f"{key}={value}: no such option in group '{key}'; options: {', '.join(options)}{extra}"
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:
         group, option = m.group(1), m.group(2)
@@ -317,11 +328,21 @@ def _target_accepts(config_name: str, overrides: list[str], key: str) -> bool:
     return leaf in params and leaf != "self"
 
 
+def _numeric_option(arg: str) -> str:
+    """``schedule=256`` -> ``schedule=s256``: Hydra parses a bare number as an int, which a config group
+    cannot take ("Config group override must be a string"); the resolution-named schedules are ``s<N>``."""
+    m = re.fullmatch(r"(\+{0,2}schedule)=(\d+)", arg)
+    if m and (CONF_DIR / "schedule" / f"s{m.group(2)}.yaml").is_file():
+        return f"{m.group(1)}=s{m.group(2)}"
+    return arg
+
+
 def accept_target_arguments(config_name: str, argv: list[str]) -> list[str]:
     """``argv`` with ``key=value`` rewritten to ``++key=value`` where ``key`` is an argument of its node's
     ``_target_`` that the YAML leaves at the default (any Lightning Trainer argument under ``trainer.``,
     any ModelCheckpoint argument under ``callbacks.model_checkpoint.``): Hydra would reject it as "not in
-    struct", although the object takes it."""
+    struct", although the object takes it. Also ``schedule=256`` -> ``schedule=s256``."""
+    argv = [_numeric_option(a) for a in argv]
     parsed = _overrides(argv)
     if parsed is None:
         return argv

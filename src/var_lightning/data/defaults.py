@@ -64,6 +64,24 @@ def check_image_size(value: int | None, key: str = "data.image_size", minimum: i
     return value
 
 
+def schedule_hint(image_size: int, downsample: int, patch_nums: list[int] | tuple[int, ...]) -> str:
+    """How to train on ``image_size`` px images instead: the scale schedule (and tokenizer downsampling) that
+    fits them, derived from the current schedule's shape (each scale at the same fraction of the last)."""
+    f = int(downsample)
+    if image_size % f:
+        below, above = image_size - image_size % f, image_size - image_size % f + f
+        return (f"; to use images of another size, pick one the tokenizer's {f}x downsampling divides "
+                f"(e.g. data.image_size={below or above} or {above}) and end the schedule at size/{f}")  # fmt: skip
+    n = image_size // f
+    last = max(int(patch_nums[-1]), 1)
+    scaled = sorted({1, n, *(max(1, min(n, round(int(p) * n / last))) for p in patch_nums)})
+    return (
+        f"; to train on {image_size}x{image_size} images instead, end the schedule at {image_size}/{f}={n}: "
+        f"schedule.patch_nums=[{','.join(map(str, scaled))}] (the tokenizer stage trains with it; the VAR stage "
+        f"needs a tokenizer trained with it, model.tokenizer_ckpt). README: 'Your own folder, at another resolution'"
+    )
+
+
 class ImageSizeMixin:
     """``image_size`` that may stay None until the model fills it in (``fit_image_size``)."""
 
@@ -77,14 +95,15 @@ class ImageSizeMixin:
     def image_size(self, value: int | None) -> None:
         self._image_size = value
 
-    def fit_image_size(self, size: int, why: str) -> None:
-        """Take ``size`` when none was configured; a configured size that differs is an error."""
+    def fit_image_size(self, size: int, why: str, hint: str = "") -> None:
+        """Take ``size`` when none was configured; a configured size that differs is an error (``hint``: how to
+        make the model fit the configured size instead)."""
         if self.image_size is None:
             log.info("data.image_size=null: using %d (%s)", size, why)
             self.image_size = int(size)
         elif int(self.image_size) != int(size):
             raise ValueError(f"data.image_size={self.image_size} does not fit the model: {why}, so images must be "
-                             f"{size}x{size} (set data.image_size={size}, or null to take it from the model)")  # fmt: skip
+                             f"{size}x{size} (set data.image_size={size}, or null to take it from the model){hint}")  # fmt: skip
 
     def require_image_size(self) -> int:
         if self.image_size is None:

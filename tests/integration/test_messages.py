@@ -1,0 +1,40 @@
+"""Messages that point the right way: each names the problem, the key the user typed, and a fix that works
+(where the fix is a command line, the test runs it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.test_run_behaviour import cfg_for
+from var_lightning.cli.validate import accept_target_arguments, precheck
+
+
+def test_the_documented_schedule_form_works_and_unknown_numbers_list_the_options():
+    assert accept_target_arguments("train", ["schedule=256"]) == ["schedule=s256"]
+    assert precheck("train", ["schedule=256"]) is None and precheck("train", ["schedule=512"]) is None
+    msg = precheck("train", ["schedule=384"])
+    assert "schedule=384: no such option in group 'schedule'; options: cpu_micro, cpu_tiny, s256, s512" in msg
+    assert "schedule.patch_nums=" in msg
+
+
+def test_lightning_trainer_arguments_are_accepted_and_no_suggestion_is_invalid():
+    assert precheck("train", ["trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]) is None
+    assert accept_target_arguments("train", ["trainer.limit_val_batches=0"]) == [
+        "++trainer.limit_val_batches=0"
+    ]
+    msg = precheck("train", ["trainer.limit_val_batchs=1"])
+    assert msg.startswith("unknown config key trainer.limit_val_batchs") and "trainer.trainer." not in msg
+    assert "did you mean trainer.max_steps?" in precheck("train", ["trainer.max_step=2"])
+
+
+def test_an_image_size_that_does_not_fit_names_the_schedule_that_would_and_that_schedule_trains(tmp_path):
+    from var_lightning.cli.train import train
+
+    with pytest.raises(ValueError) as err:
+        train(cfg_for(tmp_path / "a", "trainer.max_steps=1", "data.image_size=16"))
+    msg = str(err.value)
+    assert "data.image_size=16 does not fit the model" in msg and "schedule.patch_nums=[1,2,4]" in msg
+    fix = msg.split("end the schedule at 16/2=8: ", 1)[1].split(" ", 1)[0]
+    assert fix == "schedule.patch_nums=[1,2,4,8]"
+    train(cfg_for(tmp_path / "b", "trainer.max_steps=1", "data.image_size=16", fix))
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
