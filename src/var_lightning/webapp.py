@@ -31,7 +31,7 @@ from PIL import Image
 
 from var_lightning.cli.runtime import autocast_context
 from var_lightning.edit_io import edit_panel, fit_image, fit_mask, mask_to_pixels, save_image
-from var_lightning.inference import EditRequest, check_classes, run_edit, sample_per_class
+from var_lightning.inference import EditRequest, check_classes, parse_class, run_edit, sample_per_class
 from var_lightning.loading import LoadedModels
 from var_lightning.sample_io import labelled_grid, save_pngs, to_uint8_hwc
 from var_lightning.transformer.editing import MODES, box_region
@@ -86,23 +86,12 @@ class VarApp:
         ]
 
     def parse_class(self, value: Any, what: str = "class") -> int:
-        """A class from the picker (``"207: golden retriever"``), a typed id or a typed class name."""
-        if value is None or str(value).strip() == "":
-            raise AppError(f"pick a {what}")
-        text = str(value).strip()
-        head = text.split(":", 1)[0].strip()
-        if head.lstrip("-").isdigit():
-            c = int(head)
-        else:
-            names = [n.lower() for n in (self.info.class_names or [])]
-            if text.lower() not in names:
-                raise AppError(f"{what} {text!r} is neither a class id nor one of this model's class names")
-            c = names.index(text.lower())
-        if not 0 <= c < self.var.num_classes:
-            raise AppError(
-                f"{what} {c} is out of range: this model has {self.var.num_classes} classes (0..{self.var.num_classes - 1})"
-            )
-        return c
+        """A class from the picker (``"207: golden retriever"``), a typed id or a typed class name: the
+        commands' parser (:func:`var_lightning.inference.parse_class`)."""
+        try:
+            return parse_class(value, self.info.class_names, self.var.num_classes, key=None, what=what)
+        except ValueError as e:
+            raise AppError(str(e)) from None
 
     def settings(self, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any) -> dict[str, Any]:
         """Checked sampling settings. In the app top-p is in (0, 1], where 1 filters nothing (the commands'

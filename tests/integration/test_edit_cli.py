@@ -145,7 +145,7 @@ def test_mask_of_another_size_is_resized_with_a_warning(ckpt, tmp_path, caplog):
         (
             ["image=synthetic:1:0", BOX, "mode=class-edit", "class=purple"],
             ValueError,
-            "not one of the checkpoint's class names",
+            "neither a class id nor one of this model's class names",
         ),
         (["image=synthetic:1:0", BOX, "mode=class-edit"], ValueError, "needs the class"),
         (["image=synthetic:1:0", BOX, "class=2"], ValueError, "only with mode=class-edit"),

@@ -133,3 +133,20 @@ def test_fast_and_plain_samplers_give_the_same_tokens_and_files(demo_like_ckpt, 
         )
     with pytest.raises(ValueError, match="sampler='quick': choose one of fast, plain"):
         run(compose_sample([*common, "sampler=quick"]), tmp_path / "bad")
+
+
+def test_classes_by_name_on_the_command_line(demo_like_ckpt, tmp_path):
+    """`var-sample classes=[c,e]` (names, as var-edit and the app take them) samples the same as ids [2,4];
+    a wrong name lists the model's names."""
+    by_name = run(compose_sample([f"ckpt_path={demo_like_ckpt}", "device=cpu", "num_per_class=1", "classes=[c,E]"]),
+                  tmp_path / "n")  # fmt: skip
+    by_id = run(compose_sample([f"ckpt_path={demo_like_ckpt}", "device=cpu", "num_per_class=1", "classes=[2,4]"]),
+                tmp_path / "i")  # fmt: skip
+    assert by_name["classes"] == by_id["classes"] == [2, 4] and by_name["class_names"] == ["c", "e"]
+    with pytest.raises(
+        ValueError,
+        match=r"classes=\['c', 'zebra'\]: class 'zebra' is neither a class id nor one of this model's class names \('a', 'b'",
+    ):
+        run(
+            compose_sample([f"ckpt_path={demo_like_ckpt}", "device=cpu", "classes=[c,zebra]"]), tmp_path / "x"
+        )

@@ -44,31 +44,17 @@ from var_lightning.edit_io import (
     save_image,
     synthetic_image,
 )
-from var_lightning.inference import EditRequest, run_edit
+from var_lightning.inference import EditRequest, parse_class, run_edit
 from var_lightning.transformer.editing import box_region, edit_label
 
 log = logging.getLogger("var_lightning.edit")
 
 
-def resolve_class(value: Any, class_names: list[str] | None) -> int | None:
-    """A class given as an id (int or digits) or as one of the checkpoint's class names (case-insensitive)."""
+def resolve_class(value: Any, class_names: list[str] | None, num_classes: int | None = None) -> int | None:
+    """``class=``: an id or one of the checkpoint's class names (:func:`var_lightning.inference.parse_class`)."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"class={value!r} is not a class id or name (key class)")
-    if isinstance(value, int) or str(value).strip().lstrip("-").isdigit():
-        return int(value)
-    names = [n.lower() for n in (class_names or [])]
-    if str(value).strip().lower() in names:
-        return names.index(str(value).strip().lower())
-    if not class_names:
-        raise ValueError(
-            f"class={value!r}: this checkpoint stores no class names; give a class id (key class)"
-        )
-    shown = ", ".join(repr(n) for n in class_names[:20]) + (", ..." if len(class_names) > 20 else "")
-    raise ValueError(
-        f"class={value!r} is not one of the checkpoint's class names ({shown}); give a name or an id (key class)"
-    )
+    return parse_class(value, class_names, num_classes if num_classes is not None else 2**62, key="class")
 
 
 def check_region_options(cfg: DictConfig) -> None:
@@ -92,7 +78,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     var, vae, class_names = models.var, models.vae, models.info.class_names
     settings = sampling_settings(cfg, models)
     size, grid = vae.cfg.image_size, var.patch_nums[-1]
-    label = edit_label(cfg.mode, resolve_class(cfg.get("class"), class_names), var.num_classes)
+    label = edit_label(
+        cfg.mode, resolve_class(cfg.get("class"), class_names, var.num_classes), var.num_classes
+    )
 
     if pil_image is None:
         # the data's class count sets the hues: the stored class names know it, else the model's

@@ -42,7 +42,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     var, info = models.var, models.info
     settings = sampling_settings(cfg, models)
     classes = (
-        list(range(var.num_classes)) if cfg.classes is None else check_classes(cfg.classes, var.num_classes)
+        list(range(var.num_classes))
+        if cfg.classes is None
+        else check_classes(cfg.classes, var.num_classes, class_names=info.class_names)
     )
     draw = inference_sampler(cfg, models)
     from rich.progress import Progress
