@@ -148,6 +148,11 @@ def test_mask_of_another_size_is_resized_with_a_warning(ckpt, tmp_path, caplog):
             "neither a class id nor one of this model's class names",
         ),
         (["image=synthetic:1:0", BOX, "mode=class-edit"], ValueError, "needs the class"),
+        (
+            ["image=synthetic:1:0", "box=[0.2,0.2,1.5,0.8]", "mode=inpaint"],
+            ValueError,
+            r"box=\[0.2, 0.2, 1.5, 0.8\]: 1.5 is out of range for fractions of the side \(0..1\)",
+        ),
         (["image=synthetic:1:0", BOX, "class=2"], ValueError, "only with mode=class-edit"),
         (["image=synthetic:1:0", "box=[0.5,0.5,0.55,0.55]"], ValueError, "region is empty"),
         (["image=synthetic:1:0", "box=[0.7,0.1,0.2,0.9]"], ValueError, "key box"),

@@ -38,3 +38,51 @@ def test_an_image_size_that_does_not_fit_names_the_schedule_that_would_and_that_
     assert fix == "schedule.patch_nums=[1,2,4,8]"
     train(cfg_for(tmp_path / "b", "trainer.max_steps=1", "data.image_size=16", fix))
     assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_data_root_without_an_image_folder_data_option_suggests_one():
+    msg = precheck("train", ["data.root=/datasets/photos"])
+    assert "data.root is not a key of the default data option; it is a key of data=imagenet" in msg
+    assert "data=imagenet data.root=" in msg
+    assert precheck("train", ["data=imagenet", "data.root=/datasets/photos"]) is None
+
+
+def test_the_folder_layout_hint_shows_the_split_level(tmp_path):
+    from var_lightning.data.datamodules import ImageFolderDataModule
+
+    (tmp_path / "cat").mkdir()  # class folders straight under data.root: no train/
+    with pytest.raises(FileNotFoundError) as err:
+        ImageFolderDataModule(str(tmp_path), image_size=8).class_names  # noqa: B018
+    msg = str(err.value)
+    assert "<data.root>/train/<class_name>/<image>.jpg and <data.root>/val/<class_name>/<image>.jpg" in msg
+    assert "<root>/<class_name>" not in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.transformer.depth=abc",
+            "model.transformer.depth='abc' must be an integer (key model.transformer.depth)",
+        ),
+        ("model.transformer.depth=2.5", "model.transformer.depth=2.5 must be an integer"),
+        ("model.optim.base_lr=fast", "model.optim.base_lr='fast' must be a number (key model.optim.base_lr)"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_its_key(override, message):
+    assert message in (precheck("train", ["experiment=var_tiny", override]) or "")
+
+
+def test_var_train_prints_the_key_of_a_wrong_value_at_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    out = subprocess.run([sys.executable, "-m", "var_lightning.cli.train", "experiment=tokenizer_tiny",
+                          "model.tokenizer.ch=abc", f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True,
+                         text=True, timeout=120, env=env, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "model.tokenizer.ch='abc' must be an integer" in out.stderr, out.stderr[
+        -2000:
+    ]
+    assert "full_key: model" not in out.stderr and not (tmp_path / "r").exists()

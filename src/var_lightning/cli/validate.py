@@ -18,6 +18,7 @@ user errors as one line instead of a traceback (``HYDRA_FULL_ERROR=1`` shows it)
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import functools
@@ -114,11 +115,79 @@ def _check_keys(node: Any, valid: set[str], prefix: str) -> None:
             raise unknown_key_error(node, str(key), valid, prefix)
 
 
+def _type_ok(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits the annotation ``hint`` (None: a type this check does not know)."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        results = [_type_ok(value, a) for a in args if a is not type(None)]
+        return True if any(r is True for r in results) else (None if None in results else False)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) and args:
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        inner = args[0]
+        return all(_type_ok(v, inner) is not False for v in value)
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence) and args:
+        return f"a list of {_type_name(args[0])}s"
+    if args and typing.get_origin(hint) is not typing.Literal:
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _check_types(node: DictConfig, schema: Any, prefix: str) -> None:
+    """Values of a settings block against its dataclass's annotations: ``model.transformer.depth=abc``
+    names its key here instead of failing inside the constructor as ``TypeError ... full_key: model``."""
+    import typing
+
+    if isinstance(schema, tuple):
+        schema = schema[0]
+    if not dataclasses.is_dataclass(schema):
+        return
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:  # noqa: BLE001 - an annotation this Python cannot evaluate: skip the check
+        return
+    for key in node:
+        if key not in hints or OmegaConf.is_missing(node, key):
+            continue
+        try:
+            value = node[key]
+        except Exception:  # noqa: BLE001 - an interpolation that resolves later
+            continue
+        if value is None or isinstance(value, DictConfig):
+            continue
+        if _type_ok(value, hints[key]) is False:
+            raise ConfigKeyError(
+                f"{prefix}{key}={value!r} must be {_type_name(hints[key])} (key {prefix}{key})"
+            )
+
+
 def _check_block(node: Any, schema: Any, prefix: str) -> None:
     if not isinstance(node, DictConfig):
         return
     valid, nested = _names(schema)
     _check_keys(node, valid, prefix)
+    _check_types(node, schema, prefix)
     for key, sub in nested.items():
         if key in node:
             _check_block(node[key], sub, f"{prefix}{key}.")
@@ -263,6 +332,9 @@ def _composition_hint(err: Exception, config_name: str, overrides: list[str]) ->
         node = OmegaConf.select(base, parent) if parent else base
         if not isinstance(node, DictConfig):
             return None
+        other = _other_group_options(parent, leaf, overrides)
+        if other:
+            return other
         return str(unknown_key_error(node, leaf, {str(k) for k in node}, f"{parent}." if parent else ""))
     if "Config group override must be a string" in text:
         for o in overrides:
@@ -283,6 +355,21 @@ def _composition_hint(err: Exception, config_name: str, overrides: list[str]) ->
         return (f"{group}={option}: no such option in group '{group}'"
                 f"{f' (did you mean {group}={guess}?)' if guess else ''}; options: {', '.join(sorted(options))}")  # fmt: skip
     return None
+
+
+def _other_group_options(group: str, leaf: str, overrides: list[str]) -> str | None:
+    """``data.root=...`` with the default ``data=synthetic``: the key belongs to other options of the group
+    (``data=imagenet``); say which to pick instead of listing the selected option's keys."""
+    folder = CONF_DIR / group
+    if not group or "." in group or not folder.is_dir():
+        return None
+    have = [p.stem for p in sorted(folder.glob("*.yaml")) if leaf in (OmegaConf.load(p) or {})]
+    if not have:
+        return None
+    chosen = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == group), None)
+    picked = f"the selected {group}={chosen}" if chosen else f"the default {group} option"
+    return (f"{group}.{leaf} is not a key of {picked}; it is a key of {' and '.join(f'{group}={h}' for h in have)}: "
+            f"add {group}={have[0]} to the command line (e.g. {group}={have[0]} {group}.{leaf}=...)")  # fmt: skip
 
 
 def _all_keys(node: Any, prefix: str = "") -> Iterator[str]:

@@ -34,15 +34,29 @@ _LAYOUT_HINT = (
     "expected an ImageNet-style layout: <root>/<class_name>/<image>.jpg (one sub-folder per class, "
     "e.g. <root>/n01440764/ILSVRC2012_val_00000293.JPEG)"
 )
+_SPLIT_LAYOUT_HINT = (
+    "expected data.root to hold one folder per split, each with one sub-folder per class: "
+    "<data.root>/train/<class_name>/<image>.jpg and <data.root>/val/<class_name>/<image>.jpg "
+    "(e.g. data.root=/datasets/imagenet with /datasets/imagenet/train/n01440764/n01440764_10026.JPEG; "
+    "other split names: data.train_dir=, data.val_dir=)"
+)
+
+
+def _layout_hint(config_key: str) -> str:
+    """The layout to expect: the data module's (``data.root`` is the level above ``train/``) or a plain
+    class-folder tree (``var-make-shards`` input, ``var-eval`` folders)."""
+    return _SPLIT_LAYOUT_HINT if config_key.startswith("data.root") else _LAYOUT_HINT
 
 
 def find_classes(root: str, config_key: str = "data.root") -> list[str]:
     """Sorted names of the sub-folders of ``root``; errors name the path and the config key to fix."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{config_key}: image folder {root!r} does not exist; {_LAYOUT_HINT}")
+        raise FileNotFoundError(
+            f"{config_key}: image folder {root!r} does not exist; {_layout_hint(config_key)}"
+        )
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise ValueError(f"{config_key}: {root!r} has no class sub-folders; {_LAYOUT_HINT}")
+        raise ValueError(f"{config_key}: {root!r} has no class sub-folders; {_layout_hint(config_key)}")
     return classes
 
 
@@ -75,21 +89,21 @@ class SafeImageFolder(Dataset):
         else:
             if not os.path.isdir(self.root):
                 raise FileNotFoundError(
-                    f"{config_key}: image folder {self.root!r} does not exist; {_LAYOUT_HINT}"
+                    f"{config_key}: image folder {self.root!r} does not exist; {_layout_hint(config_key)}"
                 )
             self.classes = list(classes)
             missing = [c for c in self.classes if not os.path.isdir(os.path.join(self.root, c))]
             if missing:
                 raise ValueError(
                     f"{config_key}: {len(missing)} pinned classes have no folder under {self.root!r}, "
-                    f"e.g. {missing[:5]}; {_LAYOUT_HINT}"
+                    f"e.g. {missing[:5]}; {_layout_hint(config_key)}"
                 )
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = self._scan(tuple(e.lower() for e in extensions))
         if not self.samples:
             raise ValueError(
                 f"{config_key}: no images with extensions {tuple(extensions)} under {self.root!r} "
-                f"({len(self.classes)} class folders); {_LAYOUT_HINT}"
+                f"({len(self.classes)} class folders); {_layout_hint(config_key)}"
             )
         self.targets = [label for _, label in self.samples]
         self._bad_N = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()  # 1 = unreadable

@@ -64,6 +64,13 @@ def parse_box(box: Sequence[float], image_size: int) -> tuple[float, float, floa
             f"box={list(box)} must have 4 numbers [x0, y0, x1, y1] (left, top, right, bottom) (key box)"
         )
     pixels = any(v > 1 for v in vals)
+    if pixels and any(v != int(v) for v in vals):  # 0.2 is no pixel: a fraction box with a value out of range
+        out = [v for v in vals if v > 1 or v < 0]
+        raise ValueError(
+            f"box={vals}: {out[0]:g} is out of range for fractions of the side (0..1), and the box is not in pixels "
+            f"either ({[v for v in vals if v != int(v)][0]:g} is not a whole pixel): give all four numbers as fractions "
+            f"0..1 or all as pixels 0..{image_size} of the model-resolution image, [x0, y0, x1, y1] (key box)"
+        )
     frac = [v / image_size for v in vals] if pixels else vals
     x0, y0, x1, y1 = frac
     unit = f"pixels of the {image_size}x{image_size} model-resolution image" if pixels else "fractions"
