@@ -55,9 +55,12 @@ class _LoaderMixin:
 
     def _check_one_batch(self, dataset: Dataset) -> None:
         """With ``drop_last`` a training split smaller than one batch per rank gives zero steps: the run would
-        end at once with no checkpoint. Stop before training instead, with the counts and the fixes."""
+        end at once with no checkpoint. Stop before training instead, with the counts and the fixes. Only while
+        fitting: evaluation reads the split as a dataset and drops nothing."""
         trainer = getattr(self, "trainer", None)
-        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        if trainer is None or getattr(getattr(trainer, "state", None), "fn", None) != "fit":
+            return  # read outside fitting (var-eval's real baseline, dataset_split): no steps to lose
+        world = int(getattr(trainer, "world_size", 1) or 1)
         n = len(dataset)  # type: ignore[arg-type]
         per_rank = math.ceil(n / world)
         if self.drop_last and per_rank < self.batch_size:
