@@ -102,8 +102,10 @@ eval: $(STAMP) ## offline evaluation: make eval ARGS="ckpt_path=... reference=..
 sample: $(STAMP) ## sample: make sample ARGS="pretrained=var_d16 classes=[207,360]" (or ckpt_path=...)
 	$(BIN)/var-sample $(ARGS)
 
-app: $(APP_STAMP) ## the web app on the demo's VAR (make demo first): http://127.0.0.1:7860
-	$(BIN)/var-app ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/app $(ARGS)
+APP_CKPT ?= $(DEMO_DIR)/var/checkpoints/last.ckpt
+app: $(APP_STAMP) ## the web app on the demo's VAR (make demo first; or APP_CKPT=<any VAR .ckpt>): http://127.0.0.1:7860
+	@test -f "$(APP_CKPT)" || { echo "make app: $(APP_CKPT) does not exist. make app serves the demo's VAR: run make demo first (minutes on a CPU), or give any VAR checkpoint: make app APP_CKPT=<path/to/last.ckpt>" >&2; exit 2; }
+	$(BIN)/var-app ckpt_path=$(APP_CKPT) hydra.run.dir=$(DEMO_DIR)/app $(ARGS)
 
 SCALING_DIR ?= outputs/scaling_cpu
 sweep-scaling: $(STAMP) ## CPU scaling-law study: 4 VAR depths on the synthetic data (~15 min), fits + plots

@@ -58,6 +58,22 @@ def fit_image(im: Image.Image, image_size: int) -> torch.Tensor:
     return transform(to_rgb(im)).unsqueeze(0)
 
 
+def crop_note(image_wh: tuple[int, int], image_size: int) -> str | None:
+    """What :func:`fit_image` cuts from a non-square input (None for a square one): the editor works on the
+    centre square only, and the user should know before reading the results."""
+    w, h = image_wh
+    if w == h:
+        return None
+    short = min(w, h)
+    kept = short / max(w, h)
+    sides = "left and right" if w > h else "top and bottom"
+    return (
+        f"the {w}x{h} input is resized (shorter side to {image_size}) and centre-cropped to "
+        f"{image_size}x{image_size}: the {sides} {1 - kept:.0%} of the image is not edited and not in the results "
+        f"(crop it yourself to choose the square)"
+    )
+
+
 def load_image(path: str | Path, image_size: int) -> torch.Tensor:
     """An image file -> (1, 3, S, S) in [-1, 1] at the model's resolution ``S``."""
     return fit_image(open_image(path), image_size)
@@ -129,25 +145,28 @@ def save_image(image_3HW: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+PANEL_TITLES = ("original", "tokenizer reconstruction", "mask: white=generated")
+
+
 def edit_panel(
     original_3HW: torch.Tensor,
+    reconstruction_3HW: torch.Tensor,
     generated_HW: torch.Tensor,
     results_N3HW: torch.Tensor,
     path: str | Path,
     titles: Sequence[str] | None = None,
     min_cell: int = 128,
 ) -> Path:
-    """One row: original | mask | results, with a title above each cell. Images in [0, 1];
-    ``generated_HW`` is 1 where the model generated (drawn white) and 0 where the image's tokens were
-    kept (black). Small images are upscaled (nearest) to at least ``min_cell`` pixels."""
+    """One row: original | tokenizer reconstruction | mask | results, with a title above each cell. Images
+    in [0, 1]; ``generated_HW`` is 1 where the model generated (drawn white) and 0 where the image's tokens
+    were kept (black). The reconstruction is what the kept region can look like at best (the results keep
+    its tokens, not its pixels), so a kept region is compared with it, not with the original. Small images
+    are upscaled (nearest) to at least ``min_cell`` pixels."""
     mask_3HW = generated_HW.float().unsqueeze(0).expand(3, -1, -1)
-    cells = to_uint8_hwc(torch.cat([original_3HW[None].cpu(), mask_3HW[None].cpu(), results_N3HW.cpu()]))
+    cells = to_uint8_hwc(torch.cat([original_3HW[None].cpu(), reconstruction_3HW[None].float().cpu(),
+                                    mask_3HW[None].cpu(), results_N3HW.cpu()]))  # fmt: skip
     n = len(cells)
-    titles = (
-        list(titles)
-        if titles
-        else ["original", "mask: white=generated"] + [f"result {i}" for i in range(n - 2)]
-    )
+    titles = list(titles) if titles else [*PANEL_TITLES] + [f"result {i}" for i in range(n - 3)]
     H, W = cells.shape[1:3]
     scale = max(1, -(-min_cell // max(H, W)))
     cell_h, cell_w, pad, head = H * scale, W * scale, 4, 16

@@ -118,6 +118,7 @@ class ModelInfo:
             "image_size": self.image_size,
             "vocab_size": self.vocab_size,
             "num_classes": self.num_classes,
+            "class_names": list(self.class_names) if self.class_names else None,
             "sampling_defaults": self.sampling,
         }
 

@@ -11,13 +11,21 @@ No sampling logic lives here: :class:`VarApp` calls :func:`var_lightning.inferen
 :func:`var_lightning.inference.run_edit` with the commands' sampler, so the same settings and seed give the
 same images as ``var-sample`` and ``var-edit``. Every bad input raises :class:`AppError` with a message the
 page shows (``gr.Error``); the app keeps serving.
+
+Beyond localhost (``host=0.0.0.0``, ``share=true``) the app asks for a login (Gradio's ``auth``): one
+``user:password`` from the ``VAR_APP_AUTH`` environment variable, or lines of them in ``auth_file``; never on
+the command line, where shell history and ``ps`` would keep it. Without one it refuses to serve unless
+``insecure=true``. It serves only the folder its results are written to.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -30,7 +38,8 @@ import torch
 from PIL import Image
 
 from var_lightning.cli.runtime import autocast_context
-from var_lightning.edit_io import edit_panel, fit_image, fit_mask, mask_to_pixels, save_image
+from var_lightning.edit_io import crop_note, edit_panel, fit_image, fit_mask, mask_to_pixels, save_image
+from var_lightning.evaluation.sharding import MAX_SEED
 from var_lightning.inference import EditRequest, check_classes, parse_class, run_edit, sample_per_class
 from var_lightning.loading import LoadedModels
 from var_lightning.sample_io import labelled_grid, save_pngs, to_uint8_hwc
@@ -43,6 +52,72 @@ log = logging.getLogger(__name__)
 
 class AppError(ValueError):
     """A bad input; its message is shown in the page."""
+
+
+AUTH_ENV = "VAR_APP_AUTH"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_serving(host: str, port: Any) -> int:
+    """The port as an int, or an :class:`AppError` naming the key and the range."""
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise AppError(f"port={port!r} is not a port number: use 1..65535 (key port)") from None
+    if not 1 <= number <= 65535:
+        raise AppError(f"port={number} is out of range: use 1..65535, e.g. port=7861 (key port)")
+    if not str(host).strip():
+        raise AppError("host is empty: use host=127.0.0.1 (this machine) or host=0.0.0.0 (the network)")
+    return number
+
+
+def resolve_auth(
+    host: str, share: bool, insecure: bool, auth_file: str | None = None,
+    environ: Any = os.environ,
+) -> list[tuple[str, str]] | None:  # fmt: skip
+    """The logins Gradio checks: ``VAR_APP_AUTH=user:password`` and/or the ``user:password`` lines of
+    ``auth_file`` (blank lines and ``#`` comments skipped). Serving beyond this machine (a host other than
+    loopback, or a public share link) without one is refused unless ``insecure`` is set."""
+    logins: list[tuple[str, str]] = []
+    value = environ.get(AUTH_ENV)
+    if value:
+        logins.append(_login(value, f"the {AUTH_ENV} environment variable"))
+    if auth_file:
+        path = Path(auth_file).expanduser()
+        if not path.is_file():
+            raise AppError(
+                f"auth_file={auth_file}: no such file (one user:password per line) (key auth_file)"
+            )
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            log.warning("auth_file=%s is readable by other users: chmod 600 %s", auth_file, auth_file)
+        before = len(logins)
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                logins.append(_login(line.strip(), f"auth_file={auth_file} line {n}"))
+        if len(logins) == before:
+            raise AppError(f"auth_file={auth_file} holds no user:password line (key auth_file)")
+    public = share or str(host).strip() not in LOOPBACK_HOSTS
+    if public and not logins and not insecure:
+        where = (
+            "share=true makes a public gradio.live link"
+            if share
+            else f"host={host} serves every machine that can reach this one"
+        )
+        raise AppError(
+            f"{where}, and the app has no login: anyone could run the model and download its results. Set "
+            f"{AUTH_ENV}=user:password in the environment (or auth_file=<a file of user:password lines>), or "
+            f"pass insecure=true to serve without a login"
+        )
+    if public and not logins:
+        log.warning("serving on %s without a login (insecure=true)", "a public link" if share else host)
+    return logins or None
+
+
+def _login(text: str, where: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user.strip() or not password:
+        raise AppError(f"{where} is not user:password (a user name, a colon, a non-empty password)")
+    return user.strip(), password
 
 
 def _gradio() -> Any:
@@ -94,34 +169,27 @@ class VarApp:
             raise AppError(str(e)) from None
 
     def settings(self, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any) -> dict[str, Any]:
-        """Checked sampling settings. In the app top-p is in (0, 1], where 1 filters nothing (the commands'
-        top_p=0, which it is passed as, so both draw the same tokens)."""
+        """Checked sampling settings, in the commands' terms (top-p in [0, 1], 0 or 1 = off: one convention,
+        :data:`~var_lightning.transformer.sampling.TOP_P_RULE`)."""
+        cfg, top_p, top_k = _float(cfg, "cfg"), _float(top_p, "top-p"), _int(top_k, "top-k")
         try:
-            cfg, top_k, top_p = float(cfg), int(top_k), float(top_p)
-        except (TypeError, ValueError):
-            raise AppError("cfg, top-k and top-p must be numbers") from None
-        if not 0.0 < top_p <= 1.0:
-            raise AppError(
-                f"top-p={top_p:g} is outside (0, 1]: 1 keeps every token, 0.96 is the published setting"
-            )
-        try:
-            check_sampling_args(self.var, cfg, top_k, 0.0 if top_p == 1.0 else top_p, prefix="")
+            check_sampling_args(self.var, cfg, top_k, top_p, prefix="")
         except ValueError as e:
-            raise AppError(str(e).replace(" (key cfg)", "").replace(" (key top_k)", "")) from e
+            raise AppError(re.sub(r" \(key (cfg|top_k|top_p)\)", "", str(e))) from e
         return {
             "cfg": cfg,
             "top_k": top_k,
-            "top_p": 0.0 if top_p == 1.0 else top_p,
+            "top_p": top_p,
             "more_smooth": bool(more_smooth),
         }
 
     def defaults(self) -> dict[str, Any]:
-        """The checkpoint's own sampling settings, in the app's terms (top-p 1 = off)."""
+        """The checkpoint's own sampling settings."""
         s = self.info.sampling
         return {
             "cfg": s["cfg"],
             "top_k": s["top_k"],
-            "top_p": s["top_p"] or 1.0,
+            "top_p": s["top_p"],
             "more_smooth": s["more_smooth"],
         }
 
@@ -145,7 +213,7 @@ class VarApp:
                 f"{n} x {len(picked)} classes = {n * len(picked)} images; at most {self.max_images} per request"
             )
         settings = self.settings(cfg, top_k, top_p, more_smooth)
-        seed = _int(seed, "seed", lo=0)
+        seed = _seed(seed)
         updates: queue.Queue = queue.Queue()
         pn = self.var.patch_nums
 
@@ -261,7 +329,7 @@ class VarApp:
                 raise AppError(str(e).replace(" (key box)", "")) from e
         label = self.parse_class(klass, "class to paint") if mode == "class-edit" else None
         settings = self.settings(cfg, top_k, top_p, more_smooth)
-        seed, n = _int(seed, "seed", lo=0), _int(num_variations, "variations", lo=1)
+        seed, n = _seed(seed), _int(num_variations, "variations", lo=1)
         if n > self.max_images:
             raise AppError(f"at most {self.max_images} variations per request")
         try:
@@ -274,14 +342,20 @@ class VarApp:
         original = image_13HW[0].add(1).mul(0.5)
         generated_HW = 1 - mask_to_pixels(result.keep_mask[0].cpu(), size)
         images = result.images.float().cpu()
+        recon = result.reconstruction[0].float().cpu()
         paths = [save_image(img, run / f"result_{i}.png") for i, img in enumerate(images)]
-        panel = edit_panel(original, generated_HW, images, run / "panel.png")
+        panel = edit_panel(original, recon, generated_HW, images, run / "panel.png")
+        crop = crop_note(image.size, size)
+        if crop:
+            log.info("edit: %s", crop)
         meta = {"model": self.info.as_dict(), "mode": mode, "class": label, "region": region_source,
                 "box": [float(v) for v in box] if region_source != "brush" else None, **settings, "seed": seed,
-                "num_variations": n, "sampler": self.sampler_kind, "kept_token_fraction": result.kept_fraction()}  # fmt: skip
+                "num_variations": n, "sampler": self.sampler_kind, "kept_token_fraction": result.kept_fraction(),
+                "input_crop": crop}  # fmt: skip
         (run / "edit.json").write_text(json.dumps(meta, indent=2))
         return {
             "original": _pil(original),
+            "reconstruction": _pil(recon),
             "mask": _pil(generated_HW.unsqueeze(0).expand(3, -1, -1)),
             "results": [_pil(img) for img in images],
             "files": [str(panel), str(run / "edit.json"), *map(str, paths)],
@@ -327,9 +401,15 @@ class VarApp:
             out = self.edit(
                 editor, source, [x0, y0, x1, y1], mode, klass, cfg, top_k, top_p, more_smooth, seed, n
             )
-            panel = [(out["original"], "original"), (out["mask"], "mask: white = generated")]
+            panel = [(out["original"], "original"), (out["reconstruction"], "tokenizer reconstruction (kept regions match it)"),
+                     (out["mask"], "mask: white = generated")]  # fmt: skip
             panel += [(img, f"result {i}") for i, img in enumerate(out["results"])]
-            return panel, out["files"], f"done: {len(out['results'])} {mode} result(s)"
+            crop = out["settings"]["input_crop"]
+            return (
+                panel,
+                out["files"],
+                f"done: {len(out['results'])} {mode} result(s)" + (f"; note: {crop}" if crop else ""),
+            )
 
         title = self.info.pretrained or Path(str(self.info.source)).name
         with gr.Blocks(title="var-app") as demo:
@@ -348,7 +428,7 @@ class VarApp:
                             label=f"top-k (0 = off, at most {self.var.V})",
                             elem_id="top-k",
                         )
-                        top_p = gr.Number(d["top_p"], label="top-p in (0, 1] (1 = off)", elem_id="top-p")
+                        top_p = gr.Number(d["top_p"], label="top-p in [0, 1] (0 or 1 = off)", elem_id="top-p")
                         smooth = gr.Checkbox(
                             d["more_smooth"], label="more smooth (pictures, not FID)", elem_id="more-smooth"
                         )
@@ -372,7 +452,7 @@ class VarApp:
             with gr.Tab("Edit", elem_id="tab-edit"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        editor = gr.ImageEditor(type="pil", sources=["upload"], label="image (brush: the region)",
+                        editor = checked_editor(gr, type="pil", sources=["upload"], label="image (brush: the region)",
                                                 brush=gr.Brush(colors=["#ffffff"], default_size=24), elem_id="editor")  # fmt: skip
                         source = gr.Radio(
                             ["box", "brush"], value="box", label="region", elem_id="region-source"
@@ -387,14 +467,19 @@ class VarApp:
                                             elem_id="edit-class")  # fmt: skip
                         e_cfg = gr.Number(max(d["cfg"], 3.0), label="cfg (class-edit)", elem_id="edit-cfg")
                         e_top_k = gr.Number(d["top_k"], precision=0, label="top-k", elem_id="edit-top-k")
-                        e_top_p = gr.Number(d["top_p"], label="top-p in (0, 1]", elem_id="edit-top-p")
+                        e_top_p = gr.Number(
+                            d["top_p"], label="top-p in [0, 1] (0 or 1 = off)", elem_id="edit-top-p"
+                        )
                         e_smooth = gr.Checkbox(True, label="more smooth", elem_id="edit-smooth")
                         e_seed = gr.Number(0, precision=0, label="seed", elem_id="edit-seed")
                         e_n = gr.Number(4, precision=0, label="variations", elem_id="edit-n")
                         e_go = gr.Button("Edit", variant="primary", elem_id="edit-btn")
                     with gr.Column(scale=2):
                         e_out = gr.Gallery(
-                            label="original | mask | results", columns=6, height=260, elem_id="edit-results"
+                            label="original | reconstruction | mask | results",
+                            columns=6,
+                            height=260,
+                            elem_id="edit-results",
                         )
                         e_status = gr.Markdown(elem_id="edit-status")
                         e_files = gr.File(
@@ -407,21 +492,82 @@ class VarApp:
         return demo
 
     def launch(
-        self, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True
-    ) -> Any:
+        self, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+        auth: list[tuple[str, str]] | None = None, blocked_paths: Sequence[str | Path] = (),
+    ) -> Any:  # fmt: skip
+        """Serve the page. Files: only ``out_dir`` (the results); ``blocked_paths`` are refused even when
+        Gradio would otherwise serve them (the run folder's config and log beside the results)."""
         demo = self.build()
         demo.queue(default_concurrency_limit=1)
-        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                    allowed_paths=[str(self.out_dir)], quiet=not block)  # fmt: skip
+        try:
+            demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                        allowed_paths=[str(self.out_dir)], blocked_paths=[str(p) for p in blocked_paths],
+                        auth=auth, auth_message="var-app: log in", quiet=not block)  # fmt: skip
+        except OSError as e:
+            raise AppError(
+                f"cannot serve on {host}:{port} ({e}): the port is in use or the host is not this machine's; "
+                f"choose another port=, or host=127.0.0.1"
+            ) from None
         return demo
 
 
-def _int(value: Any, what: str, lo: int | None = None) -> int:
+def _seed(value: Any) -> int:
+    number = _int(value, "seed")
+    if not 0 <= number <= MAX_SEED:
+        raise AppError(f"seed must be in 0..{MAX_SEED}, got {number}")
+    return number
+
+
+def upload_error(err: Exception) -> str:
+    """The page's message for an upload the image decoder cannot read (a text file named .png, a truncated
+    file): what it is and what to do, not Gradio's generic error."""
+    return (
+        f"the uploaded file is not an image that can be read ({type(err).__name__}: {err}); upload a PNG, JPEG "
+        f"or WebP image"
+    )
+
+
+def checked_editor(gr: Any, **kwargs: Any) -> Any:
+    """A ``gr.ImageEditor`` whose upload decoding errors reach the page as :func:`upload_error`'s message.
+    Gradio decodes the upload in the component's ``preprocess``, before any callback of ours runs, so the
+    check wraps that method of this one instance (a subclass would make Gradio write a .pyi stub into the
+    installed package); everything else is Gradio's own component."""
+    editor = gr.ImageEditor(**kwargs)
+    decode = editor.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return decode(payload)
+        except Exception as err:  # noqa: BLE001 - PIL raises several kinds for unreadable files
+            raise gr.Error(upload_error(err)) from None
+
+    editor.preprocess = preprocess
+    return editor
+
+
+def _float(value: Any, what: str) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise AppError(f"{what} must be a whole number") from None
-    if number != int(number):
+    except (TypeError, ValueError, OverflowError):
+        raise AppError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise AppError(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
+def _int(value: Any, what: str, lo: int | None = None) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number: float = value
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise AppError(f"{what} must be a whole number") from None
+    try:
+        whole = math.isfinite(number) and number == int(number)
+    except OverflowError:
+        whole = False
+    if not whole:
         raise AppError(f"{what} must be a whole number, got {number:g}")
     if lo is not None and number < lo:
         raise AppError(f"{what} must be >= {lo}, got {int(number)}")

@@ -134,7 +134,7 @@ def test_sample_draw_a_box_inpaint_and_an_error_in_a_real_browser(served, browse
     # ---- a bad input shows a message and the app keeps serving
     set_number(browser, "top-p", 1.5)
     browser.find_element(By.ID, "sample-btn").click()
-    wait_for(lambda: "top-p=1.5 is outside (0, 1]" in toasts(browser), 30, "the top-p message")
+    wait_for(lambda: "top_p=1.5 is outside [0, 1]" in toasts(browser), 30, "the top-p message")
     # ---- edit: no image is a message; then upload, a box, in-paint
     next(
         t for t in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text.strip() == "Edit"

@@ -91,7 +91,11 @@ def test_inpaint_writes_results_panel_and_settings(ckpt, tmp_path):
     assert saved["kept_token_fraction"] == pytest.approx(12 / 16)  # the central 2x2 of 4x4 tokens regenerated
     assert saved["box"] == [0.25, 0.25, 0.75, 0.75] and saved["seed"] == 0 and len(saved["results"]) == 3
     w, h = Image.open(tmp_path / "panel.png").size
-    assert w == 5 * (128 + 4) + 4 and h == 16 + 128 + 4  # original | mask | 3 results
+    assert w == 6 * (128 + 4) + 4 and h == 16 + 128 + 4  # original | reconstruction | mask | 3 results
+    # the second cell is the tokenizer's reconstruction (what kept regions are compared with), upscaled 16x
+    recon_cell = png(tmp_path / "panel.png")[16 : 16 + 128, 4 + 128 + 4 : 4 + 2 * 128 + 4]
+    assert np.array_equal(recon_cell[::16, ::16], png(tmp_path / "reconstruction.png"))
+    assert saved["input_crop"] is None  # a square input
     # the same settings give the same files
     again = tmp_path / "again"
     edit_run(ckpt, again, "image=synthetic:1:0", BOX, "mode=inpaint", "num_variations=3")
@@ -115,12 +119,17 @@ def test_class_edit_by_name_with_a_mask_png_and_outpaint(ckpt, tmp_path):
         "cfg=2.0",
     )
     assert meta["class"] == 3 and meta["class_name"] == "blue ring" and meta["kept_token_fraction"] == 0.5
+    # a 20x12 input loses its sides to the centre crop: said in the log and edit.json
+    assert meta["input_crop"].startswith(
+        "the 20x12 input is resized (shorter side to 8) and centre-cropped to 8x8"
+    )
+    assert "the left and right 40% of the image is not edited" in meta["input_crop"]
     out = edit_run(
         ckpt, tmp_path / "op", "image=synthetic:0:0", "box=[2,2,6,6]", "mode=outpaint", "class=null"
     )
     assert out["kept_token_fraction"] == pytest.approx(4 / 16)  # pixels 2..6 of 8 = tokens 1..3 of 4
     panel = png(tmp_path / "op" / "panel.png")
-    mask_cell = panel[16 : 16 + 128, 4 + 128 + 4 : 4 + 2 * 128 + 4]
+    mask_cell = panel[16 : 16 + 128, 4 + 2 * (128 + 4) : 4 + 2 * (128 + 4) + 128]
     assert (mask_cell[32:96, 32:96] == 0).all() and (mask_cell[:32] == 255).all()  # black = kept box
 
 

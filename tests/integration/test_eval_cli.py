@@ -345,25 +345,34 @@ def test_torchrun_two_processes_give_the_single_process_numbers(tmp_path, var_ck
         np.testing.assert_array_equal(a["arr_1"], b["arr_1"])
 
 
-def test_the_real_baseline_is_never_the_reference_itself(tmp_path, var_ckpt):
-    """An ImageFolder with only train/ and val/: its test split is val, the default reference; refuse."""
+def test_a_small_folder_is_evaluated_with_what_it_has_and_the_report_says_so(tmp_path, var_ckpt):
+    """An ImageFolder with only train/ and val/ (val is the reference and its test split): real_baseline_split=
+    test reads a seeded subset of train instead, KID with the default subset size uses the smaller set's size;
+    both are logged and kept in report.json's notes. The reference's own split as the baseline is refused."""
     from tests.unit.test_data import _write_tree
 
+    names = tuple(f"c{i}" for i in range(NUM_CLASSES))
     for split in ("train", "val"):
-        _write_tree(
-            tmp_path / "photos" / split, classes=tuple(f"c{i}" for i in range(NUM_CLASSES)), per_class=2
-        )
+        _write_tree(tmp_path / "photos" / split, classes=names, per_class=2)
     common = [f"ckpt_path={var_ckpt}", "extractor=tiny-random", "data=imagenet", f"data.root={tmp_path / 'photos'}",
-              "data.num_workers=0", *FAST, "generation.num_per_class=1", "metrics.kid=false"]  # fmt: skip
-    cfg = compose_eval([*common, "real_baseline_split=test"], tmp_path)
-    with pytest.raises(ValueError, match=r"real_baseline_split=test reads the same images as reference_split=val.*"
+              "data.num_workers=0", "generation.cfg=1.0", "generation.top_k=0", "generation.top_p=0", "batch_size=5",
+              "metrics.kid_subsets=5", "generation.num_per_class=1"]  # fmt: skip
+    cfg = compose_eval([*common, "real_baseline_split=val"], tmp_path)
+    with pytest.raises(ValueError, match=r"real_baseline_split=val reads the same images as reference_split=val.*"
                                          r"real_baseline_split=train"):  # fmt: skip
         evaluate.run(cfg, tmp_path / "same")
     assert not (tmp_path / "same" / "samples").exists()  # refused before sampling
-    report = evaluate.run(compose_eval([*common, "real_baseline_split=train"], tmp_path), tmp_path / "ok")
+    report = evaluate.run(compose_eval([*common, "real_baseline_split=test"], tmp_path), tmp_path / "ok")
     assert report["real_baseline"]["split"] == "train" and report["real_baseline"]["selection"].startswith(
         "seeded"
     )
+    assert report["metric_settings"]["kid_subset_size"] == 4  # 4 samples < 8 reference images < 1000
+    assert report["metrics"]["kid"] == report["metrics"]["kid"]  # computed (not NaN)
+    notes = "\n".join(report["notes"])
+    assert "no test/ split" in notes and "KID uses subsets of 4" in notes
+    saved = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert saved["notes"] == report["notes"]
+    assert saved["model"]["class_names"] == [f"class {i}" for i in range(NUM_CLASSES)]
 
 
 def test_kid_larger_than_the_sample_is_refused_before_sampling(tmp_path, var_ckpt):

@@ -86,3 +86,27 @@ def test_var_train_prints_the_key_of_a_wrong_value_at_the_command_line(tmp_path)
         -2000:
     ]
     assert "full_key: model" not in out.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "message"),
+    [
+        ("sample", ["hydra.run.dir=/proc/x/run"], "hydra.run.dir=/proc/x/run: cannot create the run directory ("),
+        ("sample", ["seed=1180591620717411303424"], "seed=1180591620717411303424 is out of range: a seed is an "
+                                                    "integer in 0..4294967295"),
+        ("app", ["port=80000"], "port=80000 is out of range: use 1..65535"),
+        ("app", ["host=0.0.0.0"], "host=0.0.0.0 serves every machine that can reach this one, and the app has no "
+                                  "login"),
+    ],
+)  # fmt: skip
+def test_bad_run_options_are_one_line_errors(tmp_path, module, args, message):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "VAR_APP_AUTH")}
+    run_dir = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path / 'r'}"]
+    out = subprocess.run([sys.executable, "-m", f"var_lightning.cli.{module}", *args, *run_dir],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr

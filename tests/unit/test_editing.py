@@ -302,15 +302,19 @@ def test_synthetic_images_are_held_out_and_checked():
         synthetic_image("synthetic:7:0", 16, 5)
 
 
-def test_panel_has_original_mask_and_every_result(tmp_path):
+def test_panel_has_original_reconstruction_mask_and_every_result(tmp_path):
     results = torch.rand(3, 3, 8, 8)
     gen = torch.zeros(8, 8)
     gen[:4] = 1
-    path = edit_panel(torch.rand(3, 8, 8), gen, results, tmp_path / "panel.png")
+    recon = torch.zeros(3, 8, 8)
+    recon[0] = 1  # pure red
+    path = edit_panel(torch.rand(3, 8, 8), recon, gen, results, tmp_path / "panel.png")
     w, h = Image.open(path).size
     cell = 128  # 8 px cells upscaled to 128
-    assert w == 5 * (cell + 4) + 4 and h == 16 + cell + 4
-    mask_cell = np.asarray(Image.open(path))[16 : 16 + cell, 4 + cell + 4 : 4 + 2 * cell + 4]
+    assert w == 6 * (cell + 4) + 4 and h == 16 + cell + 4
+    recon_cell = np.asarray(Image.open(path))[16 : 16 + cell, 4 + cell + 4 : 4 + 2 * cell + 4]
+    assert (recon_cell == [255, 0, 0]).all()
+    mask_cell = np.asarray(Image.open(path))[16 : 16 + cell, 4 + 2 * (cell + 4) : 4 + 2 * (cell + 4) + cell]
     assert (mask_cell[: cell // 2] == 255).all() and (mask_cell[cell // 2 :] == 0).all()
 
 

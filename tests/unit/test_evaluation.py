@@ -561,3 +561,18 @@ def json_copy(obj):
     import json
 
     return json.loads(json.dumps(obj))
+
+
+def test_the_default_kid_subset_fits_a_small_set_and_a_set_value_is_kept_or_refused():
+    from var_lightning.evaluation.scores import resolve_kid_subset
+
+    assert resolve_kid_subset(None, 50_000, 50_000) == (1000, None)
+    size, note = resolve_kid_subset(None, 40, 25)
+    assert size == 25 and "KID uses subsets of 25" in note and "not comparable" in note
+    size, note = resolve_kid_subset(None, 1, 25)
+    assert size is None and note.startswith("KID skipped")
+    assert resolve_kid_subset(20, 40, 25) == (20, None)
+    with pytest.raises(
+        ValueError, match=r"metrics.kid_subset_size=30 exceeds the 40 generated / 25 reference"
+    ):
+        resolve_kid_subset(30, 40, 25)

@@ -109,3 +109,22 @@ def test_mismatched_tokenizer_is_a_clear_error():
     var = tiny_var()
     with pytest.raises(ValueError, match="scale schedules differ"):
         check_compatible(var, vae)
+
+
+def test_top_p_zero_and_one_are_both_off_and_values_outside_name_the_convention():
+    from var_lightning.transformer.sampling import TOP_P_RULE, check_sampling_args, filter_logits_
+
+    logits = torch.randn(2, 3, 50)
+    logits[..., :5] = -torch.inf  # top-k's removals: exact zeros of probability stay as they are
+    for off in (0.0, 1.0):
+        assert torch.equal(filter_logits_(logits.clone(), top_p=off), logits)
+    assert (filter_logits_(logits.clone(), top_p=0.5) == -torch.inf).sum() > 5 * 6  # 0.5 does filter
+
+    class V:
+        V = 64
+
+    with pytest.raises(
+        ValueError, match=r"top_p=1.5 is outside \[0, 1\] \(.*0 or 1 = off\) \(key sampling.top_p\)"
+    ):
+        check_sampling_args(V(), 1.0, 0, 1.5)
+    assert "0 or 1 = off" in TOP_P_RULE

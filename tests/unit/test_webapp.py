@@ -51,7 +51,7 @@ def test_sampling_streams_every_scale_then_gives_var_samples_images(app, ckpt, t
     from var_lightning.cli.sample import run
 
     d = app.defaults()
-    assert d == {"cfg": 2.0, "top_k": 0, "top_p": 1.0, "more_smooth": False}  # top-p 0 (off) shown as 1
+    assert d == {"cfg": 2.0, "top_k": 0, "top_p": 0.0, "more_smooth": False}  # the checkpoint's, as stored
     updates = list(app.sample(["1: green", "3"], 2, d["cfg"], d["top_k"], d["top_p"], False, 5))
     scales = len(app.var.patch_nums)
     assert [len(u["progression"]) for u in updates[:-1]] == list(range(1, scales + 1)) and updates[-1]["done"]
@@ -86,6 +86,9 @@ def test_a_box_edit_equals_var_edit_and_a_brush_region_works(app, ckpt, tmp_path
                tmp_path / "cli")  # fmt: skip
     for i, img in enumerate(out["results"]):
         assert np.array_equal(np.asarray(img), png(meta["results"][i]))
+    # the panel shows the tokenizer's reconstruction, and the 30x18 photo's crop is said
+    assert np.array_equal(np.asarray(out["reconstruction"]), png(tmp_path / "cli" / "reconstruction.png"))
+    assert "the 30x18 input is resized" in out["settings"]["input_crop"] == meta["input_crop"]
     # brush: the painted layer is the region (drawn on the photo at its own size)
     layer = np.zeros((18, 30, 4), np.uint8)
     layer[:, :15, 3] = 255  # the left half
@@ -112,8 +115,11 @@ def test_a_box_edit_equals_var_edit_and_a_brush_region_works(app, ckpt, tmp_path
         (lambda a: list(a.sample(["zebra"], 1, 1.5, 0, 1, False, 0)), "'zebra' is neither a class id nor one of"),
         (lambda a: list(a.sample([], 1, 1.5, 0, 1, False, 0)), "pick at least one class"),
         (lambda a: list(a.sample(["1"], 1, -1, 0, 1, False, 0)), "cfg=-1.0 is negative"),
-        (lambda a: list(a.sample(["1"], 1, 1.5, 0, 0, False, 0)), "top-p=0 is outside (0, 1]"),
-        (lambda a: list(a.sample(["1"], 1, 1.5, 0, 1.5, False, 0)), "top-p=1.5 is outside (0, 1]"),
+        (lambda a: list(a.sample(["1"], 1, 1.5, 0, 1.5, False, 0)), "top_p=1.5 is outside [0, 1] (top-p keeps"),
+        (lambda a: list(a.sample(["1"], 1, float("nan"), 0, 1, False, 0)), "cfg must be a finite number, got nan"),
+        (lambda a: list(a.sample(["1"], 1, 1.5, float("inf"), 1, False, 0)), "top-k must be a whole number"),
+        (lambda a: list(a.sample(["1"], 1, 1.5, 0, 1, False, float("nan"))), "seed must be a whole number"),
+        (lambda a: list(a.sample(["1"], 1, 1.5, 0, 1, False, 2**70)), "seed must be in 0..4294967295"),
         (lambda a: list(a.sample(["1"], 1, 1.5, 999, 1, False, 0)), "top_k=999 is outside 0..64"),
         (lambda a: list(a.sample(["1"], 100, 1.5, 0, 1, False, 0)), "at most 64 per request"),
         (lambda a: list(a.sample(["1"], 1.5, 1.5, 0, 1, False, 0)), "images per class must be a whole number"),

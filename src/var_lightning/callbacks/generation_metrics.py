@@ -28,13 +28,14 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Subset
 
 from var_lightning.evaluation.extractors import FeatureExtractor, build_extractor
 from var_lightning.evaluation.fid import GaussianStats
 from var_lightning.evaluation.generation import GenerationEvaluator, MetricSettings, sample_and_measure, score
 from var_lightning.evaluation.reference import reference_stats
-from var_lightning.evaluation.scores import check_kid_subset
+from var_lightning.evaluation.scores import KID_DEFAULT_SUBSET, resolve_kid_subset
 from var_lightning.evaluation.sharding import broadcast_object, class_balanced_labels
 from var_lightning.evaluation.splits import datamodule_source_id, dataset_split
 
@@ -78,7 +79,7 @@ class GenerationMetrics(L.Callback):
         precision_recall: bool = True,
         kid: bool = False,
         kid_subsets: int = 100,
-        kid_subset_size: int = 1000,
+        kid_subset_size: int | None = None,
         fid_method: str = "eigh",
         is_splits: str | int = "adm",
         pr_k: int = 3,
@@ -95,7 +96,12 @@ class GenerationMetrics(L.Callback):
         if num_samples < 2 or batch_size < 1:
             raise ValueError(f"{key}.num_samples ({num_samples}) must be >= 2 and {key}.batch_size >= 1")
         if kid:
-            check_kid_subset(kid_subset_size, num_samples, num_reference, key=f"{key}.kid_subset_size")
+            size, note = resolve_kid_subset(
+                kid_subset_size, num_samples, num_reference, key=f"{key}.kid_subset_size"
+            )
+            if note:
+                rank_zero_warn(note)
+            kid, kid_subset_size = size is not None, size
         unknown = set(sampling or {}) - set(SAMPLING_KEYS)
         if unknown:
             raise ValueError(
@@ -115,7 +121,7 @@ class GenerationMetrics(L.Callback):
             precision_recall=precision_recall,
             kid=kid,
             kid_subsets=kid_subsets,
-            kid_subset_size=kid_subset_size,
+            kid_subset_size=kid_subset_size or KID_DEFAULT_SUBSET,
         )
         self.config_key = config_key
         self.extractor: FeatureExtractor | None = None

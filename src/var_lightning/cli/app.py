@@ -2,6 +2,7 @@
 
 var-app pretrained=var_d16
 var-app ckpt_path=outputs/demo/var/checkpoints/last.ckpt port=7861
+VAR_APP_AUTH=me:secret var-app pretrained=var_d16 host=0.0.0.0   # beyond this machine: a login
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ log = logging.getLogger("var_lightning.app")
 
 
 def make_app(cfg: DictConfig, out_dir: Path):
-    """The :class:`~var_lightning.webapp.VarApp` a config describes (models loaded, nothing served yet)."""
+    """The :class:`~var_lightning.webapp.VarApp` a config describes (models loaded, nothing served yet);
+    ``out_dir`` receives the results and is the only folder served."""
     validate_config(cfg, "app")
     from var_lightning.webapp import VarApp
 
@@ -31,11 +33,23 @@ def make_app(cfg: DictConfig, out_dir: Path):
                   batch_size=cfg.batch_size, max_images=cfg.max_images)  # fmt: skip
 
 
+def serve(cfg: DictConfig, run_dir: Path, block: bool = True):
+    """Check the serving options (port, login) before loading anything, then load and serve: results in
+    ``run_dir/results``; the run folder's config and logs are blocked."""
+    from var_lightning.webapp import check_serving, resolve_auth
+
+    port = check_serving(cfg.host, cfg.port)
+    auth = resolve_auth(cfg.host, bool(cfg.share), bool(cfg.insecure), cfg.auth_file)
+    app = make_app(cfg, run_dir / "results")
+    blocked = [p for p in run_dir.iterdir() if p.name != "results"] + [run_dir / ".hydra"]
+    log.info("serving on http://%s:%d%s (Ctrl-C stops)", cfg.host, port, " with a login" if auth else "")
+    return app.launch(host=cfg.host, port=port, share=bool(cfg.share), block=block, auth=auth,
+                      blocked_paths=blocked)  # fmt: skip
+
+
 @checked_main("app", "var-app")
 def main(cfg: DictConfig) -> None:
-    app = make_app(cfg, Path(HydraConfig.get().runtime.output_dir))
-    log.info("serving on http://%s:%d (Ctrl-C stops)", cfg.host, cfg.port)
-    app.launch(host=cfg.host, port=int(cfg.port), share=bool(cfg.share))
+    serve(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from var_lightning.cli.common import (
 from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.edit_io import (
+    crop_note,
     edit_panel,
     fit_image,
     is_synthetic,
@@ -87,6 +88,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         image_13HW, _ = synthetic_image(cfg.image, size, len(class_names) if class_names else var.num_classes)
     else:
         image_13HW = fit_image(pil_image, size)
+        crop = crop_note(pil_image.size, size)
+        if crop:
+            log.warning("image=%s: %s", cfg.image, crop)
     if cfg.mask is not None:
         region = load_mask(cfg.mask, size, image_wh=pil_image.size if pil_image else None)
     else:
@@ -107,12 +111,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     original = image_13HW[0].add(1).mul(0.5)
     result_paths = [save_image(img, out_dir / f"result_{i}.png") for i, img in enumerate(images)]
     save_image(original, out_dir / "original.png")
-    save_image(result.reconstruction[0].float().cpu(), out_dir / "reconstruction.png")
+    recon = result.reconstruction[0].float().cpu()
+    save_image(recon, out_dir / "reconstruction.png")
     generated_HW = 1 - mask_to_pixels(result.keep_mask[0].cpu(), size)
-    panel = edit_panel(original, generated_HW, images, out_dir / "panel.png")
+    panel = edit_panel(original, recon, generated_HW, images, out_dir / "panel.png")
 
     keep_px = 1 - generated_HW
-    recon = result.reconstruction[0].float().cpu()
     kept_l1 = ((images - recon).abs().mean(1) * keep_px).sum((1, 2)) / keep_px.sum().clamp(min=1)
     name = class_names[label] if label is not None and class_names and label < len(class_names) else None
     meta = {
@@ -131,6 +135,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "device": str(device),
         "precision": cfg.precision,
         "image_size": size,
+        "input_crop": None if pil_image is None else crop_note(pil_image.size, size),
         "token_grid": grid,
         "kept_token_fraction": result.kept_fraction(),
         "kept_region_l1_to_reconstruction": [round(v, 5) for v in kept_l1.tolist()],

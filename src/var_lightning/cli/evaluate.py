@@ -50,7 +50,7 @@ from var_lightning.evaluation.generation import (
 )
 from var_lightning.evaluation.recon import ReconstructionMetrics, build_lpips
 from var_lightning.evaluation.reference import iter_uint8_batches, reference_stats, source_length
-from var_lightning.evaluation.scores import check_kid_subset, is_split_rule
+from var_lightning.evaluation.scores import KID_DEFAULT_SUBSET, is_split_rule, resolve_kid_subset
 from var_lightning.evaluation.sharding import (
     barrier,
     broadcast_object,
@@ -119,7 +119,7 @@ def _settings(cfg: DictConfig, extractor: FeatureExtractor) -> MetricSettings:
         precision_recall=m.precision_recall,
         kid=m.kid,
         kid_subsets=m.kid_subsets,
-        kid_subset_size=m.kid_subset_size,
+        kid_subset_size=m.kid_subset_size or KID_DEFAULT_SUBSET,  # null: resolved against the set sizes
         class_accuracy=extractor.name == "classifier",
     )
 
@@ -265,14 +265,12 @@ def _real_baseline(
     settings: MetricSettings,
     count: int,
     ref: GaussianStats | None,
+    split: str | None,
 ) -> dict | None:
     """Held-out real images scored exactly like the samples: what "as good as real data" reads as."""
-    split = cfg.real_baseline_split
     if not split:
         return None
     _require(dm, "data", "real_baseline_split needs a data config (data=...)")
-    if not cfg.reference:
-        check_disjoint_splits(dm, cfg.reference_split, split)
     dataset = dataset_split(dm, split, "real_baseline_split")
     n = min(count, len(dataset))
     picked = seeded_subset(len(dataset), n, cfg.seed)  # not the first n: an ImageFolder is sorted by class
@@ -300,13 +298,24 @@ def seeded_subset(size: int, n: int, seed: int) -> list[int]:
     return sorted(torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].tolist())
 
 
-def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) -> None:
-    """The real baseline must not be the reference's own images (its FID would be ~0 against itself)."""
+def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) -> tuple[str, str | None]:
+    """The split the real baseline reads, and a note when it is not the one asked for. It must not be the
+    reference's own images (its FID would be ~0 against itself). ``test`` on a folder whose test split is its
+    reference (an ImageFolder with only train/ and val/) reads a seeded subset of ``train`` instead, with the
+    note; any other overlap is refused."""
     source = getattr(dm, "split_source", None)
-    same = baseline_split == reference_split or (
-        source is not None and source(baseline_split) == source(reference_split)
-    )
-    if same:
+
+    def same(a: str, b: str) -> bool:
+        return a == b or (source is not None and source(a) == source(b))
+
+    if same(baseline_split, reference_split):
+        if baseline_split == "test" != reference_split and not same("train", reference_split):
+            where = f" ({source(reference_split)})" if source is not None else ""
+            return "train", (
+                f"real_baseline_split=test reads the same images as reference_split={reference_split}{where} (the "
+                f"folder has no test/ split), so the real baseline is a seeded random subset of train instead; "
+                f"add a test/ folder for held-out images"
+            )
         where = f" ({source(reference_split)})" if source is not None else ""
         raise ValueError(
             f"real_baseline_split={baseline_split} reads the same images as reference_split={reference_split}{where}: "
@@ -314,6 +323,7 @@ def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) ->
             f"train/ and val/, use real_baseline_split=train (a seeded random subset of the training images), add a "
             f"test/ folder, or give reference=<an .npz or image folder> (key real_baseline_split)"
         )
+    return baseline_split, None
 
 
 def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
@@ -327,20 +337,34 @@ def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
         elif getattr(dm, "image_size", 0) is None:
             first = next(iter_uint8_batches(Path(cfg.generation.samples), 1))
             dm.fit_image_size(int(first.shape[-1]), f"the samples in {cfg.generation.samples} are that size")
-    if cfg.real_baseline_split and dm is not None and not cfg.reference:
-        check_disjoint_splits(dm, cfg.reference_split, cfg.real_baseline_split)  # before sampling
+    notes: list[str] = []  # what was adapted to a small folder: logged, and kept in report.json
+    baseline_split = cfg.real_baseline_split or None
+    if baseline_split and dm is not None and not cfg.reference:
+        baseline_split, note = check_disjoint_splits(
+            dm, cfg.reference_split, baseline_split
+        )  # before sampling
+        notes += [note] if note else []
     keep = settings.precision_recall or settings.kid
     ref = _reference(cfg, extractor, dm, keep) if ctx.rank == 0 else None  # first: fail before sampling
-    problem = None
+    problem, kid_size, kid_note = None, settings.kid_subset_size, None
     if settings.kid and ctx.rank == 0:  # refuse before sampling 50k images, not after
         try:
             n_real = ref.count if ref.features is not None else None
-            check_kid_subset(settings.kid_subset_size, _expected_samples(cfg, models), n_real)
+            kid_size, kid_note = resolve_kid_subset(
+                cfg.metrics.kid_subset_size, _expected_samples(cfg, models), n_real
+            )
         except ValueError as err:
             problem = str(err)
-    problem = broadcast_object(problem)
+    problem, kid_size, kid_note = broadcast_object((problem, kid_size, kid_note))
     if problem:
         raise ValueError(problem)
+    if settings.kid:
+        settings = replace(
+            settings, kid=kid_size is not None, kid_subset_size=kid_size or settings.kid_subset_size
+        )
+        notes += [kid_note] if kid_note else []
+    for note in notes if ctx.rank == 0 else []:
+        log.warning(note)
     evaluator = GenerationEvaluator(extractor, settings)
     if models is None:
         fields = _measure_existing(cfg, ctx, evaluator)
@@ -349,7 +373,9 @@ def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
     gathered = evaluator.gather()
     skipped: dict[str, str] = {}
     metrics = score(gathered, ref, settings, device=ctx.device, skipped=skipped) if ctx.rank == 0 else None
-    baseline = _real_baseline(cfg, ctx, dm, extractor, settings, gathered.count, ref)
+    if kid_size is None and kid_note:
+        skipped["kid"] = kid_note
+    baseline = _real_baseline(cfg, ctx, dm, extractor, settings, gathered.count, ref, baseline_split)
     if ctx.rank != 0:
         return None
     ref_meta = {k: ref.meta.get(k) for k in ("source", "stats_from", "cache_path", "cache_hit")}
@@ -365,6 +391,7 @@ def run_generation(cfg: DictConfig, out_dir: Path, ctx: Context) -> dict | None:
             "is_split_rule": is_split_rule(settings.is_splits, gathered.count),
         },
         skipped_metrics=skipped,
+        notes=notes,
         seed=cfg.seed,
         **fields,
     )

@@ -256,6 +256,10 @@ def validate_config(cfg: DictConfig, config_name: str) -> None:
     ref, groups = _root_reference(config_name)
     own = {k for k in ref if k != "defaults"}
     _check_keys(cfg, own | groups | {"hydra"}, "")
+    if "seed" in cfg and config_name != "train" and cfg.seed is not None:
+        from var_lightning.evaluation.sharding import check_seed
+
+        check_seed(cfg.seed, "seed")
     for key in cfg:
         value = cfg._get_node(key)
         if key in _SKIP_GROUPS or not isinstance(value, DictConfig):
@@ -456,7 +460,13 @@ def precheck(config_name: str, argv: list[str]) -> str | None:
     parsed = _overrides(accept_target_arguments(config_name, argv))
     if parsed is None:
         return None
-    overrides, _ = parsed
+    overrides, multirun = parsed
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key == ("hydra.sweep.dir" if multirun else "hydra.run.dir"):
+            problem = _run_dir_problem(key, value.strip("'\""))
+            if problem:
+                return problem
     overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:
         cfg = _compose(config_name, overrides)
@@ -464,8 +474,25 @@ def precheck(config_name: str, argv: list[str]) -> str | None:
         return _composition_hint(err, config_name, overrides)
     try:
         validate_config(cfg, config_name)
-    except ConfigKeyError as err:
+    except (ConfigKeyError, ValueError) as err:
         return str(err)
+    return None
+
+
+def _run_dir_problem(key: str, value: str) -> str | None:
+    """Create the run directory a command line names (what Hydra does next, which would fail with a raw
+    traceback) and say why it cannot be, with the fix; None when it exists or was created."""
+    if not value or "${" in value:
+        return None  # interpolated: Hydra resolves it
+    path = Path(value).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        writable = os.access(path, os.W_OK | os.X_OK)
+    except OSError as err:
+        reason = f"{err.strerror or type(err).__name__}: {err.filename or path}"
+        return f"{key}={value}: cannot create the run directory ({reason}). Choose a folder you can write to"
+    if not writable:
+        return f"{key}={value}: the run directory is not writable. Choose a folder you can write to"
     return None
 
 

@@ -95,6 +95,35 @@ def check_kid_subset(
         )
 
 
+KID_DEFAULT_SUBSET = 1000
+"""torch-fidelity's KID subset size; ``kid_subset_size: null`` uses it, or fewer on a smaller set."""
+
+
+def resolve_kid_subset(
+    configured: int | None, n_fake: int, n_real: int | None, key: str = "metrics.kid_subset_size"
+) -> tuple[int | None, str | None]:
+    """The KID subset size to use and a note when it differs from the default. ``configured`` None (the
+    configs' default): 1000, capped to the smaller set (a small folder, a short callback run) with a note
+    saying the number is not comparable with KID at 1000; None (KID skipped) below 2. A value the user set
+    is never changed: one larger than either set is refused (:func:`check_kid_subset`)."""
+    if configured is not None:
+        check_kid_subset(configured, n_fake, n_real, key)
+        return configured, None
+    smallest = min(n_fake, n_real) if n_real is not None else n_fake
+    if smallest >= KID_DEFAULT_SUBSET:
+        return KID_DEFAULT_SUBSET, None
+    sets = f"{n_fake} generated" + (f" / {n_real} reference" if n_real is not None else "")
+    if smallest < 2:
+        return (
+            None,
+            f"KID skipped: it needs subsets of at least 2 from both sets, and there are {sets} samples",
+        )
+    return smallest, (
+        f"{key}=null: KID uses subsets of {smallest} (the {sets} samples are fewer than torch-fidelity's "
+        f"{KID_DEFAULT_SUBSET}); not comparable with KID at {KID_DEFAULT_SUBSET}. Set {key} to fix the size"
+    )
+
+
 def kernel_inception_distance(
     fake_NF: torch.Tensor,
     real_MF: torch.Tensor,

@@ -46,6 +46,11 @@ def check_compatible(var: VAR, vae: MultiScaleVQVAE) -> None:
         )
 
 
+TOP_P_RULE = "top-p keeps the smallest set of tokens holding that probability mass; 0 or 1 = off"
+"""The one top-p convention of the commands, the configs and the app: both 0 (the published code's "off")
+and 1 (all the mass) filter nothing and draw the same tokens."""
+
+
 def check_sampling_args(var: VAR, cfg: float, top_k: int, top_p: float, prefix: str = "sampling.") -> None:
     """Raise a clear error for settings the sampler cannot use; ``prefix`` is prepended to the key names in
     the messages (``""`` for a command whose keys are plain ``cfg`` / ``top_k`` / ``top_p``)."""
@@ -58,17 +63,18 @@ def check_sampling_args(var: VAR, cfg: float, top_k: int, top_p: float, prefix: 
             f"top_k={top_k} is outside 0..{var.V} (the vocabulary size; 0 disables top-k) (key {prefix}top_k)"
         )
     if not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} is outside [0, 1] (0 disables top-p) (key {prefix}top_p)")
+        raise ValueError(f"top_p={top_p} is outside [0, 1] ({TOP_P_RULE}) (key {prefix}top_p)")
 
 
 def filter_logits_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
     """In place: keep the top-k logits (ties with the k-th kept), then the smallest set whose probability
     exceeds ``top_p`` (a token is removed when the ascending cumulative probability up to it is
-    <= 1 - top_p; the most likely token always stays). Removed entries become -inf."""
+    <= 1 - top_p; the most likely token always stays). Removed entries become -inf. ``top_p`` 0 or 1 filters
+    nothing (:data:`TOP_P_RULE`)."""
     if top_k > 0:
         kth_Bl1 = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
         logits_BlV.masked_fill_(logits_BlV < kth_Bl1, -torch.inf)
-    if top_p > 0:
+    if 0 < top_p < 1:
         sorted_BlV, order_BlV = logits_BlV.sort(dim=-1, descending=False)
         remove_sorted = sorted_BlV.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
         remove_sorted[..., -1:] = False

@@ -1,0 +1,128 @@
+"""The web app as a server (Gradio, no browser): beyond localhost it needs a login, it serves only its results
+(not the run folder's config and log), bad serving options are refused by name, and an unreadable upload gets
+our message. Skipped where gradio is not installed (``make test`` installs it)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.integration.test_configs import CONF
+from tests.unit.test_webapp import ckpt  # noqa: F401 - the tiny VAR checkpoint fixture
+from var_lightning.cli.app import serve
+from var_lightning.webapp import AUTH_ENV, AppError, resolve_auth
+
+gr = pytest.importorskip("gradio")
+httpx = pytest.importorskip("httpx")
+
+
+def compose_app(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="app", overrides=overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_folder(tmp_path: Path) -> Path:
+    """What Hydra leaves in a var-app run folder before the app starts."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("ckpt_path: /home/alice/secret/project/last.ckpt\n")
+    (run / "app.log").write_text("private log\n")
+    return run
+
+
+def test_beyond_localhost_a_login_is_required_and_only_results_are_served(ckpt, tmp_path, monkeypatch):  # noqa: F811
+    run = run_folder(tmp_path)
+    port = free_port()
+    cfg = compose_app([f"ckpt_path={ckpt}", "host=0.0.0.0", f"port={port}", "device=cpu"])
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    with pytest.raises(
+        AppError, match=r"host=0.0.0.0 serves every machine .* no login.*VAR_APP_AUTH=user:password"
+    ):
+        serve(cfg, run, block=False)
+    assert not (run / "results").exists()  # refused before loading the model
+    monkeypatch.setenv(AUTH_ENV, "alice:s3cret")
+    demo = serve(cfg, run, block=False)
+    try:
+        result = run / "results" / "sample-x" / "grid.png"
+        result.parent.mkdir(parents=True)
+        result.write_bytes(b"\x89PNG fake")
+        base = f"http://127.0.0.1:{port}"
+
+        def file_url(path: Path) -> str:
+            return f"{base}/gradio_api/file={path}"
+
+        assert httpx.get(file_url(result)).status_code in (401, 403)  # no login
+        with httpx.Client() as wrong:
+            assert (
+                wrong.post(f"{base}/login", data={"username": "alice", "password": "nope"}).status_code >= 400
+            )
+            assert wrong.get(file_url(result)).status_code in (401, 403)
+        with httpx.Client() as client:
+            assert (
+                client.post(f"{base}/login", data={"username": "alice", "password": "s3cret"}).status_code
+                == 200
+            )
+            assert client.get(file_url(result)).content == b"\x89PNG fake"  # the results are served
+            for private in (run / ".hydra" / "config.yaml", run / "app.log"):
+                response = client.get(file_url(private))
+                assert (
+                    response.status_code >= 400
+                    and b"secret" not in response.content
+                    and b"private" not in response.content
+                )
+    finally:
+        demo.close()
+
+
+def test_serving_options_are_checked_before_loading(ckpt, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    run = run_folder(tmp_path)
+    with pytest.raises(AppError, match=r"port=80000 is out of range: use 1..65535"):
+        serve(compose_app([f"ckpt_path={ckpt}", "port=80000"]), run, block=False)
+    with pytest.raises(AppError, match=r"share=true makes a public gradio.live link"):
+        serve(compose_app([f"ckpt_path={ckpt}", "share=true"]), run, block=False)
+    # insecure=true is the explicit opt-in; a loopback host never needs a login
+    assert resolve_auth("0.0.0.0", False, True) is None and resolve_auth("127.0.0.1", False, False) is None
+    logins = tmp_path / "logins"
+    logins.write_text("# team\nalice:pw:with:colons\n\nbob:x\n")
+    assert resolve_auth("0.0.0.0", False, False, str(logins), environ={}) == [
+        ("alice", "pw:with:colons"),
+        ("bob", "x"),
+    ]
+    logins.write_text("alice\n")
+    with pytest.raises(AppError, match=r"auth_file=.* line 1 is not user:password"):
+        resolve_auth("0.0.0.0", False, False, str(logins), environ={})
+    with pytest.raises(AppError, match=r"auth_file=.*missing: no such file"):
+        resolve_auth("0.0.0.0", False, False, str(tmp_path / "missing"), environ={})
+    # a port already taken is named, not a traceback
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(AppError, match=rf"cannot serve on 127.0.0.1:{port}.*choose another port="):
+            serve(compose_app([f"ckpt_path={ckpt}", f"port={port}", "device=cpu"]), run, block=False)
+
+
+def test_an_upload_that_is_not_an_image_gets_our_message(ckpt, tmp_path):  # noqa: F811
+    from var_lightning.webapp import checked_editor
+
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    editor = checked_editor(gr, type="pil")
+    payload = editor.data_model(background={"path": str(text)}, layers=[], composite={"path": str(text)})
+    with pytest.raises(gr.Error) as err:
+        editor.preprocess(payload)
+    message = str(err.value.message)
+    assert message.startswith("the uploaded file is not an image that can be read (")
+    assert message.endswith("upload a PNG, JPEG or WebP image")
