@@ -459,7 +459,7 @@ def precheck(config_name: str, argv: list[str]) -> str | None:
     """The error message for a command line whose config has an unknown key, else None."""
     parsed = _overrides(accept_target_arguments(config_name, argv))
     if parsed is None:
-        return None
+        return _syntax_problem(argv)
     overrides, multirun = parsed
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
@@ -479,20 +479,47 @@ def precheck(config_name: str, argv: list[str]) -> str | None:
     return None
 
 
+def _syntax_problem(argv: list[str]) -> str | None:
+    """The first override Hydra's grammar rejects, with the quoting that fixes it (a shard pattern's
+    ``{000000..001281}`` reads as a dict); None when every override parses (help, flags)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except Exception as err:  # noqa: BLE001 - Hydra's OverrideParseException
+            key, _, value = arg.partition("=")
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return (
+                f"{arg}: Hydra cannot parse this override ({reason}). A value with {{ }} [ ] , = or spaces in it must "
+                f"be quoted for Hydra inside the shell's quotes: \"{key}='{value}'\""
+            )
+    return None
+
+
 def _run_dir_problem(key: str, value: str) -> str | None:
-    """Create the run directory a command line names (what Hydra does next, which would fail with a raw
-    traceback) and say why it cannot be, with the fix; None when it exists or was created."""
+    """Why the run directory a command line names cannot be created (Hydra's next step, which would fail
+    with a raw traceback), with the fix; None when it can. Nothing is left behind: a probe folder is made
+    and removed in the deepest existing ancestor."""
+    import tempfile
+
     if not value or "${" in value:
         return None  # interpolated: Hydra resolves it
-    path = Path(value).expanduser()
+    path = Path(value).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    fix = "Choose a folder you can write to"
+    if not existing.is_dir():
+        return f"{key}={value}: cannot create the run directory ({existing} is a file). {fix}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        writable = os.access(path, os.W_OK | os.X_OK)
+        os.rmdir(tempfile.mkdtemp(prefix=".var-probe-", dir=existing))
     except OSError as err:
-        reason = f"{err.strerror or type(err).__name__}: {err.filename or path}"
-        return f"{key}={value}: cannot create the run directory ({reason}). Choose a folder you can write to"
-    if not writable:
-        return f"{key}={value}: the run directory is not writable. Choose a folder you can write to"
+        reason = f"{err.strerror or type(err).__name__}: {existing}"
+        return f"{key}={value}: cannot create the run directory ({reason}). {fix}"
     return None
 
 
