@@ -420,19 +420,28 @@ class VarApp:
                     with gr.Column(scale=1):
                         classes = gr.Dropdown(choices, value=choices[: min(4, len(choices))], multiselect=True,
                                               allow_custom_value=True, label="classes", elem_id="classes")  # fmt: skip
-                        n = gr.Number(4, precision=0, label="images per class", elem_id="num-per-class")
-                        cfg = gr.Number(d["cfg"], label="cfg (guidance, >= 0)", elem_id="cfg")
-                        top_k = gr.Number(
-                            d["top_k"],
-                            precision=0,
-                            label=f"top-k (0 = off, at most {self.var.V})",
-                            elem_id="top-k",
+                        n = checked_input(
+                            gr, gr.Number(4, precision=0, label="images per class", elem_id="num-per-class")
                         )
-                        top_p = gr.Number(d["top_p"], label="top-p in [0, 1] (0 or 1 = off)", elem_id="top-p")
+                        cfg = checked_input(
+                            gr, gr.Number(d["cfg"], label="cfg (guidance, >= 0)", elem_id="cfg")
+                        )
+                        top_k = checked_input(
+                            gr,
+                            gr.Number(
+                                d["top_k"],
+                                precision=0,
+                                label=f"top-k (0 = off, at most {self.var.V})",
+                                elem_id="top-k",
+                            ),
+                        )
+                        top_p = checked_input(
+                            gr, gr.Number(d["top_p"], label="top-p in [0, 1] (0 or 1 = off)", elem_id="top-p")
+                        )
                         smooth = gr.Checkbox(
                             d["more_smooth"], label="more smooth (pictures, not FID)", elem_id="more-smooth"
                         )
-                        seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+                        seed = checked_input(gr, gr.Number(0, precision=0, label="seed", elem_id="seed"))
                         go = gr.Button("Sample", variant="primary", elem_id="sample-btn")
                     with gr.Column(scale=2):
                         progression = gr.Gallery(label="coarse to fine (the first image, one per scale)", columns=len(self.var.patch_nums),
@@ -448,6 +457,7 @@ class VarApp:
                     sample_ui,
                     [classes, n, cfg, top_k, top_p, smooth, seed],
                     [progression, grid, files, status],
+                    api_name="sample",
                 )
             with gr.Tab("Edit", elem_id="tab-edit"):
                 with gr.Row():
@@ -458,21 +468,32 @@ class VarApp:
                             ["box", "brush"], value="box", label="region", elem_id="region-source"
                         )
                         with gr.Row():
-                            x0 = gr.Number(0.25, label="box x0", elem_id="box-x0")
-                            y0 = gr.Number(0.25, label="box y0", elem_id="box-y0")
-                            x1 = gr.Number(0.75, label="box x1", elem_id="box-x1")
-                            y1 = gr.Number(0.75, label="box y1", elem_id="box-y1")
+                            x0 = checked_input(gr, gr.Number(0.25, label="box x0", elem_id="box-x0"))
+                            y0 = checked_input(gr, gr.Number(0.25, label="box y0", elem_id="box-y0"))
+                            x1 = checked_input(gr, gr.Number(0.75, label="box x1", elem_id="box-x1"))
+                            y1 = checked_input(gr, gr.Number(0.75, label="box y1", elem_id="box-y1"))
                         mode = gr.Radio(list(MODES), value="inpaint", label="mode", elem_id="edit-mode")
                         klass = gr.Dropdown(choices, value=None, allow_custom_value=True, label="class (class-edit)",
                                             elem_id="edit-class")  # fmt: skip
-                        e_cfg = gr.Number(max(d["cfg"], 3.0), label="cfg (class-edit)", elem_id="edit-cfg")
-                        e_top_k = gr.Number(d["top_k"], precision=0, label="top-k", elem_id="edit-top-k")
-                        e_top_p = gr.Number(
-                            d["top_p"], label="top-p in [0, 1] (0 or 1 = off)", elem_id="edit-top-p"
+                        e_cfg = checked_input(
+                            gr, gr.Number(max(d["cfg"], 3.0), label="cfg (class-edit)", elem_id="edit-cfg")
+                        )
+                        e_top_k = checked_input(
+                            gr, gr.Number(d["top_k"], precision=0, label="top-k", elem_id="edit-top-k")
+                        )
+                        e_top_p = checked_input(
+                            gr,
+                            gr.Number(
+                                d["top_p"], label="top-p in [0, 1] (0 or 1 = off)", elem_id="edit-top-p"
+                            ),
                         )
                         e_smooth = gr.Checkbox(True, label="more smooth", elem_id="edit-smooth")
-                        e_seed = gr.Number(0, precision=0, label="seed", elem_id="edit-seed")
-                        e_n = gr.Number(4, precision=0, label="variations", elem_id="edit-n")
+                        e_seed = checked_input(
+                            gr, gr.Number(0, precision=0, label="seed", elem_id="edit-seed")
+                        )
+                        e_n = checked_input(
+                            gr, gr.Number(4, precision=0, label="variations", elem_id="edit-n")
+                        )
                         e_go = gr.Button("Edit", variant="primary", elem_id="edit-btn")
                     with gr.Column(scale=2):
                         e_out = gr.Gallery(
@@ -488,7 +509,7 @@ class VarApp:
                             elem_id="edit-files",
                         )
                 e_go.click(guard(edit_ui), [editor, source, x0, y0, x1, y1, mode, klass, e_cfg, e_top_k, e_top_p, e_smooth,
-                                            e_seed, e_n], [e_out, e_files, e_status])  # fmt: skip
+                                            e_seed, e_n], [e_out, e_files, e_status], api_name="edit")  # fmt: skip
         return demo
 
     def launch(
@@ -528,21 +549,28 @@ def upload_error(err: Exception) -> str:
 
 
 def checked_editor(gr: Any, **kwargs: Any) -> Any:
-    """A ``gr.ImageEditor`` whose upload decoding errors reach the page as :func:`upload_error`'s message.
-    Gradio decodes the upload in the component's ``preprocess``, before any callback of ours runs, so the
+    """A ``gr.ImageEditor`` whose upload decoding errors reach the page as :func:`upload_error`'s message."""
+    return checked_input(gr, gr.ImageEditor(**kwargs), upload_error)
+
+
+def checked_input(gr: Any, component: Any, message: Callable[[Exception], str] | None = None) -> Any:
+    """``component`` with its input conversion errors shown as a message. Gradio converts an input in the
+    component's ``preprocess`` (decoding an upload, rounding a number) before any callback of ours runs, and
+    reports a failure there as ``{"error": null}`` (Infinity for a whole number through the API); so the
     check wraps that method of this one instance (a subclass would make Gradio write a .pyi stub into the
-    installed package); everything else is Gradio's own component."""
-    editor = gr.ImageEditor(**kwargs)
-    decode = editor.preprocess
+    installed package). Everything else is Gradio's own component."""
+    convert = component.preprocess
+    label = getattr(component, "label", None) or type(component).__name__
 
     def preprocess(payload: Any) -> Any:
         try:
-            return decode(payload)
-        except Exception as err:  # noqa: BLE001 - PIL raises several kinds for unreadable files
-            raise gr.Error(upload_error(err)) from None
+            return convert(payload)
+        except Exception as err:  # noqa: BLE001 - PIL and Gradio raise several kinds
+            text = message(err) if message else f"{label}: {payload!r} is not a finite number"
+            raise gr.Error(text) from None
 
-    editor.preprocess = preprocess
-    return editor
+    component.preprocess = preprocess
+    return component
 
 
 def _float(value: Any, what: str) -> float:

@@ -126,3 +126,43 @@ def test_an_upload_that_is_not_an_image_gets_our_message(ckpt, tmp_path):  # noq
     message = str(err.value.message)
     assert message.startswith("the uploaded file is not an image that can be read (")
     assert message.endswith("upload a PNG, JPEG or WebP image")
+
+
+def test_bad_values_through_the_api_get_a_message(ckpt, tmp_path, monkeypatch):  # noqa: F811
+    """The page's own HTTP API (what scripts call, with JSON's NaN / Infinity literals): NaN, Infinity and a
+    seed of 2**70 come back as our messages (not ``{"error": null}``), and the app keeps serving."""
+    import json
+
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    port = free_port()
+    demo = serve(compose_app([f"ckpt_path={ckpt}", f"port={port}", "device=cpu"]), run_folder(tmp_path),
+                 block=False)  # fmt: skip
+    base = f"http://127.0.0.1:{port}/gradio_api/call/sample"
+
+    def call(*data) -> tuple[str, str]:
+        body = json.dumps({"data": list(data)})  # Python writes NaN / Infinity as JSON literals
+        event = httpx.post(base, content=body, headers={"content-type": "application/json"}).json()[
+            "event_id"
+        ]
+        lines = httpx.get(f"{base}/{event}", timeout=120).text.strip().splitlines()
+        kind = [line.split(": ", 1)[1] for line in lines if line.startswith("event:")][
+            -1
+        ]  # after "generating"
+        return kind, lines[-1].split(": ", 1)[1]
+
+    try:
+        for data, message in [
+            ((["1"], 1, float("nan"), 0, 1.0, False, 0), "cfg must be a finite number, got nan"),
+            ((["1"], 1, 1.5, float("inf"), 1.0, False, 0), "is not a finite number"),
+            ((["1"], 1, 1.5, 0, float("-inf"), False, 0), "top-p must be a finite number"),
+            (
+                (["1"], 1, 1.5, 0, 1.0, False, 2**70),
+                "seed must be in 0..4294967295, got 1180591620717411303424",
+            ),
+        ]:
+            kind, payload = call(*data)
+            assert kind == "error" and message in (json.loads(payload).get("error") or ""), payload
+        kind, payload = call(["1: green"], 1, 1.5, 0, 1.0, False, 0)  # still serving
+        assert kind == "complete" and "done: 1 images" in payload
+    finally:
+        demo.close()

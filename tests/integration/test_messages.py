@@ -110,3 +110,18 @@ def test_bad_run_options_are_one_line_errors(tmp_path, module, args, message):
                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_make_app_before_make_demo_says_what_to_run(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[2]
+    # APP_STAMP= skips the extras' install: only the target's own check runs
+    out = subprocess.run(["make", "-s", "app", "APP_STAMP=", f"DEMO_DIR={tmp_path / 'demo'}"], cwd=root,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode != 0 and "does not exist" in out.stderr and "run make demo first" in out.stderr
+    assert "make app APP_CKPT=" in out.stderr and "Traceback" not in out.stderr
