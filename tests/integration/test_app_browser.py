@@ -160,8 +160,9 @@ def test_sample_draw_a_box_inpaint_and_an_error_in_a_real_browser(served, browse
     set_number(browser, "edit-n", 2)
     browser.find_element(By.ID, "edit-btn").click()
     imgs = wait_for(lambda: [i for i in browser.find_elements(By.CSS_SELECTOR, "#edit-results img") if i.get_attribute("src")]
-                    if len(browser.find_elements(By.CSS_SELECTOR, "#edit-results img")) >= 4 else None, what="the edit")  # fmt: skip
-    original, mask, result = (fetch(i.get_attribute("src")) for i in imgs[:3])
+                    if len(browser.find_elements(By.CSS_SELECTOR, "#edit-results img")) >= 5 else None, what="the edit")  # fmt: skip
+    original, reconstruction, mask, result = (fetch(i.get_attribute("src")) for i in imgs[:4])
     assert result.std() > 5 and mask.max() > 200 and mask.min() < 50  # a real result; the mask marks the box
+    assert reconstruction.std() > 5  # the tokenizer's reconstruction is shown beside the original
     assert "2 inpaint result(s)" in browser.find_element(By.ID, "edit-status").text
     screenshot(browser, tmp_path, "app_edit.png")
