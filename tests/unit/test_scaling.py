@@ -31,7 +31,8 @@ from var_lightning.scaling.fit import PowerLawFit
 from var_lightning.scaling.flops import attention_pairs
 from var_lightning.scaling.plots import plot_vs_params
 from var_lightning.transformer.config import VARConfig, preset
-from var_lightning.transformer.var import VAR, block_causal_bias
+from var_lightning.transformer.masks import block_causal_bias
+from var_lightning.transformer.var import VAR
 
 # ---------------------------------------------------------------------------------------------- fits
 

@@ -9,8 +9,9 @@ import torch
 
 from tests.helpers import TINY_PN, tiny_vae, tiny_var
 from var_lightning.transformer.config import PRESETS, VARConfig, preset
+from var_lightning.transformer.masks import block_causal_bias
 from var_lightning.transformer.sampling import sample
-from var_lightning.transformer.var import VAR, block_causal_bias
+from var_lightning.transformer.var import VAR
 
 PUBLISHED = {
     "d16": 310_283_520,

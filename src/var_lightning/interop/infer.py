@@ -18,7 +18,7 @@ import torch
 
 from var_lightning.tokenizer.config import SCHEDULE_256, VQVAEConfig
 from var_lightning.transformer.config import SCHEDULE_512, SCHEDULE_1024, VARConfig
-from var_lightning.transformer.var import level_index
+from var_lightning.transformer.masks import level_index
 
 StateDict = Mapping[str, torch.Tensor]
 

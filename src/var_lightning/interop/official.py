@@ -42,7 +42,8 @@ from var_lightning.interop.infer import (
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.transformer.config import VARConfig
-from var_lightning.transformer.var import VAR, block_causal_bias, level_index
+from var_lightning.transformer.masks import block_causal_bias, level_index
+from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,15 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from var_lightning.transformer.var import VAR, level_index
+from var_lightning.transformer.masks import level_index
+
+if TYPE_CHECKING:
+    from var_lightning.transformer.var import VAR
 
 
 @functools.lru_cache(maxsize=32)

@@ -23,20 +23,9 @@ from torch import nn
 
 from var_lightning.transformer.config import VARConfig
 from var_lightning.transformer.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin
+from var_lightning.transformer.masks import block_causal_bias, level_index
 
 log = logging.getLogger(__name__)
-
-
-def level_index(patch_nums: tuple[int, ...]) -> torch.Tensor:
-    """(1, L) scale index of every token."""
-    return torch.cat([torch.full((pn * pn,), si) for si, pn in enumerate(patch_nums)]).view(1, -1)
-
-
-def block_causal_bias(patch_nums: tuple[int, ...]) -> torch.Tensor:
-    """(1, 1, L, L) additive mask: 0 where token i may attend to token j (scale(i) >= scale(j)), else -inf."""
-    d = level_index(patch_nums)[0]
-    allowed = d.view(-1, 1) >= d.view(1, -1)
-    return torch.where(allowed, 0.0, -torch.inf).view(1, 1, len(d), len(d))
 
 
 def run_blocks(
