@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from var_lightning.interop.official import export_official_vae, export_official_var  # noqa: E402
+from var_lightning.checkpoints.published import export_official_vae, export_official_var  # noqa: E402
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE  # noqa: E402
 from var_lightning.tokenizer.config import VQVAEConfig  # noqa: E402
 from var_lightning.transformer.config import SCHEDULE_256, VARConfig  # noqa: E402

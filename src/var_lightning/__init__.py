@@ -2,7 +2,7 @@
 
 Layers: ``tokenizer`` and ``transformer`` hold plain-torch model code; ``training``, ``data`` and
 ``callbacks`` hold Lightning code; ``cli`` holds the Hydra entry points. ``load_models`` /
-``load_pretrained`` (:mod:`var_lightning.loading`) read every kind of model file.
+``load_pretrained`` (:mod:`var_lightning.checkpoints.loading`) read every kind of model file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["load_models", "load_pretrained"]
 
 def __getattr__(name: str) -> Any:  # lazy: `import var_lightning` stays cheap for the entry points
     if name in __all__:
-        from var_lightning import loading
+        from var_lightning.checkpoints import loading
 
         return getattr(loading, name)
     raise AttributeError(f"module 'var_lightning' has no attribute {name!r}")

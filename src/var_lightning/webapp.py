@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from var_lightning.checkpoints.loading import LoadedModels
 from var_lightning.cli.runtime import autocast_context
 from var_lightning.edit_io import crop_note, edit_panel, fit_image, fit_mask, mask_to_pixels, save_image
 from var_lightning.evaluation.sharding import MAX_SEED
 from var_lightning.inference import EditRequest, check_classes, parse_class, run_edit, sample_per_class
-from var_lightning.loading import LoadedModels
 from var_lightning.sample_io import labelled_grid, save_pngs, to_uint8_hwc
 from var_lightning.transformer.editing import MODES, box_region
 from var_lightning.transformer.fast_sampling import build_sampler

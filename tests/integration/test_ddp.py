@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from tests.helpers import tiny_vae_cfg
+from var_lightning.checkpoints.loading import load_models
 from var_lightning.data.synthetic import SyntheticShapes
-from var_lightning.loading import load_models
 from var_lightning.tokenizer.usage import CodebookUsage
 from var_lightning.training.objectives import next_scale_losses
 from var_lightning.training.tokenizer_module import TokenizerModule

@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 import var_lightning
+from var_lightning.checkpoints.loading import load_models
 from var_lightning.cli import classifier as classifier_cli
 from var_lightning.cli import evaluate
 from var_lightning.data import SyntheticShapes
@@ -31,7 +32,6 @@ from var_lightning.evaluation import (
     load_classifier,
     psnr,
 )
-from var_lightning.loading import load_models
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.objectives import next_scale_losses

@@ -21,10 +21,10 @@ from omegaconf import open_dict
 from tests.helpers import tiny_vae, tiny_vae_cfg
 from tests.integration.test_configs import CONF, compose_train
 from tests.unit.test_webdataset import write_tree
-from var_lightning.checkpoints import UnsafeCheckpointError, read_checkpoint
+from var_lightning.checkpoints.files import UnsafeCheckpointError, read_checkpoint
+from var_lightning.checkpoints.published import OfficialCheckpointError, export_official_vae
 from var_lightning.cli import convert, make_shards
 from var_lightning.cli.train import train
-from var_lightning.interop.official import OfficialCheckpointError, export_official_vae
 from var_lightning.training.var_module import VARModule
 
 REFUSED = (UnsafeCheckpointError, OfficialCheckpointError)
@@ -157,7 +157,7 @@ def test_var_make_shards_tokenizer(evil, tmp_path):
 
 
 def test_released_file_paths(evil, tmp_path):
-    from var_lightning.loading import load_models
+    from var_lightning.checkpoints.loading import load_models
 
     path, _ = evil
     folder = tmp_path / "released"
@@ -170,7 +170,7 @@ def test_released_file_paths(evil, tmp_path):
     module = VARModule(
         transformer=dict(depth=1, width=32, num_heads=1, num_classes=3), tokenizer=asdict(tiny_vae_cfg())
     )
-    from var_lightning.interop.official import export_official_var
+    from var_lightning.checkpoints.published import export_official_var
 
     torch.save(export_official_var(module.var), folder / "var_d16.pth")
     refused(lambda: load_models(folder / "var_d16.pth", vae_path=path), path)
@@ -223,8 +223,8 @@ def test_a_text_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
 
 
 def test_a_safetensors_weight_stored_as_integers_is_refused_by_name(tmp_path):
-    from var_lightning.checkpoints import CheckpointError, save_checkpoint
-    from var_lightning.loading import load_models
+    from var_lightning.checkpoints.files import CheckpointError, save_checkpoint
+    from var_lightning.checkpoints.loading import load_models
 
     torch.manual_seed(0)
     module = VARModule(
@@ -240,7 +240,7 @@ def test_a_safetensors_weight_stored_as_integers_is_refused_by_name(tmp_path):
     bad = save_checkpoint({**ckpt, "state_dict": sd}, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match=r"head.weight is torch.int64 but the model's is torch.float32"):
         load_models(bad)
-    from var_lightning.interop.official import export_official_var, load_official_var
+    from var_lightning.checkpoints.published import export_official_var, load_official_var
 
     released = export_official_var(module.var)
     released["head.weight"] = released["head.weight"].to(torch.int32)

@@ -21,10 +21,10 @@ from PIL import Image
 from tests.helpers import tiny_vae_cfg
 from tests.integration.test_configs import CONF
 from tests.unit.test_pretrained import COMMIT_A, add_snapshot, released_pair
+from var_lightning.checkpoints.hub import VAE_FILE
+from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.published import export_official_vae, export_official_var
 from var_lightning.cli.sample import run
-from var_lightning.interop.official import export_official_vae, export_official_var
-from var_lightning.loading import load_models
-from var_lightning.pretrained import VAE_FILE
 from var_lightning.training.var_module import VARModule
 from var_lightning.transformer.fast_sampling import build_sampler
 

@@ -10,8 +10,8 @@ import torch
 from omegaconf import open_dict
 
 from tests.integration.test_configs import compose_train
+from var_lightning.checkpoints.loading import load_models, load_tokenizer
 from var_lightning.cli.train import train
-from var_lightning.loading import load_models, load_tokenizer
 from var_lightning.transformer.sampling import sample
 
 TINY_DATA = [

@@ -11,7 +11,7 @@ import torch
 from omegaconf import open_dict
 
 from tests.helpers import tiny_vae_cfg
-from var_lightning.interop.official import export_official_vae, export_official_var
+from var_lightning.checkpoints.published import export_official_vae, export_official_var
 from var_lightning.training.finetune import adapt_positions, init_from_checkpoint
 from var_lightning.training.tokenizer_module import TokenizerModule
 from var_lightning.training.var_module import VARModule

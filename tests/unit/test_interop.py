@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.helpers import TINY_PN, tiny_vae, tiny_vae_cfg, tiny_var, tiny_var_cfg
-from var_lightning.interop import (
+from var_lightning.checkpoints.published import (
     OfficialCheckpointError,
     export_official_vae,
     export_official_var,
@@ -25,7 +25,7 @@ from var_lightning.interop import (
     load_official_var,
     official_key_table,
 )
-from var_lightning.interop.infer import patch_nums_from_level_index, shape_fields
+from var_lightning.checkpoints.published_shapes import patch_nums_from_level_index, shape_fields
 from var_lightning.tokenizer.config import SCHEDULE_256, VQVAEConfig
 from var_lightning.transformer.config import SCHEDULE_512, VARConfig, preset
 from var_lightning.transformer.sampling import sample

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.loading import SAMPLING_KEYS, LoadedModels, load_models
+from var_lightning.checkpoints.loading import SAMPLING_KEYS, LoadedModels, load_models
 from var_lightning.transformer.fast_sampling import build_sampler
 from var_lightning.transformer.sampling import SampleOutput, check_sampling_args
 

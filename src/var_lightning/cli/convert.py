@@ -29,10 +29,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from var_lightning import __version__
-from var_lightning.checkpoints import CheckpointError, checkpoint_stage, read_checkpoint, save_checkpoint
-from var_lightning.interop.official import export_official_vae, export_official_var
-from var_lightning.loading import imagenet_class_names, load_models, resolve_sampling
-from var_lightning.pretrained import RELEASED_SAMPLING
+from var_lightning.checkpoints.files import (
+    CheckpointError,
+    checkpoint_stage,
+    read_checkpoint,
+    save_checkpoint,
+)
+from var_lightning.checkpoints.hub import RELEASED_SAMPLING
+from var_lightning.checkpoints.loading import imagenet_class_names, load_models, resolve_sampling
+from var_lightning.checkpoints.published import export_official_vae, export_official_var
 from var_lightning.settings import TokenizerOptim, VAROptim, VARTrain
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.transformer.var import VAR
@@ -115,7 +120,7 @@ def to_lightning(
     else:
         if vae_path is None:
             raise ValueError("give --vae (a tokenizer-only conversion), --var with --vae, or --pretrained")
-        from var_lightning.loading import load_tokenizer
+        from var_lightning.checkpoints.loading import load_tokenizer
 
         vae = load_tokenizer(vae_path, patch_nums=patch_nums, trust_pickle=trust_pickle, key="--vae")
         if (
@@ -160,7 +165,7 @@ def consolidate(ckpt_path: str, out: str, fmt: str | None = None, trust_pickle: 
     """A sharded checkpoint directory (``trainer=fsdp*``) -> one file with the full weights, the run's
     hyper-parameters and our ``var_lightning`` record (no optimizer state: it is for sampling, evaluation,
     ``init_from`` and sharing; resume from the directory itself)."""
-    from var_lightning.sharded_checkpoints import is_sharded_checkpoint
+    from var_lightning.checkpoints.sharded import is_sharded_checkpoint
 
     if not is_sharded_checkpoint(ckpt_path):
         raise ValueError(

@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
+from var_lightning.checkpoints.loading import LoadedModels
 from var_lightning.cli.common import (
     fit_data_to_model,
     inference_sampler,
@@ -59,7 +60,6 @@ from var_lightning.evaluation.sharding import (
 )
 from var_lightning.evaluation.splits import datamodule_source_id, dataset_split
 from var_lightning.evaluation.token_metrics import accumulate_token_metrics
-from var_lightning.loading import LoadedModels
 from var_lightning.sample_io import save_pngs
 from var_lightning.training.ar_module import raster_losses
 from var_lightning.training.objectives import next_scale_losses

@@ -34,6 +34,7 @@ from var_lightning.callbacks.data_health import DataHealth
 from var_lightning.callbacks.ddp_guards import RankCoverage, SigtermExit
 from var_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
+from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
 from var_lightning.cli.common import (
     fit_data_to_model,
     instantiate_callbacks,
@@ -42,7 +43,6 @@ from var_lightning.cli.common import (
 )
 from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.distributed import launch_rank
-from var_lightning.training.checkpoint_io import AtomicCheckpointIO
 from var_lightning.training.resume import (
     RNGStateCallback,
     candidate_checkpoints,

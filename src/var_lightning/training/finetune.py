@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from var_lightning.checkpoints import (
+from var_lightning.checkpoints.files import (
     CheckpointError,
     check_dtypes,
     checkpoint_stage,
@@ -42,7 +42,7 @@ from var_lightning.checkpoints import (
     sub_state_dict,
     transformer_state_dict,
 )
-from var_lightning.pretrained import PRETRAINED, resolve_transformer
+from var_lightning.checkpoints.hub import PRETRAINED, resolve_transformer
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def adapt_var_state(
 
 
 def _released_names(num_classes: int) -> list[str] | None:
-    from var_lightning.loading import imagenet_class_names
+    from var_lightning.checkpoints.loading import imagenet_class_names
 
     return imagenet_class_names() if num_classes == 1000 else None
 
@@ -246,7 +246,7 @@ def _var_source(
     checkpoint, a released file (``.pth`` / ``.safetensors``; ImageNet's names) or a released model's name
     (``var_d16`` ..., through the Hub cache)."""
     if not Path(path).expanduser().exists() and path in PRETRAINED:
-        from var_lightning.interop.official import load_official_var
+        from var_lightning.checkpoints.published import load_official_var
 
         var_path = resolve_transformer(path)
         sd = read_checkpoint(var_path, key=_KEY, trust_pickle=trust_pickle)
@@ -266,7 +266,7 @@ def _var_source(
             list(names) if names else None,
         )
     if stage == "official-var":
-        from var_lightning.interop.official import load_official_var
+        from var_lightning.checkpoints.published import load_official_var
 
         var = load_official_var(ckpt)
         return (
@@ -349,7 +349,7 @@ def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: boo
         vae_sd = sub_state_dict(ckpt["state_dict"], "vae.")
         disc_sd = sub_state_dict(ckpt["state_dict"], "loss.discriminator.")
     elif stage == "official-vae":
-        from var_lightning.interop.official import load_official_vae
+        from var_lightning.checkpoints.published import load_official_vae
 
         report = InitReport(path, "released tokenizer weights")
         vae_sd = load_official_vae(ckpt, patch_nums=module.vae.patch_nums).state_dict()

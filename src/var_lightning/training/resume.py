@@ -34,14 +34,14 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning import distributed
-from var_lightning.checkpoints import CheckpointError, UnsafeCheckpointError, torch_load
-from var_lightning.data.resumable import mix_seed
-from var_lightning.sharded_checkpoints import (
+from var_lightning.checkpoints.files import CheckpointError, UnsafeCheckpointError, torch_load
+from var_lightning.checkpoints.sharded import (
     LIGHTNING_META,
     is_sharded_checkpoint,
     read_sharded_meta,
     stored_keys,
 )
+from var_lightning.data.resumable import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> d
     """Check every record of a checkpoint (``verify_records``), then open it memory-mapped and return it;
     raises when the file is truncated, damaged or not a checkpoint, which is what a job killed while saving
     or a failing disk leaves behind. Loaded with ``weights_only=True``; a file that needs full unpickling
-    raises :class:`~var_lightning.checkpoints.UnsafeCheckpointError` unless ``trust_pickle``."""
+    raises :class:`~var_lightning.checkpoints.files.UnsafeCheckpointError` unless ``trust_pickle``."""
     try:
         if is_sharded_checkpoint(path):  # the index, the shard files' sizes and meta.pt; no tensors read
             meta, index = read_sharded_meta(path, key="resume", trust_pickle=trust_pickle)
@@ -203,7 +203,7 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> d
 
 
 def _stage_of(ckpt: dict[str, Any]) -> str:
-    from var_lightning.checkpoints import checkpoint_stage
+    from var_lightning.checkpoints.files import checkpoint_stage
 
     return checkpoint_stage(ckpt)
 
@@ -298,7 +298,7 @@ def stored_shapes(path: str | os.PathLike, trust_pickle: bool = False) -> dict[s
     """{name: shape} of a resume checkpoint's ``state_dict`` (file: memory-mapped; sharded directory: its
     index), without reading the tensors."""
     if is_sharded_checkpoint(path):
-        from var_lightning.sharded_checkpoints import read_metadata
+        from var_lightning.checkpoints.sharded import read_metadata
 
         index = read_metadata(Path(path), "resume", trust_pickle)
         prefix = "state_dict."

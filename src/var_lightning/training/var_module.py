@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-from var_lightning.loading import load_tokenizer, resolve_sampling, scaled_top_k
+from var_lightning.checkpoints.loading import load_tokenizer, resolve_sampling, scaled_top_k
 from var_lightning.settings import SamplingDefaults, VAROptim, VARTrain, settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
@@ -121,7 +121,7 @@ class VARModule(L.LightningModule):
         self._stage: Stage | None = None  # the current optimizer step's progressive stage
         self._stage_step: int | None = None
 
-    # the checkpoint stage (var_lightning.checkpoints); the transformer is ``self.var`` in every stage
+    # the checkpoint stage (var_lightning.checkpoints.files); the transformer is ``self.var`` in every stage
     STAGE = "var"
 
     def make_network(self, cfg: VARConfig) -> VAR:

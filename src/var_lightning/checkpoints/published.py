@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from var_lightning.checkpoints import (
+from var_lightning.checkpoints.files import (
     SAFETENSORS_SUFFIX,
     UnsafeCheckpointError,
     check_dtypes,
@@ -30,8 +30,7 @@ from var_lightning.checkpoints import (
     read_safetensors,
     torch_load,
 )
-from var_lightning.distributed import rank
-from var_lightning.interop.infer import (
+from var_lightning.checkpoints.published_shapes import (
     StateDict,
     detect_kind,
     infer_vae_config,
@@ -39,6 +38,7 @@ from var_lightning.interop.infer import (
     patch_nums_from_level_index,
     shape_fields,
 )
+from var_lightning.distributed import rank
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.transformer.config import VARConfig
@@ -93,7 +93,7 @@ def _read(
             raise OfficialCheckpointError(
                 f"{name}: torch.load(weights_only=True) refused the file ({e}). The released checkpoints are "
                 f"plain state_dicts and load this way; if you trust this file, load it with "
-                f"var_lightning.checkpoints.read_checkpoint(path, trust_pickle=True) and pass the state_dict to {loader}"
+                f"var_lightning.checkpoints.files.read_checkpoint(path, trust_pickle=True) and pass the state_dict to {loader}"
             ) from e
     else:
         name, obj = "the given state_dict", src

@@ -231,7 +231,7 @@ def read_checkpoint(
 ) -> dict[str, Any]:
     """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``), or a sharded checkpoint directory written
     by ``trainer=fsdp*`` (weights only), as a dict, loaded safely."""
-    from var_lightning.sharded_checkpoints import is_sharded_checkpoint, read_sharded_checkpoint
+    from var_lightning.checkpoints.sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
     if is_sharded_checkpoint(Path(path).expanduser()):
         return read_sharded_checkpoint(Path(path).expanduser(), key, trust_pickle)

@@ -9,7 +9,7 @@ transformer per depth (``var_d16.pth`` ... ``var_d36.pth``) and the tokenizer th
 network at all.
 
 The schedule and resolution are not looked up here: the transformer file records its schedule
-(``lvl_1L``), and the loader (:mod:`var_lightning.loading`) reads it from there.
+(``lvl_1L``), and the loader (:mod:`var_lightning.checkpoints.loading`) reads it from there.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ Accepted, with no flag saying which is which:
 * a ``var-train`` checkpoint of the tokenizer stage (then ``var`` is None);
 * a released transformer ``var_d16.pth`` ... (``.pth`` or ``.safetensors``) with its tokenizer given as
   ``vae_path`` or lying beside it as ``vae_ch160v4096z32.pth``; a released tokenizer alone;
-* ``pretrained=var_d16`` ... ``var_d36`` (the Hugging Face Hub, :mod:`var_lightning.pretrained`), or a
+* ``pretrained=var_d16`` ... ``var_d36`` (the Hugging Face Hub, :mod:`var_lightning.checkpoints.hub`), or a
   directory holding the released files.
 
-Every file is read without executing pickled code (:mod:`var_lightning.checkpoints`). Models are built
+Every file is read without executing pickled code (:mod:`var_lightning.checkpoints.files`). Models are built
 on the meta device and filled by assignment, so even the 2B-parameter models load without a wasted
 random initialisation. :class:`ModelInfo` carries what the commands need besides the weights: the
 schedule and resolution, the class names, and the checkpoint's own sampling defaults (cfg, top-k, top-p).
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from var_lightning.checkpoints import (
+from var_lightning.checkpoints.files import (
     CheckpointError,
     check_dtypes,
     checkpoint_stage,
@@ -37,7 +37,7 @@ from var_lightning.checkpoints import (
     sub_state_dict,
     transformer_state_dict,
 )
-from var_lightning.pretrained import (
+from var_lightning.checkpoints.hub import (
     PRETRAINED,
     RELEASED_SAMPLING,
     VAE_FILE,
@@ -226,7 +226,7 @@ def _info(
 def _released_tokenizer(
     path: str | os.PathLike, patch_nums: Sequence[int] | None, device, trust_pickle: bool, key: str
 ) -> MultiScaleVQVAE:
-    from var_lightning.interop.official import load_official_vae
+    from var_lightning.checkpoints.published import load_official_vae
 
     sd = read_checkpoint(path, key=key, trust_pickle=trust_pickle)
     stage = checkpoint_stage(sd)
@@ -240,7 +240,7 @@ def _released_tokenizer(
 def _from_released_files(
     files: PretrainedFiles, device, trust_pickle: bool, source: str, key: str
 ) -> LoadedModels:
-    from var_lightning.interop.official import load_official_var
+    from var_lightning.checkpoints.published import load_official_var
 
     var_sd = read_checkpoint(files.var_path, key=key, trust_pickle=trust_pickle)
     var = load_official_var(var_sd, map_location=device)
@@ -324,7 +324,7 @@ def load_models(
             PretrainedFiles(path, vae_file, None, "local"), map_location, trust_pickle, str(path), key
         )
     if stage == "official-var":  # a published trainer checkpoint carries both models
-        from var_lightning.interop.official import load_official_vae, load_official_var
+        from var_lightning.checkpoints.published import load_official_vae, load_official_var
 
         var = load_official_var(ckpt, map_location=map_location)
         vae = load_official_vae(ckpt, map_location=map_location, patch_nums=var.patch_nums)
@@ -354,7 +354,7 @@ def load_models(
                 None, vae, "var_lightning", str(path), {"checkpoint": str(path)}, None, hyper_parameters=hp
             )
         else:
-            from var_lightning.interop.official import load_official_vae
+            from var_lightning.checkpoints.published import load_official_vae
 
             vae = load_official_vae(ckpt, map_location=map_location)
             info = _info(None, vae, "released", str(path), {"vae": str(path)}, None)
@@ -405,7 +405,7 @@ def load_tokenizer(
             )
         return vae
     if stage == "official-vae":
-        from var_lightning.interop.official import load_official_vae
+        from var_lightning.checkpoints.published import load_official_vae
 
         return load_official_vae(ckpt, patch_nums=patch_nums, map_location=map_location)
     if stage == "official-var":
