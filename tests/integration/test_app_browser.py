@@ -35,7 +35,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 from tests.unit.test_webapp import ckpt  # noqa: E402, F401  (the fixture)
 from var_lightning.checkpoints.loading import load_models  # noqa: E402
-from var_lightning.webapp import VarApp  # noqa: E402
+from var_lightning.inference.webapp import VarApp  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"
 
@@ -144,7 +144,7 @@ def test_sample_draw_a_box_inpaint_and_an_error_in_a_real_browser(served, browse
     wait_for(lambda: "upload an image first" in toasts(browser), 30, "the missing-image message")
     photo = tmp_path / "photo.png"
     if os.environ.get("VAR_SCREENSHOT_CKPT"):  # a held-out shape of the demo's data, at 4x
-        from var_lightning.edit_io import synthetic_image
+        from var_lightning.inference.edit_images import synthetic_image
 
         shape, _ = synthetic_image("synthetic:0:4", 32, 10)
         Image.fromarray(((shape[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()).resize(

@@ -14,7 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from tests.integration.test_configs import CONF
 from tests.unit.test_webapp import ckpt  # noqa: F401 - the tiny VAR checkpoint fixture
 from var_lightning.cli.app import serve
-from var_lightning.webapp import AUTH_ENV, AppError, resolve_auth
+from var_lightning.inference.app_inputs import AppError
+from var_lightning.inference.app_serving import AUTH_ENV, resolve_auth
 
 gr = pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
@@ -115,7 +116,7 @@ def test_serving_options_are_checked_before_loading(ckpt, tmp_path, monkeypatch)
 
 
 def test_an_upload_that_is_not_an_image_gets_our_message(ckpt, tmp_path):  # noqa: F811
-    from var_lightning.webapp import checked_editor
+    from var_lightning.inference.app_inputs import checked_editor
 
     text = tmp_path / "notes.png"
     text.write_text("this is not an image")

@@ -75,12 +75,8 @@ def test_experiment_instantiates(name, tmp_path):
     class count comes from the data."""
     from hydra.utils import instantiate
 
-    from var_lightning.cli.common import (
-        fit_data_to_model,
-        instantiate_callbacks,
-        instantiate_loggers,
-        transformer_with_data_classes,
-    )
+    from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers
+    from var_lightning.training.wiring import fit_data_to_model, transformer_with_data_classes
 
     overrides = [f"experiment={name}"]
     if name.startswith("tokenizer"):
@@ -95,7 +91,15 @@ def test_experiment_instantiates(name, tmp_path):
     else:
         small = name in TINY or name.startswith("scaling")
         tok = {**(TINY_TOKENIZER if small else {}), "patch_nums": patch_nums}
-        transformer = transformer_with_data_classes(cfg.model, dm)
+        transformer = transformer_with_data_classes(
+            {
+                "_target_": cfg.model.get("_target_"),
+                "transformer": OmegaConf.to_container(cfg.model.transformer, resolve=True)
+                if cfg.model.get("transformer")
+                else {},
+            },
+            dm,
+        )
         with torch.device("meta"):
             model = instantiate(
                 cfg.model, tokenizer_ckpt=None, tokenizer=tok, patch_nums=patch_nums, transformer=transformer,

@@ -23,7 +23,7 @@ import var_lightning
 from tests.helpers import tiny_vae, tiny_vae_cfg, tiny_var
 from var_lightning.cli.edit import run
 from var_lightning.data.synthetic import SyntheticShapes, class_hue
-from var_lightning.edit_io import mask_to_pixels, synthetic_image
+from var_lightning.inference.edit_images import mask_to_pixels, synthetic_image
 from var_lightning.training.var_module import VARModule
 from var_lightning.transformer.editing import edit_region
 
@@ -137,7 +137,7 @@ def test_mask_of_another_size_is_resized_with_a_warning(ckpt, tmp_path, caplog):
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 255
     Image.fromarray(mask).save(tmp_path / "big_mask.png")
-    with caplog.at_level(logging.WARNING, logger="var_lightning.edit_io"):
+    with caplog.at_level(logging.WARNING, logger="var_lightning.inference.edit_images"):
         meta = edit_run(ckpt, tmp_path, "image=synthetic:2:0", f"mask={tmp_path / 'big_mask.png'}")
     assert "resizing the mask" in caplog.text
     assert meta["kept_token_fraction"] == pytest.approx(12 / 16)

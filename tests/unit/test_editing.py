@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import TINY_PN, tiny_vae, tiny_var
-from var_lightning.edit_io import edit_panel, load_image, load_mask, synthetic_image
+from var_lightning.inference.edit_images import edit_panel, load_image, load_mask, synthetic_image
 from var_lightning.transformer.editing import (
     box_region,
     edit,
@@ -276,7 +276,7 @@ def test_mask_png_white_is_the_region_and_other_sizes_warn(tmp_path, caplog):
     assert torch.equal(load_mask(tmp_path / "same.png", 8), torch.from_numpy(m > 127).float())
     big = np.kron(m, np.ones((4, 4), np.uint8))  # 32x32: the same region at 4x the size
     Image.fromarray(big).save(tmp_path / "big.png")
-    with caplog.at_level(logging.WARNING, logger="var_lightning.edit_io"):
+    with caplog.at_level(logging.WARNING, logger="var_lightning.inference.edit_images"):
         resized = load_mask(tmp_path / "big.png", 8, image_wh=(8, 8))
     assert "resizing the mask" in caplog.text
     assert torch.equal(resized, torch.from_numpy(m > 127).float())
@@ -285,7 +285,7 @@ def test_mask_png_white_is_the_region_and_other_sizes_warn(tmp_path, caplog):
     wide[:, 4:8] = 255  # the left half of the centre crop
     Image.fromarray(wide).save(tmp_path / "wide.png")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="var_lightning.edit_io"):
+    with caplog.at_level(logging.WARNING, logger="var_lightning.inference.edit_images"):
         cropped = load_mask(tmp_path / "wide.png", 8, image_wh=(16, 8))
     assert caplog.text == ""
     assert cropped[:, :4].all() and not cropped[:, 4:].any()

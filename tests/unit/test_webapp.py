@@ -16,8 +16,8 @@ from PIL import Image
 from tests.helpers import tiny_vae_cfg
 from tests.integration.test_sample_cli import compose_sample
 from var_lightning.checkpoints.loading import load_models
+from var_lightning.inference.webapp import AppError, VarApp
 from var_lightning.training.var_module import VARModule
-from var_lightning.webapp import AppError, VarApp
 
 NAMES = ["red", "green", "blue", "cyan", "pink"]
 

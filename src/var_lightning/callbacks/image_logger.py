@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from var_lightning.sample_io import labelled_grid
+from var_lightning.inference.grids import labelled_grid
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`var-app`: serve the sampling and editing web app (:mod:`var_lightning.webapp`) for one VAR model.
+"""`var-app`: serve the sampling and editing web app (:mod:`var_lightning.inference.webapp`) for one VAR model.
 
 var-app pretrained=var_d16
 var-app ckpt_path=outputs/demo/var/checkpoints/last.ckpt port=7861
@@ -13,18 +13,18 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from var_lightning.cli.common import load_for_inference, require_var_stage
-from var_lightning.cli.runtime import resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.inference.devices import resolve_device
+from var_lightning.inference.models import load_for_inference, require_var_stage
 
 log = logging.getLogger("var_lightning.app")
 
 
 def make_app(cfg: DictConfig, out_dir: Path):
-    """The :class:`~var_lightning.webapp.VarApp` a config describes (models loaded, nothing served yet);
+    """The :class:`~var_lightning.inference.webapp.VarApp` a config describes (models loaded, nothing served yet);
     ``out_dir`` receives the results and is the only folder served."""
     validate_config(cfg, "app")
-    from var_lightning.webapp import VarApp
+    from var_lightning.inference.webapp import VarApp
 
     device = resolve_device(cfg.device)
     models = load_for_inference(cfg, device)
@@ -36,7 +36,7 @@ def make_app(cfg: DictConfig, out_dir: Path):
 def serve(cfg: DictConfig, run_dir: Path, block: bool = True):
     """Check the serving options (port, login) before loading anything, then load and serve: results in
     ``run_dir/results``; the run folder's config and logs are blocked."""
-    from var_lightning.webapp import check_serving, resolve_auth
+    from var_lightning.inference.app_serving import check_serving, resolve_auth
 
     port = check_serving(cfg.host, cfg.port)
     auth = resolve_auth(cfg.host, bool(cfg.share), bool(cfg.insecure), cfg.auth_file)

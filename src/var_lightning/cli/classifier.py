@@ -20,7 +20,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.runtime import resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.evaluation.classifier import (
     ClassifierConfig,
@@ -29,6 +28,7 @@ from var_lightning.evaluation.classifier import (
     train_classifier,
 )
 from var_lightning.evaluation.splits import dataset_split
+from var_lightning.inference.devices import resolve_device
 
 log = logging.getLogger("var_lightning.classifier")
 

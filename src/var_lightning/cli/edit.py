@@ -26,15 +26,10 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.common import (
-    inference_sampler,
-    load_for_inference,
-    require_var_stage,
-    sampling_settings,
-)
-from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
-from var_lightning.edit_io import (
+from var_lightning.inference.classes import parse_class
+from var_lightning.inference.devices import autocast_context, resolve_device
+from var_lightning.inference.edit_images import (
     crop_note,
     edit_panel,
     fit_image,
@@ -45,14 +40,20 @@ from var_lightning.edit_io import (
     save_image,
     synthetic_image,
 )
-from var_lightning.inference import EditRequest, parse_class, run_edit
+from var_lightning.inference.generate import EditRequest, run_edit
+from var_lightning.inference.models import (
+    inference_sampler,
+    load_for_inference,
+    require_var_stage,
+    sampling_settings,
+)
 from var_lightning.transformer.editing import box_region, edit_label
 
 log = logging.getLogger("var_lightning.edit")
 
 
 def resolve_class(value: Any, class_names: list[str] | None, num_classes: int | None = None) -> int | None:
-    """``class=``: an id or one of the checkpoint's class names (:func:`var_lightning.inference.parse_class`)."""
+    """``class=``: an id or one of the checkpoint's class names (:func:`var_lightning.inference.classes.parse_class`)."""
     if value is None:
         return None
     return parse_class(value, class_names, num_classes if num_classes is not None else 2**62, key="class")

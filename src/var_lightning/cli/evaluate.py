@@ -31,13 +31,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from var_lightning.checkpoints.loading import LoadedModels
-from var_lightning.cli.common import (
-    fit_data_to_model,
-    inference_sampler,
-    load_for_inference,
-    sampling_settings,
-)
-from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.evaluation import npz, report
 from var_lightning.evaluation.extractors import FeatureExtractor, build_extractor
@@ -60,9 +53,12 @@ from var_lightning.evaluation.sharding import (
 )
 from var_lightning.evaluation.splits import datamodule_source_id, dataset_split
 from var_lightning.evaluation.token_metrics import accumulate_token_metrics
-from var_lightning.sample_io import save_pngs
+from var_lightning.inference.devices import autocast_context, resolve_device
+from var_lightning.inference.grids import save_pngs
+from var_lightning.inference.models import inference_sampler, load_for_inference, sampling_settings
 from var_lightning.training.ar_module import raster_losses
 from var_lightning.training.objectives import next_scale_losses
+from var_lightning.training.wiring import fit_data_to_model
 
 log = logging.getLogger("var_lightning.eval")
 MODES = ("generation", "loss", "reconstruction")

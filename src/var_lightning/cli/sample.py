@@ -21,11 +21,12 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.common import inference_sampler, load_for_inference, sampling_settings
-from var_lightning.cli.runtime import autocast_context, resolve_device
 from var_lightning.cli.validate import checked_main, validate_config
-from var_lightning.inference import check_classes, sample_per_class
-from var_lightning.sample_io import labelled_grid, save_pngs
+from var_lightning.inference.classes import check_classes
+from var_lightning.inference.devices import autocast_context, resolve_device
+from var_lightning.inference.generate import sample_per_class
+from var_lightning.inference.grids import labelled_grid, save_pngs
+from var_lightning.inference.models import inference_sampler, load_for_inference, sampling_settings
 
 log = logging.getLogger("var_lightning.sample")
 

@@ -35,12 +35,7 @@ from var_lightning.callbacks.ddp_guards import RankCoverage, SigtermExit
 from var_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
-from var_lightning.cli.common import (
-    fit_data_to_model,
-    instantiate_callbacks,
-    instantiate_loggers,
-    transformer_with_data_classes,
-)
+from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers
 from var_lightning.cli.validate import checked_main, validate_config
 from var_lightning.distributed import launch_rank
 from var_lightning.training.resume import (
@@ -50,6 +45,7 @@ from var_lightning.training.resume import (
     resolve_resume,
 )
 from var_lightning.training.run_dir import RunLock, remove_stale_temp_files
+from var_lightning.training.wiring import fit_data_to_model, transformer_with_data_classes
 
 log = logging.getLogger("var_lightning.train")
 
@@ -121,7 +117,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     datamodule = instantiate(cfg.data)
     patch_nums = list(cfg.schedule.patch_nums) if cfg.get("schedule") else None
     extra_model: dict[str, Any] = {}
-    transformer = transformer_with_data_classes(cfg.model, datamodule)
+    transformer = transformer_with_data_classes(
+        {
+            "_target_": cfg.model.get("_target_"),
+            "transformer": OmegaConf.to_container(cfg.model.transformer, resolve=True)
+            if cfg.model.get("transformer")
+            else {},
+        },
+        datamodule,
+    )
     if transformer is not None:  # the VAR stage: class count from the data; loads model.tokenizer_ckpt
         extra_model.update(transformer=transformer, trust_pickle=bool(cfg.get("trust_pickle", False)))
     try:

@@ -174,8 +174,8 @@ def reconstruction_sets(s: Settings, datamodule: Any, count: int) -> dict[str, A
     from types import SimpleNamespace
 
     from var_lightning.checkpoints.loading import load_tokenizer
-    from var_lightning.cli.common import fit_data_to_model
     from var_lightning.evaluation.splits import dataset_split
+    from var_lightning.training.wiring import fit_data_to_model
     from var_lightning.transformer.ar import raster_tokens, raster_tokens_to_img
 
     out = s.run_dir("reconstructions")

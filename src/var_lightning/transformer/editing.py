@@ -192,7 +192,7 @@ def _check_image(image_B3HW: torch.Tensor) -> torch.Tensor:
     if lo < -1.01 or hi > 1.01:
         raise ValueError(
             f"the image has values in [{lo:.3g}, {hi:.3g}], but the tokenizer expects [-1, 1] "
-            f"(map uint8 images with x / 127.5 - 1, or load them with var_lightning.edit_io.load_image)"
+            f"(map uint8 images with x / 127.5 - 1, or load them with var_lightning.inference.edit_images.load_image)"
         )
     return image_B3HW
 

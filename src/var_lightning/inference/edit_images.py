@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 
 from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.data.transforms import build_transform, to_rgb
-from var_lightning.sample_io import to_uint8_hwc
+from var_lightning.inference.grids import to_uint8_hwc
 
 log = logging.getLogger(__name__)
 
