@@ -191,14 +191,15 @@ def test_the_inference_root_configs_run_as_shipped(tiny_var_ckpt, tmp_path):
     ],
 )  # fmt: skip
 def test_var_train_typos_name_the_key_and_the_closest_valid_one(argv, message):
-    from var_lightning.cli.validate import precheck
+    from var_lightning.cli.command_line import precheck
 
     assert message in (precheck("train", argv) or "")
 
 
 def test_typos_on_the_other_commands_and_in_experiment_files():
-    from var_lightning.cli.validate import precheck, validate_config
-    from var_lightning.settings import ConfigKeyError
+    from var_lightning.cli.command_line import precheck
+    from var_lightning.cli.validate import validate_config
+    from var_lightning.keys import ConfigKeyError
 
     assert "unknown config key top_kk: did you mean top_k?" in precheck("sample", ["ckpt_path=x", "top_kk=3"])
     assert "generation.cfgg: did you mean generation.cfg?" in precheck("eval", ["+generation.cfgg=1"])
@@ -277,9 +278,9 @@ def _same(a, b) -> bool:
 def test_the_model_and_data_yaml_defaults_are_the_code_defaults():
     from var_lightning.data import ImageFolderDataModule, SyntheticDataModule
     from var_lightning.data.webdataset import WebDatasetDataModule
-    from var_lightning.settings import SamplingDefaults, TokenizerOptim, VAROptim, VARTrain
     from var_lightning.tokenizer.config import VQVAEConfig
     from var_lightning.tokenizer.losses import VQGANLoss
+    from var_lightning.training.settings import SamplingDefaults, TokenizerOptim, VAROptim, VARTrain
     from var_lightning.transformer.config import PRESETS, VARConfig
 
     var_yaml, tok_yaml = _yaml("model/var.yaml"), _yaml("model/tokenizer.yaml")

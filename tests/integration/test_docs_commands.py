@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from var_lightning.cli.validate import accept_target_arguments, precheck
+from var_lightning.cli.command_line import accept_target_arguments, precheck
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -28,6 +28,7 @@ from var_lightning.evaluation import (
     InceptionWeightsUnavailable,
     class_accuracy,
     default_inception_weights_path,
+    generation_job,
     incomparable_reasons,
     load_classifier,
     psnr,
@@ -393,7 +394,7 @@ def test_a_statistics_only_reference_gives_fid_and_says_what_was_skipped(tmp_pat
 
     rng = np.random.default_rng(0)
     stats_only = GaussianStats(rng.normal(size=64), np.eye(64), 50_000, meta={"stats_from": "npz mu/sigma"})
-    monkeypatch.setattr(evaluate, "_reference", lambda *a, **k: stats_only)
+    monkeypatch.setattr(generation_job, "_reference", lambda *a, **k: stats_only)
     overrides = [f"ckpt_path={var_ckpt}", "extractor=tiny-random", *FAST, "generation.num_per_class=2"]
     report = evaluate.run(compose_eval(overrides, tmp_path), tmp_path / "run")
     assert set(report["metrics"]) == {"fid", "is", "is_std"} and report["metrics"]["fid"] > 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.test_run_behaviour import cfg_for
-from var_lightning.cli.validate import accept_target_arguments, precheck
+from var_lightning.cli.command_line import accept_target_arguments, precheck
 
 
 def test_the_documented_schedule_form_works_and_unknown_numbers_list_the_options():

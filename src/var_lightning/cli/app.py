@@ -13,7 +13,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.cli.command_line import checked_main
+from var_lightning.cli.validate import validate_config
 from var_lightning.inference.devices import resolve_device
 from var_lightning.inference.models import load_for_inference, require_var_stage
 

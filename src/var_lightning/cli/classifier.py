@@ -20,7 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.cli.command_line import checked_main
+from var_lightning.cli.validate import validate_config
 from var_lightning.evaluation.classifier import (
     ClassifierConfig,
     evaluate_classifier,

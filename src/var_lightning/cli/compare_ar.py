@@ -18,7 +18,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.cli.command_line import checked_main
+from var_lightning.cli.validate import validate_config
 from var_lightning.studies import ar_vs_var as study
 
 log = logging.getLogger("var_lightning.compare_ar")

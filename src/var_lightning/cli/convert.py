@@ -38,8 +38,8 @@ from var_lightning.checkpoints.files import (
 from var_lightning.checkpoints.hub import RELEASED_SAMPLING
 from var_lightning.checkpoints.loading import imagenet_class_names, load_models, resolve_sampling
 from var_lightning.checkpoints.published import export_official_vae, export_official_var
-from var_lightning.settings import TokenizerOptim, VAROptim, VARTrain
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.training.settings import TokenizerOptim, VAROptim, VARTrain
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger("var_lightning.convert")

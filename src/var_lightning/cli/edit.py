@@ -26,7 +26,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.cli.command_line import checked_main
+from var_lightning.cli.validate import validate_config
 from var_lightning.inference.classes import parse_class
 from var_lightning.inference.devices import autocast_context, resolve_device
 from var_lightning.inference.edit_images import (

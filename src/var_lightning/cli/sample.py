@@ -21,12 +21,14 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.cli.command_line import checked_main
+from var_lightning.cli.validate import validate_config
 from var_lightning.inference.classes import check_classes
 from var_lightning.inference.devices import autocast_context, resolve_device
 from var_lightning.inference.generate import sample_per_class
 from var_lightning.inference.grids import labelled_grid, save_pngs
 from var_lightning.inference.models import inference_sampler, load_for_inference, sampling_settings
+from var_lightning.seeds import SEED_RULE
 
 log = logging.getLogger("var_lightning.sample")
 
@@ -82,7 +84,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         **settings,
         "sampler": cfg.sampler,
         "seed": cfg.seed,
-        "seed_rule": "seed * 100003 + batch index",
+        "seed_rule": SEED_RULE,
         "batch_size": cfg.batch_size,
         "device": str(device),
         "precision": cfg.precision,

@@ -35,8 +35,9 @@ from var_lightning.callbacks.ddp_guards import RankCoverage, SigtermExit
 from var_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
+from var_lightning.cli.command_line import checked_main
 from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers
-from var_lightning.cli.validate import checked_main, validate_config
+from var_lightning.cli.validate import validate_config
 from var_lightning.distributed import launch_rank
 from var_lightning.training.resume import (
     RNGStateCallback,

@@ -69,8 +69,9 @@ from var_lightning.evaluation.scores import (
     kernel_inception_distance,
     precision_recall,
 )
-from var_lightning.evaluation.sharding import batch_seed, class_balanced_labels, gather_rows, rank_batches
+from var_lightning.evaluation.sharding import class_balanced_labels, gather_rows, rank_batches
 from var_lightning.evaluation.token_metrics import accumulate_token_metrics
+from var_lightning.seeds import batch_seed
 
 __all__ = [
     "INCEPTION_URL",

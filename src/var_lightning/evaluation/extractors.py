@@ -33,7 +33,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 
 from var_lightning.distributed import rank
 from var_lightning.evaluation.classifier import load_classifier
-from var_lightning.settings import check_kwargs
+from var_lightning.keys import check_kwargs
 
 _log = logging.getLogger(__name__)
 

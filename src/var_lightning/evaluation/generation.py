@@ -27,7 +27,8 @@ from var_lightning.evaluation.classifier import class_accuracy
 from var_lightning.evaluation.extractors import FeatureExtractor, to_uint8
 from var_lightning.evaluation.fid import FeatureStats, GaussianStats
 from var_lightning.evaluation.scores import compute_generation_metrics
-from var_lightning.evaluation.sharding import batch_seed, gather_rows, rank_batches
+from var_lightning.evaluation.sharding import gather_rows, rank_batches
+from var_lightning.seeds import batch_seed
 
 _log = logging.getLogger(__name__)
 

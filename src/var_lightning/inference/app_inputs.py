@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from var_lightning.evaluation.sharding import MAX_SEED
+from var_lightning.seeds import MAX_SEED
 
 
 class AppError(ValueError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from var_lightning.evaluation.sharding import batch_seed
+from var_lightning.seeds import batch_seed
 from var_lightning.transformer.editing import EditResult, edit, edit_label, keep_mask_for, to_token_grid
 from var_lightning.transformer.sampling import SampleOutput
 

@@ -47,6 +47,7 @@ from var_lightning.inference.edit_images import (
 )
 from var_lightning.inference.generate import EditRequest, run_edit, sample_per_class
 from var_lightning.inference.grids import labelled_grid, save_pngs, to_uint8_hwc
+from var_lightning.seeds import SEED_RULE
 from var_lightning.transformer.editing import MODES, box_region
 from var_lightning.transformer.fast_sampling import build_sampler
 from var_lightning.transformer.sampling import check_sampling_args
@@ -191,7 +192,7 @@ class VarApp:
             images, labels.tolist(), run / "grid.png", per_row=n, class_names=self.info.class_names
         )
         meta = {"model": self.info.as_dict(), "classes": classes, "num_per_class": n, **settings, "seed": seed,
-                "seed_rule": "seed * 100003 + batch index", "batch_size": self.batch_size, "sampler": self.sampler_kind,
+                "seed_rule": SEED_RULE, "batch_size": self.batch_size, "sampler": self.sampler_kind,
                 "precision": self.precision, "same as": self._command(classes, n, settings, seed)}  # fmt: skip
         (run / "settings.json").write_text(json.dumps(meta, indent=2))
         return {"grid": str(grid), "images": [str(p) for p in pngs], "files": [str(grid), str(run / "settings.json"), *map(str, pngs)],

@@ -20,13 +20,14 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
-from var_lightning.settings import TokenizerOptim, check_kwargs, settings_from
+from var_lightning.keys import check_kwargs, settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.tokenizer.losses import VQGANLoss
 from var_lightning.tokenizer.usage import CodebookUsage
 from var_lightning.training.optim import adamw, param_groups
 from var_lightning.training.schedules import SchedulePlan, lr_factor
+from var_lightning.training.settings import TokenizerOptim
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,14 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning.checkpoints.loading import load_tokenizer, resolve_sampling, scaled_top_k
-from var_lightning.settings import SamplingDefaults, VAROptim, VARTrain, settings_from
+from var_lightning.keys import settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.objectives import next_scale_losses, reserve_recompiles, tokenize
 from var_lightning.training.optim import adamw, decayed_names, param_groups
 from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
+from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
 from var_lightning.training.sharding import full_copy, is_sharded, shard_transformer, sharding_plan
 from var_lightning.transformer.config import PRESETS, VARConfig
 from var_lightning.transformer.sampling import check_compatible, sample

@@ -9,58 +9,11 @@ error naming the key; both happen when the LightningModule is built, before any 
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
-T = TypeVar("T")
+from var_lightning.keys import bad_value, check_number, settings_from
 
 LR_SCHEDULES = ("lin0", "lin", "cos", "const")
-
-
-class ConfigKeyError(ValueError):
-    """An unknown or misspelled configuration key; the message names it and the closest valid key."""
-
-
-def closest(key: str, candidates: Iterable[str]) -> str | None:
-    """The candidate most like ``key`` (difflib ratio >= 0.6), or None."""
-    found = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def unknown_key_message(prefix: str, key: str, valid: Iterable[str]) -> str:
-    valid = sorted(valid)
-    guess = closest(key, valid)
-    hint = f"did you mean {prefix}{guess}?" if guess else f"valid keys: {', '.join(valid)}"
-    return f"unknown config key {prefix}{key}: {hint}"
-
-
-def _bad(prefix: str, key: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"{prefix}{key}={value!r}: {why} (key {prefix}{key})")
-
-
-def settings_from(cls: type[T], values: Mapping[str, Any] | T | None, prefix: str) -> T:
-    """``cls(**values)`` with an error for unknown keys that names ``<prefix><key>`` and the closest valid
-    key; ``values`` may already be a ``cls`` (returned as is) or None (all defaults)."""
-    if isinstance(values, cls):
-        return values
-    given = dict(values or {})
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    for key in given:
-        if key not in names:
-            raise ConfigKeyError(unknown_key_message(prefix, key, names))
-    obj = cls(**given)
-    obj.check(prefix)  # type: ignore[attr-defined]
-    return obj
-
-
-def _number(prefix: str, key: str, value: Any, lo: float | None = None, hi: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(prefix, key, value, "must be a number")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise _bad(prefix, key, value, f"must be in [{lo}, {hi}]")
 
 
 @dataclass
@@ -88,22 +41,24 @@ class VAROptim:
 
     def check(self, prefix: str = "model.optim.") -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        _number(prefix, "base_lr", self.base_lr, 0)
-        _number(prefix, "weight_decay", self.weight_decay, 0)
+        check_number(prefix, "base_lr", self.base_lr, 0)
+        check_number(prefix, "weight_decay", self.weight_decay, 0)
         if self.weight_decay_end is not None:
-            _number(prefix, "weight_decay_end", self.weight_decay_end, 0)
-        _number(prefix, "warmup_fraction", self.warmup_fraction, 0, 1)
-        _number(prefix, "warmup_start", self.warmup_start, 0, 1)
-        _number(prefix, "final_ratio", self.final_ratio, 0, 1)
+            check_number(prefix, "weight_decay_end", self.weight_decay_end, 0)
+        check_number(prefix, "warmup_fraction", self.warmup_fraction, 0, 1)
+        check_number(prefix, "warmup_start", self.warmup_start, 0, 1)
+        check_number(prefix, "final_ratio", self.final_ratio, 0, 1)
         if self.warmup_steps is not None and (
             not isinstance(self.warmup_steps, int) or self.warmup_steps < 0
         ):
-            raise _bad(prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer or null")
+            raise bad_value(
+                prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer or null"
+            )
         from var_lightning.training.schedules import check_schedule
 
         check_schedule(str(self.schedule), f"{prefix}schedule")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise _bad(prefix, "betas", list(self.betas), "must be two numbers in [0, 1)")
+            raise bad_value(prefix, "betas", list(self.betas), "must be two numbers in [0, 1)")
 
 
 @dataclass
@@ -119,11 +74,11 @@ class ProgressiveTraining:
     warmup_epochs: float | None = None
 
     def check(self, prefix: str = "model.train.progressive.") -> None:
-        _number(prefix, "until", self.until, 0, 1)
+        check_number(prefix, "until", self.until, 0, 1)
         if not isinstance(self.start_scale, int) or self.start_scale < 0:
-            raise _bad(prefix, "start_scale", self.start_scale, "must be a scale index >= 0")
+            raise bad_value(prefix, "start_scale", self.start_scale, "must be a scale index >= 0")
         if self.warmup_epochs is not None:
-            _number(prefix, "warmup_epochs", self.warmup_epochs, 0)
+            check_number(prefix, "warmup_epochs", self.warmup_epochs, 0)
 
 
 @dataclass
@@ -145,12 +100,12 @@ class VARTrain:
 
     def check(self, prefix: str = "model.train.") -> None:
         if not 0.0 <= self.cond_drop_rate < 1.0:
-            raise _bad(prefix, "cond_drop_rate", self.cond_drop_rate, "must be in [0, 1)")
-        _number(prefix, "label_smoothing", self.label_smoothing, 0, 1)
+            raise bad_value(prefix, "cond_drop_rate", self.cond_drop_rate, "must be in [0, 1)")
+        check_number(prefix, "label_smoothing", self.label_smoothing, 0, 1)
         if self.compile not in (False, True) and not isinstance(self.compile, str):
-            raise _bad(prefix, "compile", self.compile, "use false, true or a torch.compile mode string")
+            raise bad_value(prefix, "compile", self.compile, "use false, true or a torch.compile mode string")
         if not isinstance(self.ce_chunk_tokens, int) or self.ce_chunk_tokens < 1:
-            raise _bad(prefix, "ce_chunk_tokens", self.ce_chunk_tokens, "must be an integer >= 1")
+            raise bad_value(prefix, "ce_chunk_tokens", self.ce_chunk_tokens, "must be an integer >= 1")
         self.progressive = settings_from(ProgressiveTraining, self.progressive, f"{prefix}progressive.")
 
 
@@ -167,12 +122,12 @@ class SamplingDefaults:
     seed: int = 0
 
     def check(self, prefix: str = "model.sampling.") -> None:
-        _number(prefix, "cfg", self.cfg, 0)
-        _number(prefix, "top_p", self.top_p, 0, 1)
+        check_number(prefix, "cfg", self.cfg, 0)
+        check_number(prefix, "top_p", self.top_p, 0, 1)
         if self.top_k is not None and (
             isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0
         ):
-            raise _bad(prefix, "top_k", self.top_k, "must be an integer >= 0 or null")
+            raise bad_value(prefix, "top_k", self.top_k, "must be an integer >= 0 or null")
 
 
 @dataclass
@@ -192,27 +147,13 @@ class TokenizerOptim:
 
     def check(self, prefix: str = "model.optim.") -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        _number(prefix, "lr", self.lr, 0)
+        check_number(prefix, "lr", self.lr, 0)
         if self.disc_lr is not None:
-            _number(prefix, "disc_lr", self.disc_lr, 0)
-        _number(prefix, "weight_decay", self.weight_decay, 0)
-        _number(prefix, "final_ratio", self.final_ratio, 0, 1)
-        _number(prefix, "grad_clip", self.grad_clip)
+            check_number(prefix, "disc_lr", self.disc_lr, 0)
+        check_number(prefix, "weight_decay", self.weight_decay, 0)
+        check_number(prefix, "final_ratio", self.final_ratio, 0, 1)
+        check_number(prefix, "grad_clip", self.grad_clip)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise _bad(prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer")
+            raise bad_value(prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer")
         if self.schedule not in LR_SCHEDULES:
-            raise _bad(prefix, "schedule", self.schedule, f"choose one of {', '.join(LR_SCHEDULES)}")
-
-
-def check_kwargs(fn: Any, kwargs: Mapping[str, Any], prefix: str) -> None:
-    """Unknown keyword arguments of ``fn`` (a class or function whose signature is the schema, e.g.
-    ``VQGANLoss``) raise :class:`ConfigKeyError` naming ``<prefix><key>`` and the closest parameter."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    names = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    for key in kwargs:
-        if key not in names:
-            raise ConfigKeyError(unknown_key_message(prefix, key, names))
+            raise bad_value(prefix, "schedule", self.schedule, f"choose one of {', '.join(LR_SCHEDULES)}")

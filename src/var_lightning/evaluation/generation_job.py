@@ -1,0 +1,284 @@
+"""var-eval's generation job: FID / IS / precision / recall / KID of a checkpoint's samples (or of existing
+ones) against a reference, with a real-images baseline scored the same way. On a small folder what can be
+adapted is (KID's subset size, the baseline split), logged and kept in the report's ``notes``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from var_lightning.checkpoints.loading import LoadedModels
+from var_lightning.evaluation import npz, report
+from var_lightning.evaluation.extractors import FeatureExtractor
+from var_lightning.evaluation.fid import GaussianStats
+from var_lightning.evaluation.generation import (
+    GenerationEvaluator,
+    MetricSettings,
+    measure_dataset,
+    sample_and_measure,
+    score,
+)
+from var_lightning.evaluation.jobs import (
+    Context,
+    _datamodule,
+    _extractor,
+    _reference,
+    _require,
+    _settings,
+    log,
+    seeded_subset,
+)
+from var_lightning.evaluation.reference import iter_uint8_batches, source_length
+from var_lightning.evaluation.scores import is_split_rule, resolve_kid_subset
+from var_lightning.evaluation.sharding import (
+    barrier,
+    broadcast_object,
+    class_balanced_labels,
+    contiguous_shard,
+)
+from var_lightning.evaluation.splits import dataset_split
+from var_lightning.inference.devices import autocast_context
+from var_lightning.inference.grids import save_pngs
+from var_lightning.inference.models import inference_sampler, load_for_inference, sampling_settings
+from var_lightning.seeds import SEED_RULE
+from var_lightning.training.wiring import fit_data_to_model
+
+
+def _sample_checkpoint(
+    cfg: Any, ctx: Context, evaluator: GenerationEvaluator, out_dir: Path, models: LoadedModels
+) -> dict:
+    g = cfg.generation
+    var, info = models.var, models.info
+    settings = sampling_settings(g, models, prefix="generation.")
+    draw = inference_sampler(cfg, models)
+    classes = list(range(var.num_classes)) if g.classes is None else [int(c) for c in g.classes]
+    bad = [c for c in classes if not 0 <= c < var.num_classes]
+    if bad:
+        raise ValueError(
+            f"generation.classes: {bad[0]} is out of range; this model has {var.num_classes} classes "
+            f"(0..{var.num_classes - 1}) (key generation.classes)"
+        )
+    count = dict(num_samples=g.num_samples) if g.num_samples else dict(num_per_class=g.num_per_class)
+    labels_N = class_balanced_labels(classes=classes, seed=cfg.seed, **count)
+    png_dir = out_dir / "samples"
+
+    def generate(labels_B: torch.Tensor, seed: int) -> torch.Tensor:
+        with autocast_context(ctx.device, cfg.precision):
+            out = draw(labels_B.numel(), labels=labels_B.to(ctx.device), seed=seed, **settings)
+        return out.images.float()
+
+    def write_pngs(images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        save_pngs(images, png_dir, [f"{i:06d}.png" for i in index.tolist()])
+
+    if ctx.rank == 0:
+        log.info(
+            "sampling %d images (%d classes) on %d process(es)",
+            labels_N.numel(),
+            len(classes),
+            ctx.world_size,
+        )
+    sample_and_measure(
+        generate,
+        labels_N,
+        cfg.batch_size,
+        cfg.seed,
+        evaluator,
+        ctx.rank,
+        ctx.world_size,
+        on_batch=write_pngs if g.save_png else None,
+    )
+    barrier()
+    npz_path = None
+    if g.save_png and g.pack_npz and ctx.rank == 0:
+        npz_path = npz.pack_samples(
+            png_dir, out_dir / "samples.npz", expected=labels_N.numel(), labels=labels_N
+        )
+        log.info("packed %s (arr_0 uint8 NHWC, arr_1 labels) for the ADM evaluator", npz_path)
+    return {
+        "model": info.as_dict(),
+        "samples": {
+            "count": labels_N.numel(),
+            "num_classes": len(classes),
+            "num_per_class": None if g.num_samples else g.num_per_class,
+            "png_dir": str(png_dir) if g.save_png else None,
+            "npz": None if npz_path is None else str(npz_path),
+            "format": "png",
+        },
+        "sampling": {
+            **settings,
+            "sampler": cfg.sampler,
+            "seed": cfg.seed,
+            "seed_rule": SEED_RULE.replace("batch index", "global batch index"),
+            "batch_size": cfg.batch_size,
+            "precision": cfg.precision,
+            "device": ctx.device.type,
+            "world_size": ctx.world_size,
+            "label_order": "class-balanced, shuffled with seed",
+        },
+    }
+
+
+def _expected_samples(cfg: Any, models: LoadedModels | None) -> int:
+    """How many images will be scored: the existing samples' count, or what generation.* asks for."""
+    g = cfg.generation
+    if g.samples:
+        return int(source_length(Path(g.samples)) or 0)
+    n_classes = len(g.classes) if g.classes is not None else models.var.num_classes
+    return int(g.num_samples) if g.num_samples else int(g.num_per_class) * n_classes
+
+
+def _measure_existing(cfg: Any, ctx: Context, evaluator: GenerationEvaluator) -> dict:
+    source = Path(cfg.generation.samples)
+    labels = npz.read_labels(source) if source.is_file() else None
+    if labels is None:  # a PNG folder or a pack without arr_1: the requested classes are unknown
+        evaluator.settings = replace(evaluator.settings, class_accuracy=False)
+    start = 0
+    for b, x_B3HW in enumerate(iter_uint8_batches(source, cfg.batch_size)):
+        if b % ctx.world_size == ctx.rank:
+            index_B = torch.arange(start, start + x_B3HW.shape[0])
+            label_B = (
+                torch.as_tensor(labels[index_B.numpy()]) if labels is not None else torch.zeros_like(index_B)
+            )
+            evaluator.update(x_B3HW, label_B, index_B)
+        start += x_B3HW.shape[0]
+    return {"samples": {"count": start, "source": str(source.resolve()), "labels": labels is not None}}
+
+
+def _real_baseline(
+    cfg: Any,
+    ctx: Context,
+    dm: Any,
+    extractor: FeatureExtractor,
+    settings: MetricSettings,
+    count: int,
+    ref: GaussianStats | None,
+    split: str | None,
+) -> dict | None:
+    """Held-out real images scored exactly like the samples: what "as good as real data" reads as."""
+    if not split:
+        return None
+    _require(dm, "data", "real_baseline_split needs a data config (data=...)")
+    dataset = dataset_split(dm, split, "real_baseline_split")
+    n = min(count, len(dataset))
+    picked = seeded_subset(len(dataset), n, cfg.seed)  # not the first n: an ImageFolder is sorted by class
+    shard = contiguous_shard(n, ctx.rank, ctx.world_size)
+    evaluator = GenerationEvaluator(extractor, settings)
+    measure_dataset(
+        dataset,
+        evaluator,
+        indices=[picked[i] for i in shard],
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+    )
+    gathered = evaluator.gather()
+    if ctx.rank != 0:
+        return None
+    out = {"split": split, "count": n, "selection": f"seeded random subset (seed {cfg.seed})" if n < len(dataset)
+           else "all", "metrics": score(gathered, ref, settings, device=ctx.device)}  # fmt: skip
+    return out
+
+
+def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) -> tuple[str, str | None]:
+    """The split the real baseline reads, and a note when it is not the one asked for. It must not be the
+    reference's own images (its FID would be ~0 against itself). ``test`` on a folder whose test split is its
+    reference (an ImageFolder with only train/ and val/) reads a seeded subset of ``train`` instead, with the
+    note; any other overlap is refused."""
+    source = getattr(dm, "split_source", None)
+
+    def same(a: str, b: str) -> bool:
+        return a == b or (source is not None and source(a) == source(b))
+
+    if same(baseline_split, reference_split):
+        if baseline_split == "test" != reference_split and not same("train", reference_split):
+            where = f" ({source(reference_split)})" if source is not None else ""
+            return "train", (
+                f"real_baseline_split=test reads the same images as reference_split={reference_split}{where} (the "
+                f"folder has no test/ split), so the real baseline is a seeded random subset of train instead; "
+                f"add a test/ folder for held-out images"
+            )
+        where = f" ({source(reference_split)})" if source is not None else ""
+        raise ValueError(
+            f"real_baseline_split={baseline_split} reads the same images as reference_split={reference_split}{where}: "
+            f"the baseline would score the reference against itself (FID ~0). For an ImageFolder with only "
+            f"train/ and val/, use real_baseline_split=train (a seeded random subset of the training images), add a "
+            f"test/ folder, or give reference=<an .npz or image folder> (key real_baseline_split)"
+        )
+    return baseline_split, None
+
+
+def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
+    extractor = _extractor(cfg, ctx)
+    settings = _settings(cfg, extractor)
+    dm = _datamodule(cfg, ctx)
+    models = None if cfg.generation.samples else load_for_inference(cfg, ctx.device)
+    if dm is not None:  # real images at the samples' size: the model's, or the existing samples'
+        if models is not None:
+            fit_data_to_model(models, dm, check_classes=False)
+        elif getattr(dm, "image_size", 0) is None:
+            first = next(iter_uint8_batches(Path(cfg.generation.samples), 1))
+            dm.fit_image_size(int(first.shape[-1]), f"the samples in {cfg.generation.samples} are that size")
+    notes: list[str] = []  # what was adapted to a small folder: logged, and kept in report.json
+    baseline_split = cfg.real_baseline_split or None
+    if baseline_split and dm is not None and not cfg.reference:
+        baseline_split, note = check_disjoint_splits(
+            dm, cfg.reference_split, baseline_split
+        )  # before sampling
+        notes += [note] if note else []
+    keep = settings.precision_recall or settings.kid
+    ref = _reference(cfg, extractor, dm, keep) if ctx.rank == 0 else None  # first: fail before sampling
+    problem, kid_size, kid_note = None, settings.kid_subset_size, None
+    if settings.kid and ctx.rank == 0:  # refuse before sampling 50k images, not after
+        try:
+            n_real = ref.count if ref.features is not None else None
+            kid_size, kid_note = resolve_kid_subset(
+                cfg.metrics.kid_subset_size, _expected_samples(cfg, models), n_real
+            )
+        except ValueError as err:
+            problem = str(err)
+    problem, kid_size, kid_note = broadcast_object((problem, kid_size, kid_note))
+    if problem:
+        raise ValueError(problem)
+    if settings.kid:
+        settings = replace(
+            settings, kid=kid_size is not None, kid_subset_size=kid_size or settings.kid_subset_size
+        )
+        notes += [kid_note] if kid_note else []
+    for note in notes if ctx.rank == 0 else []:
+        log.warning(note)
+    evaluator = GenerationEvaluator(extractor, settings)
+    if models is None:
+        fields = _measure_existing(cfg, ctx, evaluator)
+    else:
+        fields = _sample_checkpoint(cfg, ctx, evaluator, out_dir, models)
+    gathered = evaluator.gather()
+    skipped: dict[str, str] = {}
+    metrics = score(gathered, ref, settings, device=ctx.device, skipped=skipped) if ctx.rank == 0 else None
+    if kid_size is None and kid_note:
+        skipped["kid"] = kid_note
+    baseline = _real_baseline(cfg, ctx, dm, extractor, settings, gathered.count, ref, baseline_split)
+    if ctx.rank != 0:
+        return None
+    ref_meta = {k: ref.meta.get(k) for k in ("source", "stats_from", "cache_path", "cache_hit")}
+    ref_meta["count"] = ref.count
+    out = report.report_header(
+        "generation",
+        extractor,
+        metrics=metrics,
+        real_baseline=baseline,
+        reference=ref_meta,
+        metric_settings={
+            **asdict(settings),
+            "is_split_rule": is_split_rule(settings.is_splits, gathered.count),
+        },
+        skipped_metrics=skipped,
+        notes=notes,
+        seed=cfg.seed,
+        **fields,
+    )
+    columns = {"generated": metrics}
+    if baseline is not None:
+        columns[f"real ({baseline['split']}, n={baseline['count']})"] = baseline["metrics"]
+    return out | {"_table": columns}

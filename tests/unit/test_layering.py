@@ -1,0 +1,112 @@
+"""The house rules of the package layout, checked on the source (STYLE.md, docs/architecture.md): model code
+imports torch, not Lightning, Hydra or torch.distributed; only cli/ imports Hydra; no package imports one above
+it; no module grows past the size a reader can hold."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "var_lightning"
+# lower first; a package may import its own rank or below, never above
+RANKS = {
+    "keys": 0, "distributed": 0, "seeds": 0, "__init__": 0,
+    "tokenizer": 1, "transformer": 1,
+    "data": 2, "checkpoints": 2, "scaling": 2,
+    "inference": 3,
+    "training": 4,
+    "evaluation": 5,
+    "callbacks": 6,
+    "studies": 7,
+    "cli": 8,
+}  # fmt: skip
+MODEL = ("tokenizer", "transformer")
+LIGHTNING = ("pytorch_lightning", "lightning", "lightning_fabric")
+HYDRA = ("hydra", "omegaconf")
+MAX_LINES = 420
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "conf" not in p.relative_to(PACKAGE).parts)
+
+
+def home(path: Path) -> str:
+    """The package (or root module) a file belongs to: 'cli', 'keys', ..."""
+    first = path.relative_to(PACKAGE).parts[0]
+    return first.removesuffix(".py")
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """(module, line) of every import in the file, lazy ones included (TYPE_CHECKING ones excluded)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):  # `if TYPE_CHECKING:` blocks import for annotations only
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            skip |= {id(n) for child in node.body for n in ast.walk(child)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "var_lightning":  # from var_lightning import distributed, __version__
+                out += [(f"var_lightning.{a.name}", node.lineno) for a in node.names]
+            else:
+                out.append((node.module, node.lineno))
+    return out
+
+
+def target_home(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "var_lightning":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in RANKS else "__init__"
+
+
+def test_every_package_has_a_rank():
+    assert {home(p) for p in modules()} <= set(RANKS)
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layers(path):
+    me = home(path)
+    problems = []
+    for module, line in imports(path):
+        top = module.split(".")[0]
+        where = f"{path.relative_to(PACKAGE)}:{line} imports {module}"
+        if me in MODEL and (top in LIGHTNING + HYDRA or module.startswith("torch.distributed")):
+            problems.append(
+                f"{where}: model code is plain torch (collectives through var_lightning.distributed)"
+            )
+        if top in HYDRA and me != "cli":
+            problems.append(f"{where}: only cli/ imports Hydra / OmegaConf")
+        if top in LIGHTNING and me in MODEL + ("keys", "distributed", "scaling", "evaluation", "inference"):
+            problems.append(f"{where}: Lightning belongs to training, data, callbacks and the entry points")
+        other = target_home(module)
+        facade = path == PACKAGE / "__init__.py"  # the public names, re-exported lazily from every layer
+        if other is not None and other != me and RANKS[other] > RANKS[me] and not facade:
+            problems.append(f"{where}: an upward import ({me} is below {other})")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_module_is_too_long_to_read():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in modules()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"split these (over {MAX_LINES} lines): {long}"
+
+
+def test_the_layering_check_sees_a_violation(tmp_path):
+    """The checks above can fail: an upward and a Lightning import in model code are both found."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import pytorch_lightning as L\nfrom var_lightning.training.wiring import fit_data_to_model\n"
+    )
+    found = imports(bad)
+    assert ("pytorch_lightning", 1) in found and target_home(found[1][0]) == "training"
+    assert RANKS["training"] > RANKS["transformer"]
