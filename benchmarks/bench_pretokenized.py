@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from var_lightning.data.shards import TokenDecoder, encode_tokens, tokens_dtype  # noqa: E402
+from var_lightning.data.shard_reader import TokenDecoder  # noqa: E402
+from var_lightning.data.shards import encode_tokens, tokens_dtype
 from var_lightning.data.transforms import build_transform  # noqa: E402
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE  # noqa: E402
 from var_lightning.tokenizer.config import VQVAEConfig  # noqa: E402

@@ -19,7 +19,8 @@ from PIL import Image
 from tests.helpers import tiny_vae
 from var_lightning.cli.make_shards import make_shards, parse_args
 from var_lightning.data.shard_health import count_readable
-from var_lightning.data.shards import MANIFEST_NAME, Manifest, ShardWriter, read_manifest
+from var_lightning.data.shard_writer import ShardWriter
+from var_lightning.data.shards import MANIFEST_NAME, Manifest, read_manifest
 from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.data.transforms import build_transform, to_uint8_image
 from var_lightning.data.webdataset import EvalStream, WebDatasetDataModule

@@ -4,7 +4,7 @@
     var-compare-ar +scale=paper           # print the GPU command lines of the paper-sized run
 
 Steps whose outputs exist are reused (re-running continues an interrupted study, or rebuilds the report).
-The plan and the report are :mod:`var_lightning.studies.ar_vs_var`.
+The plan is :mod:`var_lightning.studies.ar_vs_var`, the report :mod:`var_lightning.studies.ar_vs_var_report`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from var_lightning.cli.command_line import checked_main
 from var_lightning.cli.validate import validate_config
 from var_lightning.studies import ar_vs_var as study
+from var_lightning.studies import ar_vs_var_report as report
 
 log = logging.getLogger("var_lightning.compare_ar")
 
@@ -79,8 +80,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         }
         results["tokens"][model] = facts["tokens"]
     command = "make compare-ar" if s.scale == "cpu" else "var-compare-ar +scale=paper print_only=false"
-    path = study.write_report(results, s.report_dir, command)
-    print(study.table(results, s.batch_sizes))
+    path = report.write_report(results, s.report_dir, command)
+    print(report.table(results, s.batch_sizes))
     print(f"report: {path}")
     return results
 

@@ -27,17 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from var_lightning.data.shard_reader import tokenizer_fingerprint
+from var_lightning.data.shard_writer import prepare_output, shuffled_order, write_shards
 from var_lightning.data.shards import (
     IMAGE_EXTS,
     TOKENS_EXT,
     Manifest,
     encode_tokens,
-    prepare_output,
     read_manifest,
-    shuffled_order,
-    tokenizer_fingerprint,
     tokens_dtype,
-    write_shards,
 )
 from var_lightning.data.transforms import to_rgb
 

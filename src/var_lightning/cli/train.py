@@ -68,7 +68,7 @@ def check_pretokenized(model: L.LightningModule, datamodule: L.LightningDataModu
     meta = datamodule.tokenizer_meta
     if meta is None:
         return
-    from var_lightning.data.shards import tokenizer_fingerprint
+    from var_lightning.data.shard_reader import tokenizer_fingerprint
 
     vae = model.vae
     theirs = (tuple(meta["patch_nums"]), int(meta["vocab_size"]))

@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from var_lightning import distributed
 from var_lightning.data.resumable import ProgressAwareLoader, mix_seed
 from var_lightning.data.shard_health import ShardLedger
-from var_lightning.data.shards import collate_samples, iter_tar_samples
+from var_lightning.data.shard_reader import collate_samples, iter_tar_samples
 
 _MAX_EMPTY_SHARDS = 64
 

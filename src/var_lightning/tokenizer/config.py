@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
 
 def _bad(key: str, value: object, why: str) -> ValueError:

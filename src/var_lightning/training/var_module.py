@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import pytorch_lightning as L
@@ -24,39 +24,11 @@ from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
 from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
 from var_lightning.training.sharding import full_copy, is_sharded, shard_transformer, sharding_plan
-from var_lightning.transformer.config import PRESETS, VARConfig
+from var_lightning.transformer.config import VARConfig, build_var_config
 from var_lightning.transformer.sampling import check_compatible, sample
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
-
-
-def build_var_config(transformer: dict | VARConfig, tokenizer: VQVAEConfig) -> VARConfig:
-    """``transformer``: VARConfig fields, optionally with ``preset`` (d16 ... tiny) whose values the other
-    fields override. vocab_size / cvae / patch_nums default to the tokenizer's; explicit values that
-    disagree with the tokenizer raise at startup."""
-    if isinstance(transformer, VARConfig):
-        cfg = transformer
-    else:
-        spec = {k: v for k, v in dict(transformer).items() if v is not None}
-        name = spec.pop("preset", None)
-        if name is not None and name not in PRESETS:
-            raise ValueError(
-                f"unknown VAR preset {name!r} (key model.transformer.preset); choose one of {sorted(PRESETS)}"
-            )
-        base = dict(PRESETS[name]) if name else {}
-        base.update(
-            vocab_size=tokenizer.vocab_size, cvae=tokenizer.z_channels, patch_nums=tokenizer.patch_nums
-        )
-        base.update(spec)
-        known = {f.name for f in fields(VARConfig)}
-        unknown = set(base) - known
-        if unknown:
-            raise ValueError(
-                f"unknown transformer config keys {sorted(unknown)} (model.transformer); valid: {sorted(known)}"
-            )
-        cfg = VARConfig(**base)
-    return cfg
 
 
 class VARModule(L.LightningModule):

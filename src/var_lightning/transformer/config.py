@@ -7,11 +7,13 @@ The paper's rule (Eq. 7): width 64 * depth, heads = depth, drop-path 0.1 * depth
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
-SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
-SCHEDULE_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+from var_lightning.tokenizer.config import SCHEDULE_256, SCHEDULE_512, SCHEDULE_1024  # noqa: F401 - the one home
+
+if TYPE_CHECKING:
+    from var_lightning.tokenizer.config import VQVAEConfig
 
 
 def _bad(key: str, value: object, why: str) -> ValueError:
@@ -120,3 +122,31 @@ def preset(name: str, **overrides) -> VARConfig:
 
 def with_overrides(cfg: VARConfig, **overrides) -> VARConfig:
     return replace(cfg, **overrides)
+
+
+def build_var_config(transformer: dict | VARConfig, tokenizer: VQVAEConfig) -> VARConfig:
+    """``transformer``: VARConfig fields, optionally with ``preset`` (d16 ... tiny) whose values the other
+    fields override. vocab_size / cvae / patch_nums default to the tokenizer's; explicit values that
+    disagree with the tokenizer raise at startup."""
+    if isinstance(transformer, VARConfig):
+        cfg = transformer
+    else:
+        spec = {k: v for k, v in dict(transformer).items() if v is not None}
+        name = spec.pop("preset", None)
+        if name is not None and name not in PRESETS:
+            raise ValueError(
+                f"unknown VAR preset {name!r} (key model.transformer.preset); choose one of {sorted(PRESETS)}"
+            )
+        base = dict(PRESETS[name]) if name else {}
+        base.update(
+            vocab_size=tokenizer.vocab_size, cvae=tokenizer.z_channels, patch_nums=tokenizer.patch_nums
+        )
+        base.update(spec)
+        known = {f.name for f in fields(VARConfig)}
+        unknown = set(base) - known
+        if unknown:
+            raise ValueError(
+                f"unknown transformer config keys {sorted(unknown)} (model.transformer); valid: {sorted(known)}"
+            )
+        cfg = VARConfig(**base)
+    return cfg
