@@ -76,3 +76,27 @@ def test_a_documented_command_composes(where, config, args):
     args = [a.replace("PLACEHOLDER", "x") for a in args]
     problem = precheck(config, accept_target_arguments(config, args))
     assert problem is None, f"{where}\n  -> {problem}"
+
+
+def documented_imports() -> list[tuple[str, str]]:
+    """(where, line) of every ``from var_lightning... import ...`` in the docs' Python blocks."""
+    out = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+            for line in block.splitlines():
+                if re.match(r"^(from var_lightning[\w.]* import |import var_lightning)", line):
+                    out.append((doc.name, line.split("#", 1)[0].strip()))
+    return out
+
+
+IMPORTS = documented_imports()
+
+
+def test_the_docs_show_imports():
+    assert len(IMPORTS) >= 8
+
+
+@pytest.mark.parametrize(("where", "line"), IMPORTS, ids=[f"{w}: {line[:70]}" for w, line in IMPORTS])
+def test_a_documented_import_works(where, line):
+    exec(compile(line, where, "exec"), {})  # the module and every name exist where the docs say

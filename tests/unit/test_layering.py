@@ -110,3 +110,43 @@ def test_the_layering_check_sees_a_violation(tmp_path):
     found = imports(bad)
     assert ("pytorch_lightning", 1) in found and target_home(found[1][0]) == "training"
     assert RANKS["training"] > RANKS["transformer"]
+
+
+def test_the_readme_layout_matches_the_tree():
+    """Every package is in the README's layout section, and every file it names exists where it says."""
+    import re
+
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed: dict[str, set[str]] = {}
+    current = None
+    for line in block.splitlines():
+        m = re.match(r"^  (\w+)(/|\.py)\s", line)
+        if m:
+            current = m.group(1) if m.group(2) == "/" else ""
+            listed.setdefault(current, set())
+            if m.group(2) == ".py":
+                listed[""].add(f"{m.group(1)}.py")
+        elif not line.startswith(" " * 17) and not line.startswith("  "):
+            current = None  # a top-level folder (conf/, tests/ ...)
+        if current is not None:
+            listed[current] |= set(re.findall(r"\b(\w+\.py)\b", line.split("  ", 2)[-1]))
+    packages = {
+        p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name != "conf"
+    }
+    assert packages <= set(listed), f"packages missing from the README layout: {packages - set(listed)}"
+    missing = [f"{pkg}/{name}" if pkg else name for pkg, names in listed.items() for name in names
+               if not (PACKAGE / pkg / name).is_file() and not (PACKAGE / name).is_file()]  # fmt: skip
+    assert not missing, f"the README layout names files that do not exist: {missing}"
+
+
+def test_the_public_names_come_from_the_package_root():
+    import var_lightning
+    from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+    from var_lightning.transformer.sampling import sample
+
+    assert var_lightning.MultiScaleVQVAE is MultiScaleVQVAE and var_lightning.sample is sample
+    for name in var_lightning.__all__:
+        assert getattr(var_lightning, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        var_lightning.nope  # noqa: B018
