@@ -25,6 +25,15 @@ def _hygiene():
         torch.distributed.destroy_process_group()
 
 
+@pytest.fixture()
+def compose():
+    """``compose(name, overrides, run_dir=None, hydra=False, **paths)``: a shipped config composed as the
+    command would (:func:`tests.helpers.compose_config`)."""
+    from tests.helpers import compose_config
+
+    return compose_config
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+import var_lightning
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.transformer.config import VARConfig
 from var_lightning.transformer.var import VAR
 
+CONF = Path(var_lightning.__file__).parent / "conf"
 TINY_PN = (1, 2, 3, 4)
+
+
+def compose_config(
+    name: str,
+    overrides: Sequence[str] = (),
+    run_dir: str | Path | None = None,
+    hydra: bool = False,
+    **paths: Path,
+) -> DictConfig:
+    """The one way tests compose a shipped config (``train``, ``sample``, ``eval`` ...) with overrides, as the
+    command would. ``run_dir``: the run's output and log directory (what Hydra's run dir gives a command);
+    ``paths``: other ``paths.*`` to point at test folders (``data_dir=``, ``cache_dir=``); ``hydra``: keep
+    the ``hydra`` node (launchers, sweeps). The ``compose`` fixture in conftest.py returns this function."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra)
+    if run_dir is not None or paths:
+        with open_dict(cfg):
+            if run_dir is not None:
+                cfg.paths.output_dir = cfg.paths.log_dir = str(run_dir)
+            for key, value in paths.items():
+                cfg.paths[key] = str(value)
+    return cfg
 
 
 def tiny_vae_cfg(**kw) -> VQVAEConfig:

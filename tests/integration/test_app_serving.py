@@ -8,10 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tests.integration.test_configs import CONF
+from tests.helpers import compose_config
 from tests.unit.test_webapp import ckpt  # noqa: F401 - the tiny VAR checkpoint fixture
 from var_lightning.cli.app import serve
 from var_lightning.inference.app_inputs import AppError
@@ -22,9 +20,7 @@ httpx = pytest.importorskip("httpx")
 
 
 def compose_app(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="app", overrides=overrides)
+    return compose_config("app", overrides)
 
 
 def free_port() -> int:

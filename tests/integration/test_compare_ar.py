@@ -11,15 +11,14 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from tests.helpers import tiny_vae
-from tests.integration.test_configs import compose_root
+from tests.helpers import compose_config, tiny_vae
 from var_lightning.cli import compare_ar
 from var_lightning.studies import ar_vs_var as study
 
 
 def _cfg(tmp_path: Path, *overrides: str):
     runs, report = tmp_path / "runs", tmp_path / "report"
-    cfg = compose_root("compare_ar", [f"out_dir={runs}", f"report_dir={report}", *overrides])
+    cfg = compose_config("compare_ar", [f"out_dir={runs}", f"report_dir={report}", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "log")
     return cfg

@@ -11,30 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 import var_lightning
-from tests.helpers import tiny_vae_cfg
+from tests.helpers import compose_config, tiny_vae_cfg
 
 CONF = Path(var_lightning.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 TINY = {"tokenizer_tiny", "var_tiny", "ar_tiny"}
 
 
-def compose_root(name: str, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
-
-
 def compose_train(overrides: list[str], tmp_path: Path):
-    cfg = compose_root("train", overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.log_dir = str(tmp_path)
-    return cfg
+    return compose_config("train", overrides, run_dir=tmp_path)
 
 
 def test_configs_are_shipped_inside_the_package():
@@ -148,19 +136,19 @@ def test_the_inference_root_configs_run_as_shipped(tiny_var_ckpt, tmp_path):
     from var_lightning.cli import classifier, edit, evaluate, sample
 
     meta = sample.run(
-        compose_root("sample", [f"ckpt_path={tiny_var_ckpt}", "num_per_class=1"]), tmp_path / "s"
+        compose_config("sample", [f"ckpt_path={tiny_var_ckpt}", "num_per_class=1"]), tmp_path / "s"
     )
     assert meta["num_images"] == 10
-    out = edit.run(compose_root("edit", [f"ckpt_path={tiny_var_ckpt}", "image=synthetic:0:0", "box=[0.2,0.2,0.8,0.8]",
+    out = edit.run(compose_config("edit", [f"ckpt_path={tiny_var_ckpt}", "image=synthetic:0:0", "box=[0.2,0.2,0.8,0.8]",
                                          "num_variations=1"]), tmp_path / "e")  # fmt: skip
     assert len(out["results"]) == 1
-    cfg = compose_root("eval", [f"ckpt_path={tiny_var_ckpt}", "data=synthetic", "extractor=tiny-random",
+    cfg = compose_config("eval", [f"ckpt_path={tiny_var_ckpt}", "data=synthetic", "extractor=tiny-random",
                                 "generation.num_per_class=2", "metrics.kid=false"])  # fmt: skip
     with open_dict(cfg):
         cfg.cache_dir = str(tmp_path / "cache")
     report = evaluate.run(cfg, tmp_path / "v")
     assert report["samples"]["count"] == 20 and math.isfinite(report["metrics"]["fid"])
-    cfg = compose_root(
+    cfg = compose_config(
         "classifier", ["epochs=1", "data.train_size=64", "data.val_size=32", "data.test_size=32"]
     )
     with open_dict(cfg):
@@ -168,7 +156,7 @@ def test_the_inference_root_configs_run_as_shipped(tiny_var_ckpt, tmp_path):
     assert (classifier.run(cfg)["num_classes"]) == 10 and (tmp_path / "c" / "classifier.pt").is_file()
     from var_lightning.cli.app import make_app
 
-    app = make_app(compose_root("app", [f"ckpt_path={tiny_var_ckpt}"]), tmp_path / "a")  # served by var-app
+    app = make_app(compose_config("app", [f"ckpt_path={tiny_var_ckpt}"]), tmp_path / "a")  # served by var-app
     assert app.sampler_kind == "fast" and len(app.class_choices()) == 10
 
 
@@ -207,7 +195,7 @@ def test_typos_on_the_other_commands_and_in_experiment_files():
     assert precheck("train", ["experiment=var_tiny", "model.tokenizer_ckpt=x"]) is None
     assert precheck("train", ["-m", "experiment=scaling_tiny", "model.transformer.depth=1,2"]) is None
     # a misspelled key inside an experiment file (simulated on the composed config) is caught too
-    cfg = compose_root("train", ["experiment=var_tiny"])
+    cfg = compose_config("train", ["experiment=var_tiny"])
     OmegaConf.set_struct(cfg, False)
     cfg.model.optim.warmup_fration = 0.1
     with pytest.raises(
@@ -378,13 +366,9 @@ def test_entry_points_find_their_configs_from_any_directory(tmp_path):
 
 @pytest.mark.parametrize("sweep", ["scaling_cpu", "scaling_paper"])
 def test_sweeps_compose_as_multiruns_over_depth(sweep, tmp_path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=["experiment=scaling_tiny", f"sweep={sweep}", "model.tokenizer_ckpt=x.ckpt"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        "train", ["experiment=scaling_tiny", f"sweep={sweep}", "model.tokenizer_ckpt=x.ckpt"], hydra=True
+    )
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     depths = [int(d) for d in str(cfg.hydra.sweeper.params["model.transformer.depth"]).split(",")]
     assert len(depths) >= 4 and depths == sorted(depths)

@@ -199,20 +199,11 @@ def test_ddp_skips_buffer_broadcast_and_finds_unused_parameters_for_the_tokenize
         assert strategy._ddp_kwargs == {"broadcast_buffers": False, "find_unused_parameters": unused}
 
 
-def test_submitit_launcher_config_composes(tmp_path):
+def test_submitit_launcher_config_composes(tmp_path, compose):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.integration.test_configs import CONF
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=["hydra/launcher=slurm", "trainer=slurm", "hydra.launcher.partition=gpu"],
-            return_hydra_config=True,
-        )
+    cfg = compose(
+        "train", ["hydra/launcher=slurm", "trainer=slurm", "hydra.launcher.partition=gpu"], hydra=True
+    )
     launcher = cfg.hydra.launcher
     assert (
         launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == launcher.gpus_per_node == 8

@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 import var_lightning
-from tests.helpers import tiny_vae, tiny_vae_cfg, tiny_var
+from tests.helpers import compose_config, tiny_vae, tiny_vae_cfg, tiny_var
 from var_lightning.cli.edit import run
 from var_lightning.data.synthetic import SyntheticShapes, class_hue
 from var_lightning.inference.edit_images import mask_to_pixels, synthetic_image
@@ -33,9 +31,7 @@ BOX = "box=[0.25,0.25,0.75,0.75]"
 
 
 def compose_edit(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="edit", overrides=overrides)
+    return compose_config("edit", overrides)
 
 
 def save_var_checkpoint(module: VARModule, path: Path, class_names: list[str] | None) -> Path:

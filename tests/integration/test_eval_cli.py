@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 import var_lightning
+from tests.helpers import compose_config
 from var_lightning.checkpoints.loading import load_models
 from var_lightning.cli import classifier as classifier_cli
 from var_lightning.cli import evaluate
@@ -95,15 +93,9 @@ def save_tokenizer_checkpoint(path: Path, seed: int = 0) -> tuple[Path, MultiSca
 
 
 def compose_eval(overrides: list[str], tmp_path: Path, name: str = "eval"):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.log_dir = str(tmp_path)
-        cfg.paths.data_dir = str(tmp_path / "data")
-        cfg.paths.cache_dir = str(tmp_path / "cache")
-    return cfg
+    return compose_config(
+        name, overrides, run_dir=tmp_path, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache"
+    )
 
 
 @pytest.fixture(scope="module")

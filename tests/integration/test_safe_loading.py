@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from tests.helpers import tiny_vae, tiny_vae_cfg
-from tests.integration.test_configs import CONF, compose_train
+from tests.helpers import compose_config, tiny_vae, tiny_vae_cfg
+from tests.integration.test_configs import compose_train
 from tests.unit.test_webdataset import write_tree
 from var_lightning.checkpoints.files import UnsafeCheckpointError, read_checkpoint
 from var_lightning.checkpoints.published import OfficialCheckpointError, export_official_vae
@@ -67,12 +65,6 @@ def refused(fn, path: Path) -> str:
     return msg
 
 
-def compose_root(name: str, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
-
-
 TINY_TOK = [
     "experiment=tokenizer_tiny",
     "data.train_size=32",
@@ -110,9 +102,9 @@ def test_var_sample_and_var_edit(evil, tmp_path):
     from var_lightning.cli import edit, sample
 
     path, _ = evil
-    cfg = compose_root("sample", [f"ckpt_path={path}", "device=cpu"])
+    cfg = compose_config("sample", [f"ckpt_path={path}", "device=cpu"])
     refused(lambda: sample.run(cfg, tmp_path / "s"), path)
-    cfg = compose_root(
+    cfg = compose_config(
         "edit", [f"ckpt_path={path}", "device=cpu", "image=synthetic:0:0", "box=[0.2,0.2,0.8,0.8]"]
     )
     refused(lambda: edit.run(cfg, tmp_path / "e"), path)
@@ -124,7 +116,7 @@ def test_var_eval_every_mode(evil, tmp_path, mode):
 
     path, _ = evil
     extra = ["extractor=tiny-random", "reconstruction.lpips=null", "generation.num_samples=4"]
-    cfg = compose_root(
+    cfg = compose_config(
         "eval",
         [f"mode={mode}", f"ckpt_path={path}", "device=cpu", "data=synthetic", "data.val_size=8", *extra],
     )

@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from tests.helpers import tiny_vae_cfg
-from tests.integration.test_configs import CONF
+from tests.helpers import compose_config, tiny_vae_cfg
 from tests.unit.test_pretrained import COMMIT_A, add_snapshot, released_pair
 from var_lightning.checkpoints.hub import VAE_FILE
 from var_lightning.checkpoints.loading import load_models
@@ -30,9 +27,7 @@ from var_lightning.transformer.fast_sampling import build_sampler
 
 
 def compose_sample(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="sample", overrides=overrides)
+    return compose_config("sample", overrides)
 
 
 def png(path: Path) -> np.ndarray:

@@ -196,27 +196,14 @@ def test_wrong_image_size_stops_at_startup_naming_the_expected_size(tmp_path):
         train(tokenizer_cfg(tmp_path, "debug=fdr", "data.image_size=32"))
 
 
-def test_var_sample_cli_writes_pngs_grid_and_is_reproducible(tmp_path, tokenizer_ckpt):
-    from hydra import compose, initialize_config_dir
-
-    from tests.integration.test_configs import CONF
+def test_var_sample_cli_writes_pngs_grid_and_is_reproducible(tmp_path, tokenizer_ckpt, compose):
     from var_lightning.cli.sample import run
 
     cfg = var_cfg(tmp_path / "train", tokenizer_ckpt, "trainer.max_epochs=1", "logger=none")
     train(cfg)
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        scfg = compose(
-            config_name="sample",
-            overrides=[
-                f"ckpt_path={ckpt}",
-                "num_per_class=2",
-                "classes=[0,3]",
-                "top_k=10",
-                "top_p=0.9",
-                "batch_size=3",
-            ],
-        )
+    scfg = compose("sample", [f"ckpt_path={ckpt}", "num_per_class=2", "classes=[0,3]", "top_k=10", "top_p=0.9",
+                              "batch_size=3"])  # fmt: skip
     meta = run(scfg, tmp_path / "a")
     run(scfg, tmp_path / "b")
     files = sorted(p.name for p in (tmp_path / "a" / "samples").iterdir())
@@ -226,8 +213,7 @@ def test_var_sample_cli_writes_pngs_grid_and_is_reproducible(tmp_path, tokenizer
             tmp_path / "b" / "samples" / name
         ).read_bytes()
     assert (tmp_path / "a" / "grid.png").is_file() and meta["num_images"] == 4
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        bad = compose(config_name="sample", overrides=[f"ckpt_path={ckpt}", "classes=[10]"])
+    bad = compose("sample", [f"ckpt_path={ckpt}", "classes=[10]"])
     with pytest.raises(ValueError, match=r"classes=\[10\]: 10 is out of range.*10 classes.*\(key classes\)"):
         run(bad, tmp_path / "c")
 
@@ -334,10 +320,9 @@ def test_progressive_run_grows_the_prefix_skips_last_scale_metrics_and_its_prefi
     assert ckpt["var_lightning"]["progressive"]["last_stage"] == 2
 
 
-def test_ar_baseline_trains_and_var_sample_and_var_eval_take_its_checkpoint(tmp_path, tokenizer_ckpt):
-    from hydra import compose, initialize_config_dir
-
-    from tests.integration.test_configs import CONF
+def test_ar_baseline_trains_and_var_sample_and_var_eval_take_its_checkpoint(
+    tmp_path, tokenizer_ckpt, compose
+):
     from var_lightning.cli.evaluate import run as run_eval
     from var_lightning.cli.sample import run as run_sample
 
@@ -349,15 +334,9 @@ def test_ar_baseline_trains_and_var_sample_and_var_eval_take_its_checkpoint(tmp_
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     var, vae, info = load_models(ckpt)
     assert info.stage == "ar" and type(var).__name__ == "ARTransformer"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        scfg = compose(
-            config_name="sample", overrides=[f"ckpt_path={ckpt}", "num_per_class=1", "classes=[0,3]"]
-        )
-        ecfg = compose(
-            config_name="eval",
-            overrides=[f"ckpt_path={ckpt}", "mode=loss", "data=synthetic", "data.image_size=16",
-                       "data.test_size=16", "batch_size=8"],
-        )  # fmt: skip
+    scfg = compose("sample", [f"ckpt_path={ckpt}", "num_per_class=1", "classes=[0,3]"])
+    ecfg = compose("eval", [f"ckpt_path={ckpt}", "mode=loss", "data=synthetic", "data.image_size=16",
+                            "data.test_size=16", "batch_size=8"])  # fmt: skip
     meta = run_sample(scfg, tmp_path / "samples")
     assert meta["num_images"] == 2 and (tmp_path / "samples" / "samples" / "0003_0000.png").is_file()
     report = run_eval(ecfg, tmp_path / "eval")
