@@ -5,6 +5,7 @@ it; no module grows past the size a reader can hold."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,12 @@ def test_the_public_names_come_from_the_package_root():
         assert getattr(var_lightning, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         var_lightning.nope  # noqa: B018
+
+
+def test_tests_that_train_live_in_integration():
+    """Unit tests stay fast: a test that runs a Trainer (``.fit(``, ``var-train``'s ``train``) is an
+    integration test."""
+    unit = PACKAGE.parents[1] / "tests" / "unit"
+    training = [p.name for p in unit.glob("test_*.py") if p.name != "test_layering.py"
+                and re.search(r"\.fit\(|cli\.train import train\b", p.read_text())]  # fmt: skip
+    assert not training, f"move these Trainer runs to tests/integration/: {training}"
