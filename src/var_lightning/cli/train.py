@@ -29,10 +29,7 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from var_lightning.callbacks.checkpoint_housekeeping import TopKHousekeeping
-from var_lightning.callbacks.data_health import DataHealth
-from var_lightning.callbacks.ddp_guards import RankCoverage, SigtermExit
-from var_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
+from var_lightning.callbacks.preemption import Preempted
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
 from var_lightning.cli.command_line import checked_main
@@ -40,7 +37,6 @@ from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_log
 from var_lightning.cli.validate import validate_config
 from var_lightning.distributed import launch_rank
 from var_lightning.training.resume import (
-    RNGStateCallback,
     candidate_checkpoints,
     check_resume_fits,
     resolve_resume,
@@ -139,15 +135,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     check_pretokenized(model, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     strategy, extra = strategy_for(cfg.trainer, model)
-    # RNG states in every checkpoint (exact resume); the process group destroyed after the last stage.
+    # run_callbacks (conf/train.yaml): exact resume, rank guards, pre-emption, housekeeping, data health;
+    # the strategy's own, and the process group destroyed after the last stage (it depends on `test`)
     callbacks += [
         *extra,
-        RNGStateCallback(),
-        RankCoverage(),  # every rank has data, or the run stops at set-up instead of hanging
-        SigtermExit(),  # SIGTERM ends a multi-process run even when a rank is stuck in a collective
-        PreemptionCheckpoint(),  # SIGTERM / Ctrl-C / SIGUSR1: a checkpoint at the step boundary, then stop
-        TopKHousekeeping(),  # save_top_k stays true across kills
-        DataHealth(),  # lost samples per shard, summed over ranks, per epoch and at the end
+        *instantiate_callbacks(cfg.get("run_callbacks")),
         ProcessGroupTeardown("test" if cfg.get("test") else "fit"),
     ]
     loggers = instantiate_loggers(cfg.get("logger"))
