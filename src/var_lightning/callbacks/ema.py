@@ -58,7 +58,7 @@ class TransformerEMA(L.Callback):
         self._updated_at = -1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not hasattr(pl_module, "var"):
+        if getattr(pl_module, "STAGE", None) not in ("var", "ar"):
             raise TypeError(
                 f"callbacks.ema averages a transformer (VAR or AR stage); {type(pl_module).__name__} has none"
             )

@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from var_lightning.transformer.sampling import PUBLISHED_SAMPLING
+
 log = logging.getLogger(__name__)
 
 HUB_REPO = "FoundationVision/var"
@@ -48,7 +50,7 @@ PRETRAINED: dict[str, PretrainedSpec] = {
     )
 }
 # The published FID protocol (README "Sampling & Zero-shot Inference"): the released models' defaults.
-RELEASED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
+RELEASED_SAMPLING = dict(PUBLISHED_SAMPLING)
 
 
 class PretrainedUnavailable(FileNotFoundError):

@@ -48,6 +48,7 @@ from var_lightning.checkpoints.hub import (
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.transformer.config import VARConfig
+from var_lightning.transformer.sampling import PUBLISHED_SAMPLING
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def resolve_sampling(stored: Mapping[str, Any] | None, vocab_size: int) -> dict[
 
     Missing values take the published protocol's (cfg 1.5, top-p 0.96, no smoothing); top-k None (or one
     larger than the vocabulary, from a recipe written for V = 4096) becomes :func:`scaled_top_k`."""
-    out = {"cfg": 1.5, "top_k": None, "top_p": 0.96, "more_smooth": False}
+    out = {**PUBLISHED_SAMPLING, "top_k": None}
     out.update({k: v for k, v in dict(stored or {}).items() if k in SAMPLING_KEYS and v is not None})
     if out["top_k"] is None or int(out["top_k"]) > vocab_size:
         if out["top_k"] is not None:

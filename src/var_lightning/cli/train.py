@@ -49,7 +49,7 @@ log = logging.getLogger("var_lightning.train")
 
 def stage_of(model: L.LightningModule) -> str:
     """``tokenizer``, ``var`` or ``ar`` (the raster-order baseline): the checkpoint stage the model writes."""
-    return str(getattr(model, "STAGE", None) or ("var" if hasattr(model, "var") else "tokenizer"))
+    return str(model.STAGE)
 
 
 def check_pretokenized(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:

@@ -374,12 +374,13 @@ def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: boo
 def init_from_checkpoint(
     module: nn.Module, path: str | Path, trust_pickle: bool = False, class_names: Sequence[str] | None = None
 ) -> InitReport:
-    """Dispatch on the module's stage: VARModule (has ``var``) or TokenizerModule. ``path``: a checkpoint
+    """Dispatch on the module's ``STAGE``: ``ar``, ``var`` (VARModule) or ``tokenizer``. ``path``: a checkpoint
     file, or for the VAR stage a released model's name (``init_from=var_d16``). ``class_names``: this run's
     classes (the data's), to match class rows by name."""
-    if getattr(module, "STAGE", None) == "ar":
+    stage = getattr(module, "STAGE", None)
+    if stage == "ar":
         return init_ar_module(module, path, trust_pickle)
-    is_var = hasattr(module, "var")
+    is_var = stage == "var"
     if not Path(str(path)).expanduser().is_file() and not (is_var and str(path) in PRETRAINED):
         raise FileNotFoundError(
             f"{_KEY}={path}: no such file (a var-train .ckpt, a released .pth / .safetensors"

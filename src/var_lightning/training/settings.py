@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from var_lightning.keys import bad_value, check_number, settings_from
+from var_lightning.transformer.sampling import PUBLISHED_SAMPLING
 
 LR_SCHEDULES = ("lin0", "lin", "cos", "const")
 
@@ -115,10 +116,10 @@ class SamplingDefaults:
     var-eval / var-edit unless given on their command line. The published FID protocol: cfg 1.5, top-k
     900 of 4096, top-p 0.96. top_k None = 900/4096 of the tokenizer's vocabulary; 0 disables."""
 
-    cfg: float = 1.5
-    top_k: int | None = None
-    top_p: float = 0.96
-    more_smooth: bool = False
+    cfg: float = PUBLISHED_SAMPLING["cfg"]
+    top_k: int | None = None  # the published 900 of 4096, scaled to the vocabulary
+    top_p: float = PUBLISHED_SAMPLING["top_p"]
+    more_smooth: bool = PUBLISHED_SAMPLING["more_smooth"]
     seed: int = 0
 
     def check(self, prefix: str = "model.sampling.") -> None:

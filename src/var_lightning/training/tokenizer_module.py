@@ -47,6 +47,8 @@ class TokenizerModule(L.LightningModule):
     overriding ``tokenizer.patch_nums``.
     """
 
+    STAGE = "tokenizer"  # what its checkpoints say they hold (var_lightning.stage); VARModule: "var"
+
     def __init__(
         self,
         tokenizer: dict | VQVAEConfig,

@@ -46,6 +46,11 @@ def check_compatible(var: VAR, vae: MultiScaleVQVAE) -> None:
         )
 
 
+PUBLISHED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
+"""The published FID protocol (cfg 1.5, top-k 900 of a 4096 vocabulary, top-p 0.96, no smoothing): the
+defaults of every checkpoint's ``sampling`` block and of the released weights. The free functions here keep
+explicit "off" defaults (cfg and filters given by the caller)."""
+
 TOP_P_RULE = "top-p keeps the smallest set of tokens holding that probability mass; 0 or 1 = off"
 """The one top-p convention of the commands, the configs and the app: both 0 (the published code's "off")
 and 1 (all the mass) filter nothing and draw the same tokens."""
