@@ -43,8 +43,9 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
     for doc in DOCS:
         for block in shell_blocks(doc.read_text()):
             for line in block.replace("\\\n", " ").splitlines():
-                if not any(program in line for program in PROGRAMS):
-                    continue  # a file tree, a Python line, output
+                if not re.match(r"^\s*(\w+=\S+\s+)*(srun\s+|torchrun\s.*-m\s+|exec\s+)?(" + "|".join(
+                    re.escape(p) for p in PROGRAMS) + r")\b", line):  # fmt: skip
+                    continue  # a file tree, a Python line, output: not a command
                 try:
                     words = shlex.split(PLACEHOLDER.sub("PLACEHOLDER", line), comments=True)
                 except ValueError as err:  # an unbalanced quote: a shell would not run it either
