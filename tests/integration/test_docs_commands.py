@@ -19,6 +19,10 @@ PROGRAMS = {"var-train": "train", "var-sample": "sample", "var-eval": "eval", "v
             "var-classifier": "classifier", "var-compare-ar": "compare_ar",
             "var_lightning.cli.train": "train", "var_lightning.cli.evaluate": "eval"}  # fmt: skip
 PLACEHOLDER = re.compile(r"<[^<>]*>")
+# A command line starts with its program, after optional VAR=value assignments and a launcher.
+COMMAND = re.compile(
+    r"^\s*(\w+=\S+\s+)*(srun\s+|torchrun\s.*-m\s+|exec\s+)?(" + "|".join(map(re.escape, PROGRAMS)) + r")\b"
+)
 
 
 def shell_blocks(text: str) -> list[str]:
@@ -43,8 +47,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
     for doc in DOCS:
         for block in shell_blocks(doc.read_text()):
             for line in block.replace("\\\n", " ").splitlines():
-                if not re.match(r"^\s*(\w+=\S+\s+)*(srun\s+|torchrun\s.*-m\s+|exec\s+)?(" + "|".join(
-                    re.escape(p) for p in PROGRAMS) + r")\b", line):  # fmt: skip
+                if not COMMAND.match(line):
                     continue  # a file tree, a Python line, output: not a command
                 try:
                     words = shlex.split(PLACEHOLDER.sub("PLACEHOLDER", line), comments=True)
