@@ -160,3 +160,27 @@ def test_tests_that_train_live_in_integration():
     training = [p.name for p in unit.glob("test_*.py") if p.name != "test_layering.py"
                 and re.search(r"\.fit\(|cli\.train import train\b", p.read_text())]  # fmt: skip
     assert not training, f"move these Trainer runs to tests/integration/: {training}"
+
+
+# the samplers; outside transformer/ one is chosen only through fast_sampling.build_sampler
+SAMPLERS = {("var_lightning.transformer.sampling", "sample"), ("var_lightning.transformer.ar", "ar_sample"),
+            ("var_lightning.transformer.fast_sampling", "FastSampler")}  # fmt: skip
+
+
+def sampler_imports(path: Path) -> list[str]:
+    return [f"{node.module}.{a.name} (line {node.lineno})" for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) for a in node.names if (node.module, a.name) in SAMPLERS]  # fmt: skip
+
+
+def test_a_sampler_is_chosen_in_one_place():
+    """Commands, the app, the studies and the training modules get their sampler from build_sampler (fast,
+    plain, or the AR baseline's by the network's kind), never by importing a sampler of their own."""
+    outside = [p for p in modules() if home(p) not in ("transformer", "__init__")]
+    found = {str(p.relative_to(PACKAGE)): sampler_imports(p) for p in outside}
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_sampler_check_sees_a_violation(tmp_path):
+    bad = tmp_path / "m.py"
+    bad.write_text("from var_lightning.transformer.ar import ar_sample\n")
+    assert sampler_imports(bad) == ["var_lightning.transformer.ar.ar_sample (line 1)"]

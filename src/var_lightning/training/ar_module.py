@@ -18,7 +18,7 @@ from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.training.objectives import drop_labels, token_losses
 from var_lightning.training.progressive import Stage
 from var_lightning.training.var_module import VARModule
-from var_lightning.transformer.ar import ARTransformer, ar_sample, raster_tokens
+from var_lightning.transformer.ar import ARTransformer, raster_tokens
 from var_lightning.transformer.config import VARConfig
 
 
@@ -39,10 +39,6 @@ class ARModule(VARModule):
     @staticmethod
     def objective(*args: Any, stage: Stage | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
         return raster_losses(*args, **kwargs)  # no progressive stage (refused in make_network)
-
-    @staticmethod
-    def sampler(*args: Any, **kwargs: Any) -> Any:
-        return ar_sample(*args, **kwargs)
 
 
 def raster_losses(

@@ -25,7 +25,8 @@ from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_dec
 from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
 from var_lightning.training.sharding import full_copy, is_sharded, shard_transformer, sharding_plan
 from var_lightning.transformer.config import VARConfig, build_var_config
-from var_lightning.transformer.sampling import check_compatible, sample
+from var_lightning.transformer.fast_sampling import build_sampler
+from var_lightning.transformer.sampling import check_compatible
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,6 @@ class VARModule(L.LightningModule):
     def objective(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """The training objective of one batch (:func:`next_scale_losses`; the AR baseline has its own)."""
         return next_scale_losses(*args, **kwargs)
-
-    @staticmethod
-    def sampler(*args: Any, **kwargs: Any) -> Any:
-        """The sampler of ``generate`` (:func:`~var_lightning.transformer.sampling.sample`)."""
-        return sample(*args, **kwargs)
 
     @staticmethod
     def _sampling_defaults(sampling: dict | None, vocab_size: int) -> dict[str, Any]:
@@ -351,9 +347,10 @@ class VARModule(L.LightningModule):
                 "the transformer is sharded over the ranks: sample inside `with module.gathered():`, entered on "
                 "every rank (it gathers the full weights)"
             )
-        return self.sampler(
-            net,
-            self.vae,
+        # the one sampler chooser (the commands and the app use it too); "plain": no CUDA graphs to capture
+        # while the weights change between calls; an AR baseline gets its raster sampler there
+        draw = build_sampler(net, self.vae, "plain")
+        return draw(
             labels.numel(),
             labels=labels,
             cfg=s["cfg"],
