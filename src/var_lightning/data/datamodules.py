@@ -16,9 +16,9 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from var_lightning.data.defaults import ImageSizeMixin, check_image_size, resolve_num_workers
 from var_lightning.data.imagefolder import SafeImageFolder, find_classes
 from var_lightning.data.resumable import ResumableLoader
+from var_lightning.data.sizing import ImageSizeMixin, check_image_size, resolve_num_workers
 from var_lightning.data.synthetic import SyntheticShapes, synthetic_class_names
 from var_lightning.data.transforms import build_transform
 

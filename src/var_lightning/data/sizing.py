@@ -1,4 +1,4 @@
-"""Defaults that fit the machine and the model: DataLoader workers and the image size.
+"""Sizing that fits the machine and the model: DataLoader workers and the image size.
 
 ``num_workers: null`` picks the worker count from the CPUs this process may use, shared among the processes
 of the node (one per GPU under DDP): ``min(8, cpus // local_processes - 1)``, so a 2-core laptop gets one

@@ -33,11 +33,11 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning import distributed
-from var_lightning.data.defaults import ImageSizeMixin, check_image_size, resolve_num_workers
 from var_lightning.data.shard_health import ShardLedger, count_readable
 from var_lightning.data.shard_reader import ImageDecoder, TokenDecoder, check_reachable, expand_shard_spec
 from var_lightning.data.shard_streams import EvalStream, ShardLoader, TrainStream
 from var_lightning.data.shards import Manifest
+from var_lightning.data.sizing import ImageSizeMixin, check_image_size, resolve_num_workers
 
 log = logging.getLogger(__name__)
 
