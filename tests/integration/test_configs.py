@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -372,3 +373,44 @@ def test_sweeps_compose_as_multiruns_over_depth(sweep, tmp_path):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     depths = [int(d) for d in str(cfg.hydra.sweeper.params["model.transformer.depth"]).split(",")]
     assert len(depths) >= 4 and depths == sorted(depths)
+
+
+def test_a_command_is_composed_and_validated_once_and_each_multirun_job_validates_its_own(
+    tmp_path, monkeypatch
+):
+    """Our check composes a valid command line once (Hydra composes the run) and validates it once; the task
+    is not validated again. A multirun's jobs validate their own sweep values (a bad second value stops
+    that job with the key named, after the first job ran)."""
+    import hydra
+
+    from var_lightning.cli import command_line, validate
+
+    composed, validated, ran = [], [], []
+    real_compose, real_validate = hydra.compose, validate.validate_config
+    monkeypatch.setattr(
+        hydra, "compose", lambda *a, **k: composed.append(k["overrides"]) or real_compose(*a, **k)
+    )
+    monkeypatch.setattr(
+        command_line, "validate_config", lambda c, n: validated.append(n) or real_validate(c, n)
+    )
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    command_line._compose_cached.cache_clear()
+
+    def record(cfg):
+        ran.append(int(cfg.top_k))
+
+    record.__module__ = "var_lightning.cli.sample"  # Hydra finds conf/ next to the task's module
+    task = command_line.checked_main("sample", "var-sample")(record)
+
+    monkeypatch.setattr(
+        sys, "argv", ["var-sample", "ckpt_path=x", "top_k=7", f"hydra.run.dir={tmp_path / 'one'}"]
+    )
+    task()
+    assert ran == [7] and validated == ["sample"] and len(composed) == 1
+
+    ran.clear(), validated.clear()
+    argv = ["var-sample", "-m", "ckpt_path=x", "top_k=7,abc", f"hydra.sweep.dir={tmp_path / 'many'}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        task()
+    assert stop.value.code == 2 and ran == [7] and validated == ["sample", "sample", "sample"]

@@ -14,7 +14,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from var_lightning.cli.command_line import checked_main
-from var_lightning.cli.validate import validate_config
 from var_lightning.inference.devices import resolve_device
 from var_lightning.inference.models import load_for_inference, require_var_stage
 
@@ -24,7 +23,6 @@ log = logging.getLogger("var_lightning.app")
 def make_app(cfg: DictConfig, out_dir: Path):
     """The :class:`~var_lightning.inference.webapp.VarApp` a config describes (models loaded, nothing served yet);
     ``out_dir`` receives the results and is the only folder served."""
-    validate_config(cfg, "app")
     from var_lightning.inference.webapp import VarApp
 
     device = resolve_device(cfg.device)

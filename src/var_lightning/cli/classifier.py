@@ -21,7 +21,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.command_line import checked_main
-from var_lightning.cli.validate import validate_config
 from var_lightning.evaluation.classifier import (
     ClassifierConfig,
     evaluate_classifier,
@@ -36,7 +35,6 @@ log = logging.getLogger("var_lightning.classifier")
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train on the data's train split (monitoring val), save to ``cfg.out``; return the summary."""
-    validate_config(cfg, "classifier")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"epochs ({cfg.epochs}) and batch_size ({cfg.batch_size}) must be >= 1")
     torch.manual_seed(cfg.seed)

@@ -2,13 +2,17 @@
 ``@hydra.main`` task. It reads Lightning Trainer and ``_target_`` arguments without ``+``
 (:func:`accept_target_arguments`), composes the command line once (:func:`precheck`: Hydra's own "Could not
 override" becomes a message naming the closest valid key or group option, an unparsable override names the
-quoting that works, an unwritable run directory is named), validates the composed config
-(:func:`~var_lightning.cli.validate.validate_config`), and prints user errors as one line instead of a
-traceback (``HYDRA_FULL_ERROR=1`` shows it).
+quoting that works, an unwritable run directory is named) and validates the composed config
+(:func:`~var_lightning.cli.validate.validate_config`) before Hydra creates a run directory or a launcher
+submits a job; the validation is not repeated for that run (a multirun's jobs validate their own sweep
+values). User errors print as one line instead of a traceback (``HYDRA_FULL_ERROR=1`` shows it). The tasks
+(``train(cfg)``, ``sample.run(cfg, ...)``) take a validated config; Python callers composing their own call
+:func:`~var_lightning.cli.validate.validate_config` first.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import os
@@ -123,13 +127,20 @@ def _other_group_options(group: str, leaf: str, overrides: list[str]) -> str | N
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """The composed config (a copy: callers may change it); the command line's checks share one composition
+    per distinct override list, so a valid command is composed once here (and once by Hydra for the run)."""
+    return copy.deepcopy(_compose_cached(config_name, tuple(overrides)))
+
+
+@functools.lru_cache(maxsize=16)
+def _compose_cached(config_name: str, overrides: tuple[str, ...]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
 
@@ -192,7 +203,9 @@ def accept_target_arguments(config_name: str, argv: list[str]) -> list[str]:
 
 
 def precheck(config_name: str, argv: list[str]) -> str | None:
-    """The error message for a command line whose config has an unknown key, else None."""
+    """The error message for a command line whose config does not compose or does not validate
+    (:func:`~var_lightning.cli.validate.validate_config`), else None. A multirun is checked with the first
+    value of each sweep (before any job is launched); its jobs check their own config when they start."""
     parsed = _overrides(accept_target_arguments(config_name, argv))
     if parsed is None:
         return _syntax_problem(argv)
@@ -260,6 +273,21 @@ def _run_dir_problem(key: str, value: str) -> str | None:
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+# set by checked_main's entry point once precheck has validated this process's command line
+_PRECHECKED_ARGV: list[list[str]] = []
+
+
+def _prechecked(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` is the config precheck already validated: a single run started from this process's
+    command line. A multirun job (other sweep values) or a job a launcher runs elsewhere checks its own."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return False
+    return hydra_cfg.mode == RunMode.RUN and _PRECHECKED_ARGV[-1:] == [sys.argv[1:]]
 
 
 def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -270,6 +298,8 @@ def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig]
         @functools.wraps(task)
         def guarded(cfg: DictConfig) -> Any:
             try:
+                if not _prechecked(cfg):
+                    validate_config(cfg, config_name)
                 return task(cfg)
             except USER_ERRORS as err:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -287,6 +317,7 @@ def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig]
             if problem is not None:
                 print(f"{prog}: error: {problem}", file=sys.stderr)
                 sys.exit(2)
+            _PRECHECKED_ARGV.append(list(sys.argv[1:]))
             return hydra_main()
 
         return main

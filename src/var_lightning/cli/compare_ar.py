@@ -19,7 +19,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.command_line import checked_main
-from var_lightning.cli.validate import validate_config
 from var_lightning.studies import ar_vs_var as study
 from var_lightning.studies import ar_vs_var_report as report
 
@@ -40,7 +39,6 @@ def print_plan(s: study.Settings, steps: list[study.Step]) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
-    validate_config(cfg, "compare_ar")
     s = study.Settings.from_config(OmegaConf.to_container(cfg, resolve=True))
     steps = study.plan(s)
     if cfg.print_only:

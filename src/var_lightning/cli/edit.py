@@ -27,7 +27,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.command_line import checked_main
-from var_lightning.cli.validate import validate_config
 from var_lightning.inference.classes import parse_class
 from var_lightning.inference.devices import autocast_context, resolve_device
 from var_lightning.inference.edit_images import (
@@ -69,7 +68,6 @@ def check_region_options(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    validate_config(cfg, "edit")
     check_region_options(cfg)
     # Read the input files before the (possibly large) checkpoint, so a bad path fails at once.
     pil_image = None if is_synthetic(cfg.image) else open_image(cfg.image)

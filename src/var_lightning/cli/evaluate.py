@@ -23,7 +23,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.command_line import checked_main
-from var_lightning.cli.validate import validate_config
 from var_lightning.evaluation.jobs import Context, init_distributed
 from var_lightning.evaluation.offline import run as run_job
 from var_lightning.evaluation.sharding import broadcast_object
@@ -37,7 +36,6 @@ HYDRA_HOOKS = dict(
 def run(cfg: DictConfig, out_dir: Path, ctx: Context | None = None) -> dict[str, Any] | None:
     """Validate ``cfg`` and run ``cfg.mode``; on rank 0 write ``out_dir/report.json``, print the table and
     return the report."""
-    validate_config(cfg, "eval")
     ctx = ctx or Context(0, 1, resolve_device(cfg.device), **HYDRA_HOOKS)
     return run_job(cfg, out_dir, ctx)
 

@@ -22,7 +22,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.command_line import checked_main
-from var_lightning.cli.validate import validate_config
 from var_lightning.inference.classes import check_classes
 from var_lightning.inference.devices import autocast_context, resolve_device
 from var_lightning.inference.generate import sample_per_class
@@ -34,7 +33,6 @@ log = logging.getLogger("var_lightning.sample")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    validate_config(cfg, "sample")
     device = resolve_device(cfg.device)
     if cfg.num_per_class < 1 or cfg.batch_size < 1:
         raise ValueError(

@@ -34,7 +34,6 @@ from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
 from var_lightning.cli.command_line import checked_main
 from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers
-from var_lightning.cli.validate import validate_config
 from var_lightning.distributed import launch_rank
 from var_lightning.training.resume import (
     candidate_checkpoints,
@@ -211,11 +210,12 @@ def resume_command(cfg: DictConfig) -> str:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) and return the final metrics; ``optimized_metric`` picks one for sweeps.
+    ``cfg`` is a validated config (``var-train`` validates it before Hydra runs; a caller composing its own
+    runs :func:`~var_lightning.cli.validate.validate_config` first).
 
     The run directory is locked for the whole run (:class:`RunLock`, rank 0 of the launch). A run stopped by
     SIGTERM / SIGINT / SIGUSR1 saves a checkpoint, logs the command that continues it and exits with
     ``128 + signal`` (``SystemExit``)."""
-    validate_config(cfg, "train")
     lock = RunLock(cfg.paths.output_dir) if launch_rank() == 0 else None
     if lock is not None:
         lock.acquire()

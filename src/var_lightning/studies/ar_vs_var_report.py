@@ -147,6 +147,10 @@ different feature extractors are not comparable).
 
     make compare-ar                       # this table on CPU; re-running reuses finished steps (outputs/ar_vs_var)
     make compare-ar ARGS="+scale=paper"   # the GPU command lines of the paper-sized run (VAR-d16 vs AR-d16, ImageNet 256)
+
+The study's code ships in the package so `var-compare-ar` runs from an installed wheel: the plan
+`src/var_lightning/studies/ar_vs_var.py`, this report `src/var_lightning/studies/ar_vs_var_report.py`, its
+config `conf/compare_ar.yaml`.
 """
     path = report_dir / "README.md"
     path.write_text(text)
