@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-app test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
-        demo-sample demo-classifier demo-eval demo-edit eval train-tokenizer train-var sample app sweep-scaling compare-ar clean
+        demo-sample demo-classifier demo-eval demo-edit share eval train-tokenizer train-var sample app sweep-scaling compare-ar clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -56,7 +56,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff format src tests benchmarks
 
 demo: $(STAMP) ## CPU demo: tokenizer -> VAR -> samples on the synthetic data, in minutes
-	$(MAKE) --no-print-directory demo-tokenizer demo-var demo-sample demo-classifier demo-eval demo-edit
+	$(MAKE) --no-print-directory demo-tokenizer demo-var demo-sample demo-classifier demo-eval demo-edit share
 	@echo ""
 	@echo "Demo outputs in $(DEMO_DIR):"
 	@echo "  tokenizer reconstructions : $(DEMO_DIR)/tokenizer/images/"
@@ -65,6 +65,7 @@ demo: $(STAMP) ## CPU demo: tokenizer -> VAR -> samples on the synthetic data, i
 	@echo "  FID + class accuracy      : $(DEMO_DIR)/eval/report.json"
 	@echo "  samples, one row per class: $(DEMO_DIR)/samples/grid.png"
 	@echo "  editing panels            : $(DEMO_DIR)/edit/inpaint/panel.png, $(DEMO_DIR)/edit/class_edit/panel.png"
+	@echo "  shareable model repository: $(DEMO_DIR)/repo (README.md card; var-sample pretrained=$(DEMO_DIR)/repo)"
 
 demo-tokenizer: $(STAMP)
 	$(BIN)/var-train experiment=tokenizer_tiny hydra.run.dir=$(DEMO_DIR)/tokenizer $(ARGS)
@@ -89,6 +90,12 @@ demo-edit: $(STAMP)
 	  box=[0.25,0.25,0.75,0.75] hydra.run.dir=$(DEMO_DIR)/edit/inpaint
 	$(BIN)/var-edit ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt image=synthetic:0:4 mode=class-edit class=5 \
 	  box=[0.15,0.15,0.85,0.85] cfg=3 hydra.run.dir=$(DEMO_DIR)/edit/class_edit
+
+share: $(STAMP) ## the demo's VAR as a model repository (safetensors + config.json + card): $(DEMO_DIR)/repo
+	@test -f "$(DEMO_DIR)/var/checkpoints/last.ckpt" || { echo "make share exports the demo's VAR: run make demo first, or call var-convert to-hub <any last.ckpt> --out-dir <folder>" >&2; exit 2; }
+	$(BIN)/var-convert to-hub $(DEMO_DIR)/var/checkpoints/last.ckpt --out-dir $(DEMO_DIR)/repo \
+	  $(if $(wildcard $(DEMO_DIR)/eval/report.json),--report $(DEMO_DIR)/eval/report.json) $(ARGS)
+	@echo "load it with pretrained=$(DEMO_DIR)/repo; upload: make share ARGS=\"--repo-id <you>/<name>\""
 
 train-tokenizer: $(STAMP) ## train a tokenizer: make train-tokenizer EXP=tokenizer_imagenet256 ARGS="data.root=..."
 	$(BIN)/var-train experiment=$(or $(EXP),tokenizer_tiny) $(ARGS)

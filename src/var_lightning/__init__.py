@@ -4,7 +4,7 @@ The public names, importable from the package root (loaded on first use, so ``im
 the entry points stay cheap)::
 
     from var_lightning import VAR, VARConfig, MultiScaleVQVAE, VQVAEConfig, preset
-    from var_lightning import load_models, load_pretrained, sample, edit, build_sampler
+    from var_lightning import load_models, load_pretrained, sample, edit, build_sampler, LoadedModels
 
 Packages (docs/architecture.md): ``tokenizer`` and ``transformer`` hold plain-torch model code;
 ``checkpoints`` every model file; ``inference`` what the front ends share; ``training``, ``data`` and
@@ -34,6 +34,7 @@ _PUBLIC = {
     "load_models": "var_lightning.checkpoints.loading",
     "load_pretrained": "var_lightning.checkpoints.loading",
     "load_tokenizer": "var_lightning.checkpoints.loading",
+    "LoadedModels": "var_lightning.checkpoints.loaded",
     "export_official_var": "var_lightning.checkpoints.published",
     "export_official_vae": "var_lightning.checkpoints.published",
 }

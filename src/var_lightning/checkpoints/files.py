@@ -229,10 +229,14 @@ def read_checkpoint(
     trust_pickle: bool = False,
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``), or a sharded checkpoint directory written
-    by ``trainer=fsdp*`` (weights only), as a dict, loaded safely."""
+    """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``), a sharded checkpoint directory written
+    by ``trainer=fsdp*`` (weights only), or a model repository directory (``var-convert to-hub``,
+    :mod:`~var_lightning.checkpoints.model_repo`), as a dict, loaded safely."""
+    from var_lightning.checkpoints.model_repo import is_model_repo, read_model_repo
     from var_lightning.checkpoints.sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
+    if is_model_repo(path):
+        return read_model_repo(path, key, device=str(map_location))
     if is_sharded_checkpoint(Path(path).expanduser()):
         return read_sharded_checkpoint(Path(path).expanduser(), key, trust_pickle)
     p = _resolve(path, key)

@@ -184,8 +184,8 @@ def resolve_pretrained(
         if p.exists():
             return _local(p, vae_path)
         raise ValueError(
-            f"pretrained={text!r} is neither a released model ({', '.join(PRETRAINED)}) nor an existing file or "
-            "directory"
+            f"pretrained={text!r} is neither a released model ({', '.join(PRETRAINED)}), a Hub model repository "
+            "(<user>/<name>, written by var-convert to-hub), nor an existing file or directory"
         )
     cache = hub_cache_dir(cache_dir)
     var_path = _hub_file(spec, spec.var_file, revision, cache)

@@ -9,7 +9,9 @@ Accepted, with no flag saying which is which:
 * a released transformer ``var_d16.pth`` ... (``.pth`` or ``.safetensors``) with its tokenizer given as
   ``vae_path`` or lying beside it as ``vae_ch160v4096z32.pth``; a released tokenizer alone;
 * ``pretrained=var_d16`` ... ``var_d36`` (the Hugging Face Hub, :mod:`var_lightning.checkpoints.hub`), or a
-  directory holding the released files.
+  directory holding the released files;
+* a model repository of any stage, a folder or a Hub id (``pretrained=user/my-var``,
+  :mod:`var_lightning.checkpoints.model_repo`, written by ``var-convert to-hub``).
 
 Every file is read without executing pickled code (:mod:`var_lightning.checkpoints.files`). Models are built
 on the meta device and filled by assignment, so even the 2B-parameter models load without a wasted
@@ -21,8 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,95 +46,14 @@ from var_lightning.checkpoints.hub import (
     resolve_pretrained,
     resolve_tokenizer,
 )
+from var_lightning.checkpoints.loaded import LoadedModels, ModelInfo
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.transformer.config import VARConfig
-from var_lightning.transformer.sampling import PUBLISHED_SAMPLING
+from var_lightning.transformer.sampling import resolve_sampling
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
-
-# top-k of the published protocol (900 of V = 4096), kept as the same fraction for other vocabularies
-REFERENCE_TOP_K, REFERENCE_VOCAB = 900, 4096
-SAMPLING_KEYS = ("cfg", "top_k", "top_p", "more_smooth")
-
-
-def scaled_top_k(vocab_size: int) -> int:
-    """The published top-k (900 of 4096 tokens, 22%) at another vocabulary size: 56 for V = 256."""
-    return max(1, min(vocab_size, round(REFERENCE_TOP_K * vocab_size / REFERENCE_VOCAB)))
-
-
-def resolve_sampling(stored: Mapping[str, Any] | None, vocab_size: int) -> dict[str, Any]:
-    """A checkpoint's sampling defaults, complete and valid for its vocabulary.
-
-    Missing values take the published protocol's (cfg 1.5, top-p 0.96, no smoothing); top-k None (or one
-    larger than the vocabulary, from a recipe written for V = 4096) becomes :func:`scaled_top_k`."""
-    out = {**PUBLISHED_SAMPLING, "top_k": None}
-    out.update({k: v for k, v in dict(stored or {}).items() if k in SAMPLING_KEYS and v is not None})
-    if out["top_k"] is None or int(out["top_k"]) > vocab_size:
-        if out["top_k"] is not None:
-            log.info(
-                "sampling top_k=%s exceeds the vocabulary (%d): using %d (900/4096 of it)",
-                out["top_k"],
-                vocab_size,
-                scaled_top_k(vocab_size),
-            )
-        out["top_k"] = scaled_top_k(vocab_size)
-    out["top_k"], out["top_p"] = int(out["top_k"]), float(out["top_p"])
-    out["cfg"], out["more_smooth"] = float(out["cfg"]), bool(out["more_smooth"])
-    return out
-
-
-@dataclass
-class ModelInfo:
-    """What a loaded model file says about itself besides its weights."""
-
-    kind: str  # "var_lightning" (var-train / var-convert) or "released" (the published layout)
-    stage: str  # "var", "ar" (the raster-order baseline) or "tokenizer"
-    source: str  # what was asked for: a path or a pretrained name
-    files: dict[str, str]  # the files read: {"checkpoint": ...} or {"var": ..., "vae": ...}
-    patch_nums: tuple[int, ...]
-    image_size: int
-    vocab_size: int
-    num_classes: int | None  # None for a tokenizer alone
-    class_names: list[str] | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)  # cfg, top_k, top_p, more_smooth
-    pretrained: str | None = None  # the registry name when loaded by name
-    revision: str | None = None
-    hyper_parameters: dict[str, Any] = field(default_factory=dict)  # var_lightning checkpoints only
-
-    def class_name(self, label: int) -> str | None:
-        names = self.class_names
-        return names[label] if names and 0 <= label < len(names) else None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (for report.json / samples.json), without the hyper-parameters."""
-        return {
-            "kind": self.kind,
-            "stage": self.stage,
-            "source": self.source,
-            "files": self.files,
-            "pretrained": self.pretrained,
-            "revision": self.revision,
-            "patch_nums": list(self.patch_nums),
-            "image_size": self.image_size,
-            "vocab_size": self.vocab_size,
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names) if self.class_names else None,
-            "sampling_defaults": self.sampling,
-        }
-
-
-@dataclass
-class LoadedModels:
-    """``var, vae, info = load_models(...)`` unpacks it; ``var`` is None for a tokenizer alone."""
-
-    var: VAR | None
-    vae: MultiScaleVQVAE
-    info: ModelInfo
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.var, self.vae, self.info))
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -310,6 +230,17 @@ def load_models(
             f"(got ckpt_path={ckpt_path}, pretrained={pretrained})"
         )
     if pretrained is not None:
+        from var_lightning.checkpoints.model_repo import locate
+
+        repo = locate(pretrained, revision, cache_dir)  # a model repository (a folder or user/name)
+        if repo is not None:
+            models = load_models(repo, map_location=map_location, require_var=require_var, key="pretrained")
+            models.info.source, models.info.pretrained, models.info.revision = (
+                str(pretrained),
+                str(pretrained),
+                revision,
+            )
+            return models
         files = resolve_pretrained(pretrained, revision=revision, cache_dir=cache_dir, vae_path=vae_path)
         return _from_released_files(files, map_location, trust_pickle, str(pretrained), "pretrained")
     path = Path(ckpt_path).expanduser()
@@ -391,9 +322,12 @@ def load_tokenizer(
 
     ``patch_nums``: the schedule the caller uses. A var_lightning tokenizer must have been trained with it;
     the released tokenizer has no stored schedule and takes it (256 px by default)."""
+    from var_lightning.checkpoints.model_repo import locate
+
     p = Path(path).expanduser()
-    if not p.exists() and (p.name in (VAE_FILE, Path(VAE_FILE).stem) or str(path) in PRETRAINED):
-        p = resolve_tokenizer()  # the released tokenizer, shared by all released models
+    released = not p.exists() and (p.name in (VAE_FILE, Path(VAE_FILE).stem) or str(path) in PRETRAINED)
+    # the released tokenizer by name, or a model repository (a folder, or user/name on the Hub)
+    p = resolve_tokenizer() if released else locate(path, key=key) or p
     ckpt = read_checkpoint(p, key=key, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     if stage in ("tokenizer", "var", "ar"):

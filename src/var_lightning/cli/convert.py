@@ -12,6 +12,10 @@
     var-convert to-official outputs/.../last.ckpt --out-dir released/ [--format safetensors]
     # a sharded checkpoint directory of a trainer=fsdp* run -> one file (every command also reads the directory)
     var-convert consolidate outputs/d30/checkpoints/last.ckpt --out d30.safetensors
+    # share what you trained: a model repository (model.safetensors + config.json + a generated model card),
+    # loadable as pretrained=<folder> or, once uploaded, pretrained=<user>/<name>
+    var-convert to-hub outputs/demo/var/checkpoints/last.ckpt --out-dir my-var \
+        [--repo-id user/my-var] [--license mit] [--report outputs/demo/eval/report.json] [--private]
 
 The VAR file carries its scale schedule (``lvl_1L``), so the tokenizer takes the transformer's schedule.
 A written checkpoint holds weights and configs, no optimizer state: fine-tune from it with
@@ -36,10 +40,11 @@ from var_lightning.checkpoints.files import (
     save_checkpoint,
 )
 from var_lightning.checkpoints.hub import RELEASED_SAMPLING
-from var_lightning.checkpoints.loading import imagenet_class_names, load_models, resolve_sampling
+from var_lightning.checkpoints.loading import imagenet_class_names, load_models
 from var_lightning.checkpoints.published import export_official_vae, export_official_var
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.training.settings import TokenizerOptim, VAROptim, VARTrain
+from var_lightning.transformer.sampling import resolve_sampling
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger("var_lightning.convert")
@@ -188,6 +193,45 @@ def consolidate(ckpt_path: str, out: str, fmt: str | None = None, trust_pickle: 
     return out_path
 
 
+def to_hub(
+    ckpt_path: str,
+    out_dir: str,
+    repo_id: str | None = None,
+    license: str = "other",
+    report: str | None = None,
+    image: str | None = None,
+    private: bool = False,
+    trust_pickle: bool = False,
+) -> Path:
+    """A checkpoint of any stage (the EMA weights when the run kept them) -> a model repository in ``out_dir``
+    with a card generated from the run; uploaded to ``repo_id`` when given."""
+    import json
+
+    from var_lightning.checkpoints.model_card import run_dir_of
+    from var_lightning.checkpoints.model_repo import push_to_hub
+
+    models = load_models(ckpt_path, trust_pickle=trust_pickle, require_var=False, key="ckpt")
+    raw = read_checkpoint(ckpt_path, key="ckpt", trust_pickle=trust_pickle)
+    sd = raw.get("state_dict") if isinstance(raw.get("state_dict"), dict) else {}
+    ema = any(k.startswith("var_ema.") for k in sd)
+    eval_report = None
+    if report:
+        try:
+            eval_report = json.loads(Path(report).expanduser().read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--report {report}: not a readable var-eval report.json ({e})") from e
+    out = models.save_pretrained(
+        out_dir, repo_id=repo_id, license=license, report=eval_report, image=image, run_dir=run_dir_of(ckpt_path),
+        global_step=raw.get("global_step"), epoch=raw.get("epoch"), ema=ema, source=str(ckpt_path),
+    )  # fmt: skip
+    log.info("wrote the model repository %s (%s stage%s): load it with pretrained=%s", out, models.info.stage,
+             ", EMA weights" if ema else "", out)  # fmt: skip
+    if repo_id:
+        url = push_to_hub(out, repo_id, private=private)
+        log.info("uploaded: pretrained=%s loads it anywhere (%s)", repo_id, url)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(
@@ -220,6 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.add_argument("ckpt", help="e.g. outputs/run/checkpoints/last.ckpt (a directory)")
     c.add_argument("--out", required=True, help="output path (.ckpt, or .safetensors)")
+    h = sub.add_parser("to-hub", help="a checkpoint -> a model repository (safetensors + config.json + card)")
+    h.add_argument(
+        "ckpt", help="a var-train checkpoint of any stage (a .ckpt, .safetensors or sharded directory)"
+    )
+    h.add_argument("--out-dir", required=True, help="the repository folder to write")
+    h.add_argument("--repo-id", default=None, help="also upload it to the Hugging Face Hub as <user>/<name>")
+    h.add_argument(
+        "--license", default="other", help="the card's licence id (e.g. mit, apache-2.0, cc-by-4.0)"
+    )
+    h.add_argument("--report", default=None, help="a var-eval report.json whose metrics the card shows")
+    h.add_argument("--image", default=None, help="the image the card shows (default: the run's latest grid)")
+    h.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    h.add_argument("--trust-pickle", action="store_true", help="load a checkpoint that needs full unpickling")
     for p in (a, b, c):
         p.add_argument(
             "--format",
@@ -237,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "to-lightning":
             pn = [int(x) for x in args.patch_nums.split(",")] if args.patch_nums else None
             to_lightning(args.vae, args.var, args.out, pn, args.pretrained, args.format, args.trust_pickle)
+        elif args.cmd == "to-hub":
+            to_hub(args.ckpt, args.out_dir, args.repo_id, args.license, args.report, args.image, args.private,
+                   args.trust_pickle)  # fmt: skip
         elif args.cmd == "consolidate":
             consolidate(args.ckpt, args.out, args.format, args.trust_pickle)
         else:

@@ -375,16 +375,21 @@ def init_from_checkpoint(
     module: nn.Module, path: str | Path, trust_pickle: bool = False, class_names: Sequence[str] | None = None
 ) -> InitReport:
     """Dispatch on the module's ``STAGE``: ``ar``, ``var`` (VARModule) or ``tokenizer``. ``path``: a checkpoint
-    file, or for the VAR stage a released model's name (``init_from=var_d16``). ``class_names``: this run's
+    file, a model repository (a folder or a Hub id, ``var-convert to-hub``), or for the VAR stage a released
+    model's name (``init_from=var_d16``). ``class_names``: this run's
     classes (the data's), to match class rows by name."""
+    from var_lightning.checkpoints.model_repo import locate
+
     stage = getattr(module, "STAGE", None)
+    is_var = stage == "var"
+    if not (is_var and str(path) in PRETRAINED):
+        path = locate(path, key=_KEY) or path  # a model repository (a folder, or user/name from the Hub)
     if stage == "ar":
         return init_ar_module(module, path, trust_pickle)
-    is_var = stage == "var"
-    if not Path(str(path)).expanduser().is_file() and not (is_var and str(path) in PRETRAINED):
+    if not Path(str(path)).expanduser().exists() and not (is_var and str(path) in PRETRAINED):
         raise FileNotFoundError(
-            f"{_KEY}={path}: no such file (a var-train .ckpt, a released .pth / .safetensors"
-            f"{', or a released model name: ' + ', '.join(PRETRAINED) if is_var else ''})"
+            f"{_KEY}={path}: no such file (a var-train .ckpt, a released .pth / .safetensors, a model repository "
+            f"folder or <user>/<name> on the Hub{', or a released model name: ' + ', '.join(PRETRAINED) if is_var else ''})"
         )
     if is_var:
         return init_var_module(module, path, trust_pickle, class_names)

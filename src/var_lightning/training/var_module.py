@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-from var_lightning.checkpoints.loading import load_tokenizer, resolve_sampling, scaled_top_k
+from var_lightning.checkpoints.loading import load_tokenizer
 from var_lightning.keys import settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
@@ -26,7 +26,7 @@ from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
 from var_lightning.training.sharding import full_copy, is_sharded, shard_transformer, sharding_plan
 from var_lightning.transformer.config import VARConfig, build_var_config
 from var_lightning.transformer.fast_sampling import build_sampler
-from var_lightning.transformer.sampling import check_compatible
+from var_lightning.transformer.sampling import check_compatible, resolve_sampling, scaled_top_k
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)

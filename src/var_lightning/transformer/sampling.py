@@ -12,8 +12,10 @@ C width, Cv tokenizer codebook dim, H,W image side, h,w token grid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,37 @@ PUBLISHED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": Fa
 """The published FID protocol (cfg 1.5, top-k 900 of a 4096 vocabulary, top-p 0.96, no smoothing): the
 defaults of every checkpoint's ``sampling`` block and of the released weights. The free functions here keep
 explicit "off" defaults (cfg and filters given by the caller)."""
+
+# top-k of the published protocol (900 of V = 4096), kept as the same fraction for other vocabularies
+REFERENCE_TOP_K, REFERENCE_VOCAB = 900, 4096
+SAMPLING_KEYS = ("cfg", "top_k", "top_p", "more_smooth")
+
+
+def scaled_top_k(vocab_size: int) -> int:
+    """The published top-k (900 of 4096 tokens, 22%) at another vocabulary size: 56 for V = 256."""
+    return max(1, min(vocab_size, round(REFERENCE_TOP_K * vocab_size / REFERENCE_VOCAB)))
+
+
+def resolve_sampling(stored: Mapping[str, Any] | None, vocab_size: int) -> dict[str, Any]:
+    """A checkpoint's sampling defaults, complete and valid for its vocabulary.
+
+    Missing values take the published protocol's (cfg 1.5, top-p 0.96, no smoothing); top-k None (or one
+    larger than the vocabulary, from a recipe written for V = 4096) becomes :func:`scaled_top_k`."""
+    out = {**PUBLISHED_SAMPLING, "top_k": None}
+    out.update({k: v for k, v in dict(stored or {}).items() if k in SAMPLING_KEYS and v is not None})
+    if out["top_k"] is None or int(out["top_k"]) > vocab_size:
+        if out["top_k"] is not None:
+            logging.getLogger(__name__).info(
+                "sampling top_k=%s exceeds the vocabulary (%d): using %d (900/4096 of it)",
+                out["top_k"],
+                vocab_size,
+                scaled_top_k(vocab_size),
+            )
+        out["top_k"] = scaled_top_k(vocab_size)
+    out["top_k"], out["top_p"] = int(out["top_k"]), float(out["top_p"])
+    out["cfg"], out["more_smooth"] = float(out["cfg"]), bool(out["more_smooth"])
+    return out
+
 
 TOP_P_RULE = "top-p keeps the smallest set of tokens holding that probability mass; 0 or 1 = off"
 """The one top-p convention of the commands, the configs and the app: both 0 (the published code's "off")
