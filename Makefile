@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-app test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
+.PHONY: help install install-app install-trackers test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
         demo-sample demo-classifier demo-eval demo-edit share eval train-tokenizer train-var sample app sweep-scaling compare-ar clean
 
 help: ## show the targets
@@ -29,6 +29,9 @@ $(APP_STAMP): $(STAMP) pyproject.toml
 	touch $(APP_STAMP)
 
 install-app: $(APP_STAMP) ## install the web app's extras (gradio) and the browser test's (selenium)
+
+install-trackers: $(STAMP) ## the experiment trackers (logger=wandb / mlflow / tensorboard) and peft (LoRA)
+	$(BIN)/python -m pip install -q -e ".[trackers,lora]"
 
 test: $(STAMP) ## fast test suite (CPU, no downloads)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q

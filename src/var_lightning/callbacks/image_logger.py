@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
+from var_lightning.callbacks.trackers import log_image
 from var_lightning.inference.grids import labelled_grid
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,5 @@ class ImageLogger(L.Callback):
                 grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=1.0)
                 save_image(grid, path)
             self.written.append(path)
-            experiment = getattr(trainer.logger, "experiment", None)
-            if experiment is not None and hasattr(experiment, "add_image"):
-                experiment.add_image(f"val/{name}", grid, global_step=trainer.global_step)
+            log_image(trainer, f"val/{name}", grid, path)  # TensorBoard / W&B / MLflow, whichever the run has
         log.info("wrote image grids to %s", out_dir)

@@ -131,7 +131,7 @@ class SyntheticDataModule(ImageSizeMixin, _LoaderMixin, L.LightningDataModule):
                 f"data.train_size={train_size} < data.batch_size={batch_size} with drop_last=True "
                 "leaves no training batch"
             )
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # var-train logs the resolved config to the trackers
         self.image_size, self.num_classes = image_size, num_classes
         self.class_names: list[str] = synthetic_class_names(num_classes)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
@@ -205,7 +205,7 @@ class ImageFolderDataModule(ImageSizeMixin, _LoaderMixin, L.LightningDataModule)
             _check_positive(val_batch_size, "data.val_batch_size")
         if mid_reso < 1.0:
             raise ValueError(f"data.mid_reso must be >= 1 (resize then crop), got {mid_reso}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # var-train logs the resolved config to the trackers
         self.root, self.image_size, self.mid_reso, self.hflip = os.fspath(root), image_size, mid_reso, hflip
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size

@@ -84,7 +84,7 @@ class WebDatasetDataModule(ImageSizeMixin, L.LightningDataModule):
         check_image_size(image_size, "data.image_size")
         if mid_reso < 1.0:
             raise ValueError(f"data.mid_reso must be >= 1 (resize then crop), got {mid_reso}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # var-train logs the resolved config to the trackers
         self.train_spec = list(train_shards) if not isinstance(train_shards, str) else train_shards
         self.val_spec = (
             list(val_shards) if val_shards is not None and not isinstance(val_shards, str) else val_shards

@@ -64,7 +64,9 @@ class TokenizerModule(L.LightningModule):
         optim_cfg = settings_from(TokenizerOptim, optim, "model.optim.")
         loss_kwargs = dict(loss or {})
         check_kwargs(VQGANLoss, loss_kwargs, "model.loss.")
-        self.save_hyperparameters({"tokenizer": asdict(cfg), "loss": loss_kwargs, "optim": asdict(optim_cfg)})
+        self.save_hyperparameters(
+            {"tokenizer": asdict(cfg), "loss": loss_kwargs, "optim": asdict(optim_cfg)}, logger=False
+        )  # the trackers get the run's whole resolved config from var-train
         self.automatic_optimization = False
         self.vae = MultiScaleVQVAE(cfg)
         self.loss = VQGANLoss(**loss_kwargs)

@@ -78,7 +78,8 @@ class VARModule(L.LightningModule):
                 "optim": asdict(self.optim_cfg),
                 "train": asdict(self.train_cfg),
                 "sampling": self.sampling_cfg,
-            }
+            },
+            logger=False,  # the trackers get the run's whole resolved config once (var-train), not a second copy
         )
         self.var = self.make_network(var_cfg)
         self.vae = vae.eval().requires_grad_(False)
