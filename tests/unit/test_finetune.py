@@ -76,7 +76,7 @@ NINE = ["astronaut", "brick", "camera", "cat", "chelsea", "coffee", "coins", "ho
 
 def test_a_class_subset_keeps_rows_by_name_not_by_index(tmp_path, caplog):
     """Fine-tuning a 9-class model to 3 classes (two it knows, one new): 'chelsea' starts from the source's
-    'chelsea' row (index 4), not from 'astronaut' (index 0); the new class keeps its initialisation."""
+    'chelsea' row (index 4), not from 'astronaut' (index 0); the new class starts from the mean class row."""
     src = var_module(num_classes=9, seed=1)
     path = save_lightning(src, tmp_path / "var.ckpt", "var", class_names=NINE)
     dst = var_module(num_classes=3, seed=2)
@@ -85,11 +85,12 @@ def test_a_class_subset_keeps_rows_by_name_not_by_index(tmp_path, caplog):
         report = init_from_checkpoint(dst, path, class_names=["Chelsea", "coffee", "zebra"])
     W_old, W_new = src.var.class_emb.weight, dst.var.class_emb.weight
     assert torch.equal(W_new[0], W_old[4]) and torch.equal(W_new[1], W_old[5])
-    assert torch.equal(W_new[2], fresh[2]) and torch.equal(W_new[3], W_old[9])  # new class; null row
+    assert torch.equal(W_new[2], W_old[:9].mean(0)) and not torch.equal(W_new[2], fresh[2])  # a new class
+    assert torch.equal(W_new[3], W_old[9])  # the null row
     how = report.resized["class_emb.weight"]
     assert (
         "matched by class name: kept 2 (Chelsea, coffee)" in how
-        and "new 1 (this model's initialisation: zebra)" in how
+        and "new 1 (start from the mean of the source's class rows: zebra)" in how
     )
     assert "dropped 7 (astronaut, brick, camera, cat, coins, horse, rocket)" in how and how in caplog.text
     # the same count, other classes in another order: still by name
@@ -102,6 +103,29 @@ def test_a_class_subset_keeps_rows_by_name_not_by_index(tmp_path, caplog):
     report = init_from_checkpoint(by_index, bare, class_names=["chelsea", "coffee", "zebra"])
     assert torch.equal(by_index.var.class_emb.weight[0], W_old[0])
     assert "BY INDEX (the source has no class names)" in report.resized["class_emb.weight"]
+
+
+def test_a_mapped_class_samples_like_its_source_before_training(tmp_path):
+    """The class-subset recipe's promise: right after init_from, the new model's 'coffee' (row 0) and
+    'Chelsea' (row 1) draw the same tokens as the source's 'coffee' (5) and 'chelsea' (4) for a seed, with
+    guidance (the null row moved too); the new class draws something else."""
+    from var_lightning.transformer.sampling import sample
+
+    src = var_module(num_classes=9, seed=1).eval()
+    with torch.no_grad():  # a trained-looking model: confident logits that depend on the class
+        src.var.class_emb.weight.mul_(40)
+        src.var.head.weight.mul_(200)
+    path = save_lightning(src, tmp_path / "var.ckpt", "var", class_names=NINE)
+    dst = var_module(num_classes=3, seed=2).eval()
+    init_from_checkpoint(dst, path, class_names=["coffee", "Chelsea", "zebra"])
+
+    def tokens(module, labels):
+        out = sample(module.var, src.vae, len(labels), labels=labels, cfg=2.0, top_k=0, top_p=0.0, seed=7)
+        return torch.cat([t.flatten(1) for t in out.tokens], 1)
+
+    assert torch.equal(tokens(dst, [0, 1]), tokens(src, [5, 4]))
+    assert not torch.equal(tokens(src, [0, 1]), tokens(src, [5, 4]))  # rows by index would differ
+    assert not torch.equal(tokens(dst, [2, 2]), tokens(src, [5, 5]))
 
 
 def test_schedule_change_adapts_positions_and_levels(tmp_path):

@@ -264,6 +264,10 @@ def load_models(
         return LoadedModels(var, vae, info)
     if vae_path:
         log.warning("vae_path=%s ignored: %s carries its own tokenizer", vae_path, path)
+    from var_lightning.checkpoints.lora import is_lora_checkpoint, merge_lora_checkpoint
+
+    if is_lora_checkpoint(ckpt):  # adapters only: the base from its init_from, adapters merged
+        ckpt = merge_lora_checkpoint(ckpt, key, trust_pickle)
     meta = dict(ckpt.get("var_lightning") or {})
     hp = dict(ckpt.get("hyper_parameters") or {})
     if stage in ("var", "ar"):

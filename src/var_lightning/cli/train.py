@@ -246,7 +246,11 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         if ckpt_path is not None:
             check_resume_fits(model, ckpt_path, bool(cfg.get("trust_pickle", False)))
         if cfg.get("init_from"):
-            if ckpt_path is None:
+            model.init_from = str(cfg.init_from)  # LoRA adapters record it as their base
+            lora = bool(
+                getattr(getattr(model, "train_cfg", None), "lora", None) and model.train_cfg.lora.rank
+            )
+            if ckpt_path is None or lora:  # a LoRA checkpoint holds no frozen base: resuming reloads it
                 from var_lightning.training.finetune import init_from_checkpoint
 
                 names = getattr(datamodule, "class_names", None)

@@ -10,8 +10,8 @@ What the VAR stage adapts, and why it can (every decision is logged):
 * **Classes.** ``class_emb`` has ``num_classes + 1`` rows, the last being the null class of classifier-free
   guidance. Both checkpoints carry class names (var-train records the data's; the released models are
   ImageNet's), so rows are matched by name: a class both have keeps its row wherever it sits, a new class
-  keeps this model's fresh initialisation (nothing better is known about it), the null row moves to the new
-  last row; the log lists kept, new and dropped classes. Without names on either side, rows are kept by
+  starts from the mean of the source's class rows (an average object: it samples like a blend of the known
+  classes, closer to images than a random row), the null row moves to the new last row; the log lists kept, new and dropped classes. Without names on either side, rows are kept by
   index, and the log says so.
 * **Scale schedule.** ``pos_1LC`` is a concatenation of one (pn x pn, C) position table per scale. A new
   scale takes the table of an old scale of the same side, else the table of the nearest old side resized
@@ -147,7 +147,7 @@ def _norm(name: str) -> str:
 
 def match_class_rows(old_names: Sequence[str], new_names: Sequence[str]) -> tuple[dict[int, int], str]:
     """{new row: old row} for the classes both lists name (case, ``_``/``-``/space insensitive), and the
-    report line: which rows were kept (by name), which are new (this model's initialisation), which dropped."""
+    report line: which rows were kept (by name), which are new (the mean class row), which dropped."""
     index = {_norm(n): i for i, n in enumerate(old_names)}
     rows = {j: index[_norm(n)] for j, n in enumerate(new_names) if _norm(n) in index}
     new = [n for j, n in enumerate(new_names) if j not in rows]
@@ -161,7 +161,8 @@ def match_class_rows(old_names: Sequence[str], new_names: Sequence[str]) -> tupl
     how = (
         f"{len(old_names)}+1 -> {len(new_names)}+1 rows matched by class name: kept {len(rows)} "
         f"({show([new_names[j] for j in rows])}){'; moved ' + show(moved) if moved else ''}; new {len(new)} "
-        f"(this model's initialisation: {show(new)}); dropped {len(dropped)} ({show(dropped)}); null class kept"
+        f"(start from the mean of the source's class rows: {show(new)}); dropped {len(dropped)} ({show(dropped)}); "
+        "null class kept"
     )
     return rows, how
 
@@ -191,6 +192,7 @@ def adapt_var_state(
             and list(old_names) != list(new_names)
         ):
             rows, how = match_class_rows(old_names, new_names)
+            new_W[:-1] = old_W[:-1].mean(0)  # a new class starts from the average class: a generic object
             for new_i, old_i in rows.items():
                 new_W[new_i] = old_W[old_i]
             new_W[-1] = old_W[-1]  # the null class

@@ -317,6 +317,10 @@ def check_resume_fits(model: torch.nn.Module, path: str | os.PathLike, trust_pic
     a callback at set-up) are left to the callbacks."""
     stored = stored_shapes(path, trust_pickle)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    lora = getattr(getattr(model, "train_cfg", None), "lora", None)
+    if lora is not None and lora.rank:  # adapters + trained tensors: the frozen base comes from init_from
+        stored = {k.replace(".base_layer.", "."): v for k, v in stored.items() if ".lora_" not in k}
+        own = {k: v for k, v in own.items() if k in stored or not k.startswith("var.")}
     missing = sorted(k for k in own if k not in stored)
     wrong = sorted(f"{k} {stored[k]} vs {own[k]}" for k in own if k in stored and stored[k] != own[k])
     if not missing and not wrong:

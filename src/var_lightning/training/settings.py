@@ -83,13 +83,42 @@ class ProgressiveTraining:
 
 
 @dataclass
+class LoRATraining:
+    """Parameter-efficient fine-tuning with LoRA adapters (peft; :mod:`var_lightning.training.lora`).
+
+    rank: the adapters' rank r (0 = off: full fine-tuning). alpha: their scale (the update is alpha / r * BA).
+    dropout: on the adapters' input. targets: the transformer's linear layers that get an adapter (module
+    names; the attention's qkv and output projections and the FFN). train_also: parameters trained in full
+    beside the adapters (``class_emb`` so new classes can be learned). The rest of the base stays frozen;
+    checkpoints hold the adapters, ``train_also`` and the tokenizer, with ``init_from`` as the base."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["mat_qkv", "proj", "fc1", "fc2"])
+    train_also: list[str] = field(default_factory=lambda: ["class_emb"])
+
+    def check(self, prefix: str = "model.train.lora.") -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
+            raise bad_value(prefix, "rank", self.rank, "must be an integer >= 0 (0 = off)")
+        check_number(prefix, "alpha", self.alpha, 0)
+        check_number(prefix, "dropout", self.dropout, 0, 1)
+        for key in ("targets", "train_also"):
+            value = getattr(self, key)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise bad_value(prefix, key, value, "must be a list of module names, e.g. [mat_qkv,proj]")
+        if self.rank and not self.targets:
+            raise bad_value(prefix, "targets", self.targets, "must name at least one layer when rank > 0")
+
+
+@dataclass
 class VARTrain:
     """What the VAR training step does besides optimisation.
 
     cond_drop_rate: fraction of labels replaced by the null class (classifier-free guidance training).
     label_smoothing: of the cross-entropy. compile: torch.compile the blocks (false, true or a mode).
     fused_ce / ce_chunk_tokens: the head + cross-entropy in chunks (no B x L x V fp32 logits).
-    progressive: coarse-to-fine training (off by default, as published).
+    progressive: coarse-to-fine training (off by default, as published). lora: LoRA adapters (off).
     """
 
     cond_drop_rate: float = 0.1
@@ -98,6 +127,7 @@ class VARTrain:
     fused_ce: bool = False
     ce_chunk_tokens: int = 8192
     progressive: ProgressiveTraining = field(default_factory=ProgressiveTraining)
+    lora: LoRATraining = field(default_factory=LoRATraining)
 
     def check(self, prefix: str = "model.train.") -> None:
         if not 0.0 <= self.cond_drop_rate < 1.0:
@@ -108,6 +138,7 @@ class VARTrain:
         if not isinstance(self.ce_chunk_tokens, int) or self.ce_chunk_tokens < 1:
             raise bad_value(prefix, "ce_chunk_tokens", self.ce_chunk_tokens, "must be an integer >= 1")
         self.progressive = settings_from(ProgressiveTraining, self.progressive, f"{prefix}progressive.")
+        self.lora = settings_from(LoRATraining, self.lora, f"{prefix}lora.")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from var_lightning.checkpoints.loading import load_tokenizer
 from var_lightning.keys import settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
+from var_lightning.training.lora import apply_to_module, strip_frozen_base
 from var_lightning.training.objectives import next_scale_losses, reserve_recompiles, tokenize
 from var_lightning.training.optim import adamw, decayed_names, param_groups
 from var_lightning.training.progressive import ProgressiveSchedule, Stage
@@ -95,6 +96,7 @@ class VARModule(L.LightningModule):
         )
         self._stage: Stage | None = None  # the current optimizer step's progressive stage
         self._stage_step: int | None = None
+        self._lora_on, self.init_from = False, None  # init_from: set by var-train, the base of LoRA adapters
 
     # the checkpoint stage (var_lightning.checkpoints.files); the transformer is ``self.var`` in every stage
     STAGE = "var"
@@ -142,6 +144,8 @@ class VARModule(L.LightningModule):
         """Under ``trainer=fsdp*`` (:class:`~var_lightning.training.sharding.ShardedStrategy`): each block one
         FSDP2 unit, the root another; the frozen tokenizer stays whole on every rank. No-op otherwise."""
         plan = sharding_plan(self._trainer)
+        if self.train_cfg.lora.rank and not self._lora_on:  # adapters on the base init_from loaded
+            self._lora_on = apply_to_module(self, self.train_cfg.lora, self.init_from, plan is not None)
         if plan is None or self.device_mesh is None:
             return
         from var_lightning.training.sharding import fsdp_mesh
@@ -395,6 +399,8 @@ class VARModule(L.LightningModule):
         if self.progressive.enabled:
             meta["progressive"] = self.progressive.state_dict()
         checkpoint["var_lightning"] = meta
+        if self._lora_on:  # adapters, train_also and the tokenizer; the frozen base stays with init_from
+            strip_frozen_base(self, checkpoint, self.train_cfg.lora, self.init_from)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint.get("state_dict")

@@ -134,7 +134,11 @@ class SelfAttention(nn.Module):
         """Project and split into (B, H, L, c) q, k, v; normalise and scale q, k when configured."""
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        if isinstance(self.mat_qkv, nn.Linear):  # the published computation, bias fused
+            qkv = F.linear(x_BLC, self.mat_qkv.weight, bias)
+        else:  # a wrapped projection (e.g. a LoRA adapter around it): its own forward, then the q / v bias
+            qkv = self.mat_qkv(x_BLC) + bias
+        qkv = qkv.view(B, L, 3, self.num_heads, self.head_dim)
         q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
