@@ -341,7 +341,10 @@ def test_the_published_recipes_set_only_their_published_values(name, tmp_path):
     assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == p["bs"]
     assert cfg.trainer.max_epochs == p["ep"] and o.base_lr == p["tblr"] and t.init_adaln_gamma == p["alng"]
     assert o.final_ratio == p["wpe"] and o.weight_decay_end == p["twde"] and o.weight_decay == 0.05
-    assert o.schedule == "lin0" and o.warmup_fraction == 0.02 and cfg.trainer.gradient_clip_val == 2.0
+    assert o.schedule is None and o.warmup_fraction == 0.02 and cfg.trainer.gradient_clip_val == 2.0
+    from var_lightning.training.settings import VAROptim
+
+    assert VAROptim(**o).resolved_schedule(cfg.model.train.progressive.until) == "lin0"
     assert cfg.model.train.cond_drop_rate == 0.1 and cfg.model.train.label_smoothing == 0.0
     assert (cfg.model.sampling.cfg, cfg.model.sampling.top_p) == (1.5, 0.96)
     assert cfg.schedule.patch_nums[-1] * 16 == p["pn"] and cfg.data.image_size is None

@@ -341,3 +341,18 @@ def test_ar_baseline_trains_and_var_sample_and_var_eval_take_its_checkpoint(
     assert meta["num_images"] == 2 and (tmp_path / "samples" / "samples" / "0003_0000.png").is_file()
     report = run_eval(ecfg, tmp_path / "eval")
     assert report["model"]["stage"] == "ar" and report["metrics"]["test/loss"] > 0
+
+
+def test_var_runs_clip_gradients_at_the_published_2_unless_told(tmp_path, tokenizer_ckpt):
+    from var_lightning.cli.train import build
+
+    assert build(var_cfg(tmp_path, tokenizer_ckpt, "logger=none"))[2].gradient_clip_val == 2.0
+    assert (
+        build(var_cfg(tmp_path, tokenizer_ckpt, "logger=none", "trainer.gradient_clip_val=0"))[
+            2
+        ].gradient_clip_val
+        == 0
+    )
+    assert (
+        build(tokenizer_cfg(tmp_path, "logger=none"))[2].gradient_clip_val is None
+    )  # the GAN clips its own way

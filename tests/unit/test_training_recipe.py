@@ -150,3 +150,55 @@ def test_a_resume_that_changes_the_run_length_keeps_the_schedules_continuous():
     # what a naive restart of the schedule would have done: a visible jump
     assert abs(lr_factor(at, 4, 200, "lin0", 0.005, 0.01) - lr_before) > 0.2
     assert math.isclose(SchedulePlan().step(37), 37.0)
+
+
+def progressive_module(**optim) -> VARModule:
+    torch.manual_seed(0)
+    return VARModule(
+        transformer=dict(depth=2, width=32, num_heads=2, num_classes=4, drop_path_rate=0.0),
+        tokenizer=asdict(tiny_vae_cfg(patch_nums=(1, 2, 3, 4, 5, 6))),
+        optim=optim,
+        train=dict(progressive=dict(until=0.8, start_scale=1)),
+    )
+
+
+def test_progressive_training_follows_the_published_warmup_and_schedule_pairing():
+    """50 steps, warm-up 5%: 2.5 steps. The lr rounds it (2), the stages use 2.5 (the published wp_it); the
+    lr schedule is lin0.8 unless one is set."""
+    from var_lightning.training.progressive import stage_at
+
+    m = progressive_module(warmup_fraction=0.05)
+    attach(m, 8, 1, 1, steps=50)
+    m._trainer.max_epochs, m._trainer.num_training_batches, m._trainer.global_step = 10, 5, 0
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    plan = m.schedule_plan
+    assert (plan.warmup, plan.warmup_exact) == (2, 2.5)
+    assert sched.lr_lambdas[0](30) == pytest.approx(lr_factor(30, 2, 50, "lin0.8", 0.005, 0.01))
+    assert lr_factor(30, 2, 50, "lin0.8", 0.005, 0.01) != pytest.approx(
+        lr_factor(30, 2, 50, "lin0", 0.005, 0.01)
+    )
+    got, rounded = [], []
+    for step in range(50):
+        m._trainer.global_step = step
+        got.append(m.progressive_stage().scale)
+        rounded.append(stage_at(step, 2, 50, 0.8, 1, 6))
+    assert got == [stage_at(step, 2.5, 50, 0.8, 1, 6) for step in range(50)]
+    assert got != rounded  # the rounded warm-up would change stage one step early somewhere
+    explicit = progressive_module(warmup_fraction=0.05, schedule="cos")
+    attach(explicit, 8, 1, 1, steps=50)
+    explicit._trainer.max_epochs, explicit._trainer.num_training_batches = 10, 5
+    fn = explicit.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert fn(30) == pytest.approx(lr_factor(30, 2, 50, "cos", 0.005, 0.01))
+
+
+def test_label_dropout_draws_its_random_numbers_at_every_rate():
+    """As the published trainer: rate 0 consumes the same draw as 0.1, so the streams after it match."""
+    from var_lightning.training.objectives import drop_labels
+
+    labels = torch.arange(8)
+    torch.manual_seed(3)
+    assert torch.equal(drop_labels(labels, 0.0, 10), labels)
+    after_zero = torch.rand(4)
+    torch.manual_seed(3)
+    drop_labels(labels, 0.1, 10)
+    assert torch.equal(torch.rand(4), after_zero)

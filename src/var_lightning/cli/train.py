@@ -108,6 +108,9 @@ def strategy_for(cfg_trainer: DictConfig, model: L.LightningModule) -> tuple[Any
     return None, []
 
 
+PUBLISHED_GRAD_CLIP = 2.0  # the published trainer's --tclip default, used for every VAR run
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate data, model and trainer; the scale schedule is handed to the model from ``schedule``."""
     datamodule = instantiate(cfg.data)
@@ -143,6 +146,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     ]
     loggers = instantiate_loggers(cfg.get("logger"))
     overrides: dict[str, Any] = {"strategy": strategy} if strategy is not None else {}
+    if getattr(model, "STAGE", None) in ("var", "ar") and cfg.trainer.get("gradient_clip_val") is None:
+        overrides["gradient_clip_val"] = PUBLISHED_GRAD_CLIP  # the published trainer clips every run (tclip)
+        log.info("gradient clipping at %g (the published default; trainer.gradient_clip_val=0 turns it off)",
+                 PUBLISHED_GRAD_CLIP)  # fmt: skip
     # checkpoints are written atomically (temporary file, fsync, rename): never a partial last.ckpt
     plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])]
     if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -60,9 +60,12 @@ def tokenize(vae: MultiScaleVQVAE, img_B3HW: torch.Tensor) -> tuple[torch.Tensor
 
 
 def drop_labels(label_B: torch.Tensor, rate: float, null_class: int) -> torch.Tensor:
-    """Replace a random ``rate`` of the labels with the null class (classifier-free guidance training)."""
-    if rate <= 0:
-        return label_B
+    """Replace a random ``rate`` of the labels with the null class (classifier-free guidance training).
+
+    The uniform draw happens at every rate, 0 included, as in the published trainer: a run with
+    ``cond_drop_rate=0`` consumes the same random numbers per step as one with 0.1, so the streams that
+    follow (drop-path masks, the next steps' draws) match the published trainer's, and exact resume (each
+    rank's RNG state is in the checkpoint) continues them either way."""
     drop_B = torch.rand(label_B.shape[0], device=label_B.device) < rate
     return torch.where(drop_B, null_class, label_B)
 

@@ -79,18 +79,22 @@ class SchedulePlan:
     def __init__(self) -> None:
         self.total: int = 1  # steps of the original plan (the schedules' formulas use this)
         self.warmup: int = 0
+        self.warmup_exact: float = 0.0  # unrounded (warmup_fraction x steps): the progressive stages use it
         self.max_steps: int = 1  # this run's
         self._resumed: tuple[int, float] | None = None  # (step, plan step) at the resume
         self._loaded: dict | None = None
 
-    def plan(self, max_steps: int, warmup: int) -> tuple[int, int]:
-        """(total, warmup) the schedules use; call from ``configure_optimizers`` with this run's numbers."""
+    def plan(self, max_steps: int, warmup: int, warmup_exact: float | None = None) -> tuple[int, int]:
+        """(total, warmup) the schedules use; call from ``configure_optimizers`` with this run's numbers.
+        ``warmup_exact``: the unrounded warm-up (the published trainer rounds it for the lr only)."""
         self.max_steps = max(int(max_steps), 1)
         if self._loaded is None:
             self.total, self.warmup, self._resumed = self.max_steps, int(warmup), None
+            self.warmup_exact = float(warmup if warmup_exact is None else warmup_exact)
             return self.total, self.warmup
         m = self._loaded
         self.total, self.warmup = int(m["total_steps"]), int(m["warmup_steps"])
+        self.warmup_exact = float(m.get("warmup_exact", self.warmup))
         step, plan_step = int(m["step"]), float(m["plan_step"])
         self._resumed = (step, plan_step)
         if self.max_steps != self.total or plan_step != step:
@@ -112,8 +116,8 @@ class SchedulePlan:
         return p0 + (step - s0) * max(self.total - 1 - p0, 0.0) / max(self.max_steps - 1 - s0, 1)
 
     def state(self, global_step: int) -> dict[str, float | int]:
-        return {"total_steps": self.total, "warmup_steps": self.warmup, "step": int(global_step),
-                "plan_step": self.step(global_step)}  # fmt: skip
+        return {"total_steps": self.total, "warmup_steps": self.warmup, "warmup_exact": self.warmup_exact,
+                "step": int(global_step), "plan_step": self.step(global_step)}  # fmt: skip
 
     def load(self, meta: dict | None) -> None:
         if meta and {"total_steps", "warmup_steps", "step", "plan_step"} <= set(meta):

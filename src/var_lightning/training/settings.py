@@ -25,7 +25,8 @@ class VAROptim:
     weight_decay / weight_decay_end: start and end of a cosine-annealed weight decay (end None = constant;
     ``twd``/``twde``). warmup_fraction (of all steps; ep/50 published) or warmup_steps; warmup_start: the lr
     ratio at step 0 (``wp0``). schedule: lin0 (flat 5% after warm-up, then linear), lin, cos, const or lin<T>
-    (the published schedule with progressive training until T, e.g. lin0.8);
+    (the published schedule with progressive training until T, e.g. lin0.8); None: lin0, or lin<until> when
+    progressive training is on (the published pairing);
     final_ratio: the lr ratio at the end (``wpe``). fused: fused AdamW (None = on CUDA).
     """
 
@@ -36,7 +37,7 @@ class VAROptim:
     warmup_fraction: float = 0.02
     warmup_steps: int | None = None
     warmup_start: float = 0.005
-    schedule: str = "lin0"
+    schedule: str | None = None  # lin0, or lin<until> with progressive training (the published pairing)
     final_ratio: float = 0.01
     fused: bool | None = None
 
@@ -57,9 +58,17 @@ class VAROptim:
             )
         from var_lightning.training.schedules import check_schedule
 
-        check_schedule(str(self.schedule), f"{prefix}schedule")
+        if self.schedule is not None:
+            check_schedule(str(self.schedule), f"{prefix}schedule")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise bad_value(prefix, "betas", list(self.betas), "must be two numbers in [0, 1)")
+
+    def resolved_schedule(self, progressive_until: float = 0.0) -> str:
+        """``schedule``, or when unset the published default: ``lin0``, or ``lin<until>`` with progressive
+        training (the published ``--pg`` also sets ``--sche=lin<pg>``)."""
+        if self.schedule is not None:
+            return str(self.schedule)
+        return f"lin{progressive_until:g}" if 0 < progressive_until < 1 else "lin0"
 
 
 @dataclass

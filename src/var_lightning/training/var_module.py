@@ -194,9 +194,10 @@ class VARModule(L.LightningModule):
         global_batch = self.global_batch_size()
         self.peak_lr = o.base_lr * global_batch / 256
         max_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_fraction * max_steps)
+        exact = o.warmup_steps if o.warmup_steps is not None else o.warmup_fraction * max_steps
         plan = self.schedule_plan
-        total, warmup = plan.plan(max_steps, warmup)
+        total, warmup = plan.plan(max_steps, round(exact), exact)  # lr: rounded; progressive stages: exact
+        schedule = o.resolved_schedule(self.train_cfg.progressive.until)
         log.info(
             "lr = base_lr %.3g x global batch %d / 256 = %.3g; %d steps, %d warm-up, schedule %s to x%g",
             o.base_lr,
@@ -204,14 +205,14 @@ class VARModule(L.LightningModule):
             self.peak_lr,
             max_steps,
             warmup,
-            o.schedule,
+            schedule,
             o.final_ratio,
         )
         if self.progressive.enabled:
             self._plan_progressive(max_steps)
         groups = param_groups(self.var.named_parameters(), o.weight_decay, self.decayed)
         opt = adamw(groups, lr=self.peak_lr, betas=o.betas, fused=o.fused)
-        fn = lambda step: lr_factor(plan.step(step), warmup, total, o.schedule, o.warmup_start, o.final_ratio)
+        fn = lambda step: lr_factor(plan.step(step), warmup, total, schedule, o.warmup_start, o.final_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -232,9 +233,9 @@ class VARModule(L.LightningModule):
             "each new scale's loss weight ramps 0.01 -> 1 over %.1f steps",
             p.start_scale, K - 1, 100 * p.until, plan.total, plan.warmup, self.progressive.ramp_steps,
         )  # fmt: skip
-        if self.optim_cfg.schedule != f"lin{p.until:g}" and p.until < 1:
-            log.info("the published trainer pairs progressive training with the lr schedule lin%g "
-                     "(model.optim.schedule=lin%g); this run uses %s", p.until, p.until, self.optim_cfg.schedule)  # fmt: skip
+        if self.optim_cfg.schedule is None:
+            log.info("progressive training: lr schedule lin%g, the published trainer's pairing (--pg also sets "
+                     "--sche=lin<pg>; model.optim.schedule=... overrides it)", p.until)  # fmt: skip
 
     def progressive_stage(self) -> Stage | None:
         """This optimizer step's stage (advanced once per optimizer step, also with gradient accumulation),
@@ -243,7 +244,7 @@ class VARModule(L.LightningModule):
             return None
         if self._stage_step != self.global_step:
             plan = self.schedule_plan
-            self._stage = self.progressive.advance(plan.step(self.global_step), plan.warmup, plan.total)
+            self._stage = self.progressive.advance(plan.step(self.global_step), plan.warmup_exact, plan.total)
             self._stage_step = self.global_step
         return self._stage
 
