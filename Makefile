@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-app install-trackers test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
+.PHONY: help install install-app install-trackers golden-update test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
         demo-sample demo-classifier demo-eval demo-edit share eval train-tokenizer train-var sample app sweep-scaling compare-ar clean
 
 help: ## show the targets
@@ -46,6 +46,9 @@ browser-deps: ## headless Chromium and its driver for the browser test (Debian: 
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "could not install chromium + chromium-driver: the browser test will be skipped (it says why)"
+
+golden-update: $(STAMP) ## rewrite the golden training curves (tests/golden/*.json) after an intended training change
+	$(BIN)/python -m tests.golden.curves $(ARGS)
 
 test-browser: $(APP_STAMP) browser-deps ## the web app in a real headless Chromium (sample, box in-paint, errors)
 	$(BIN)/python -m pytest -m slow -q tests/integration/test_app_browser.py

@@ -146,3 +146,27 @@ def test_ema_hits_update_in_training_only():
     vae.train()
     vae(img)
     assert vae.quantize.ema_vocab_hit_SV.sum(1).tolist() == [2.0 * p * p for p in TINY_PN]
+
+
+def test_codebook_alarms_name_a_collapsed_scale_and_a_dead_codebook():
+    from var_lightning.tokenizer.usage import codebook_alarms
+
+    V = 64
+    healthy = torch.ones(3, V) * 4  # every code used evenly on every scale
+    assert codebook_alarms(healthy, (1, 2, 4)) == []
+    collapsed = healthy.clone()
+    collapsed[0] = 0
+    collapsed[0, 7] = 200  # the 1x1 scale: one code for every image
+    (alarm,) = codebook_alarms(collapsed, (1, 2, 4))
+    assert (
+        alarm.startswith("codebook collapse at scale(s) 1x1 (perplexity 1.00)")
+        and "model.tokenizer.beta" in alarm
+    )
+    dead = healthy.clone()
+    dead[2] = 0
+    dead[2, :2] = 500  # the last scale: 2 of 64 codes
+    (alarm,) = codebook_alarms(dead, (1, 2, 4))
+    assert alarm.startswith("dead codebook: the last scale uses 3.1% of the 64 codes")
+    few = torch.zeros(3, V)
+    few[:, 0] = 3  # too few tokens to judge: no alarm
+    assert codebook_alarms(few, (1, 2, 4)) == []

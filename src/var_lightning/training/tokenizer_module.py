@@ -24,7 +24,7 @@ from var_lightning.keys import check_kwargs, settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.tokenizer.losses import VQGANLoss
-from var_lightning.tokenizer.usage import CodebookUsage
+from var_lightning.tokenizer.usage import CodebookUsage, codebook_alarms
 from var_lightning.training.optim import adamw, param_groups
 from var_lightning.training.schedules import SchedulePlan, lr_factor
 from var_lightning.training.settings import TokenizerOptim
@@ -170,6 +170,9 @@ class TokenizerModule(L.LightningModule):
 
     def _log_usage(self, usage: CodebookUsage, split: str) -> None:
         stats = usage.compute(sync=True, device=self.device)
+        if split == "val" and self.trainer.is_global_zero:  # health alarms, once per validation
+            for alarm in codebook_alarms(usage.hits_KV, self.cfg.patch_nums):
+                log.warning("tokenizer health (step %d): %s", self.global_step, alarm)
         logs = {}
         for si, pn in enumerate(self.cfg.patch_nums):
             logs[f"{split}/usage_s{si}_{pn}x{pn}"] = float(stats["usage"][si]) * 100

@@ -198,16 +198,8 @@ class VARModule(L.LightningModule):
         plan = self.schedule_plan
         total, warmup = plan.plan(max_steps, round(exact), exact)  # lr: rounded; progressive stages: exact
         schedule = o.resolved_schedule(self.train_cfg.progressive.until)
-        log.info(
-            "lr = base_lr %.3g x global batch %d / 256 = %.3g; %d steps, %d warm-up, schedule %s to x%g",
-            o.base_lr,
-            global_batch,
-            self.peak_lr,
-            max_steps,
-            warmup,
-            schedule,
-            o.final_ratio,
-        )
+        log.info("lr = base_lr %.3g x global batch %d / 256 = %.3g; %d steps, %d warm-up, schedule %s to x%g",
+                 o.base_lr, global_batch, self.peak_lr, max_steps, warmup, schedule, o.final_ratio)  # fmt: skip
         if self.progressive.enabled:
             self._plan_progressive(max_steps)
         groups = param_groups(self.var.named_parameters(), o.weight_decay, self.decayed)
