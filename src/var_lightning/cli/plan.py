@@ -45,7 +45,7 @@ def _setup(cfg: DictConfig, gpus: int | None) -> Setup:
                  accumulate=int(t.get("accumulate_grad_batches", 1) or 1))  # fmt: skip
 
 
-def _models(cfg: DictConfig) -> tuple[Any, Any, str]:
+def _models(cfg: DictConfig) -> tuple[Any, Any, str, str]:
     """(transformer config, tokenizer config, kind) of the composed run, without loading weights: the
     tokenizer's config from its checkpoint when the file is here, else the released tokenizer's."""
     from var_lightning.tokenizer.config import VQVAEConfig
@@ -58,6 +58,7 @@ def _models(cfg: DictConfig) -> tuple[Any, Any, str]:
         )
     patch_nums = list(cfg.schedule.patch_nums)
     vae_cfg = VQVAEConfig(patch_nums=tuple(patch_nums))
+    source = "assumed: the released tokenizer's shape (model.tokenizer_ckpt is not a file here)"
     ckpt = cfg.model.get("tokenizer_ckpt")
     if ckpt and Path(str(ckpt)).expanduser().is_file():
         from var_lightning.checkpoints.files import read_checkpoint
@@ -65,9 +66,10 @@ def _models(cfg: DictConfig) -> tuple[Any, Any, str]:
         hp = read_checkpoint(str(ckpt), key="model.tokenizer_ckpt").get("hyper_parameters") or {}
         if hp.get("tokenizer"):
             vae_cfg = VQVAEConfig(**{**dict(hp["tokenizer"]), "patch_nums": tuple(patch_nums)})
+            source = f"read from {ckpt}"
     spec = OmegaConf.to_container(cfg.model.transformer, resolve=True) if cfg.model.get("transformer") else {}
     spec.setdefault("num_classes", _num_classes(cfg))
-    return build_var_config(spec, vae_cfg), vae_cfg, "ar" if target.endswith(".ARModule") else "var"
+    return build_var_config(spec, vae_cfg), vae_cfg, "ar" if target.endswith(".ARModule") else "var", source
 
 
 def _imagenet(cfg: DictConfig) -> bool:
@@ -85,7 +87,7 @@ def _num_classes(cfg: DictConfig) -> int:
 def report(
     cfg: DictConfig, gpu: str, gpus: int | None, mfu: float, tflops: float | None, images: int | None
 ) -> dict:
-    var_cfg, vae_cfg, kind = _models(cfg)
+    var_cfg, vae_cfg, kind, source = _models(cfg)
     setup = _setup(cfg, gpus)
     if gpu.lower() in GPUS:
         peak, mem_gib = GPUS[gpu.lower()]
@@ -104,6 +106,7 @@ def report(
     if images is None and _imagenet(cfg):
         images = IMAGENET_TRAIN
     return {
+        "tokenizer": source,
         "model": {"kind": kind, "depth": var_cfg.depth, "width": var_cfg.width, "params": model_num_params(var_cfg, kind),
                   "image_size": vae_cfg.image_size, "tokens": sum(p * p for p in var_cfg.patch_nums)},
         "setup": {**setup.__dict__, "gpu": gpu, "gpu_memory_gib": mem_gib, "peak_tflops": peak / 1e12, "mfu": mfu},
@@ -119,7 +122,7 @@ def render(r: dict) -> str:
     lines = [f"var-plan: {m['kind'].upper()} d{m['depth']} (width {m['width']}, {m['params'] / 1e6:.1f}M parameters), "
              f"{m['image_size']} px ({m['tokens']} tokens), {s['precision']}, {s['strategy']} on {s['gpus']} GPU(s) x "
              f"{s['batch_per_gpu']} images (global batch {step['global_batch']})",
-             f"per GPU ({s['gpu']}, {s['gpu_memory_gib']:g} GiB):"]  # fmt: skip
+             f"tokenizer: {r['tokenizer']}", f"per GPU ({s['gpu']}, {s['gpu_memory_gib']:g} GiB):"]  # fmt: skip
     lines += [f"  {k:<12} {v:8.2f} GiB" for k, v in g.items() if k != "total"]
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
     lines.append(
