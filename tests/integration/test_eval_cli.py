@@ -393,3 +393,26 @@ def test_a_statistics_only_reference_gives_fid_and_says_what_was_skipped(tmp_pat
     assert set(report["skipped_metrics"]) == {"precision", "recall", "kid"}
     assert "statistics only" in report["skipped_metrics"]["precision"]
     assert report["metric_settings"]["is_split_rule"].startswith("adm: consecutive chunks of 5000")
+
+
+def test_fid_with_and_without_guidance_in_one_run_with_a_plot(tmp_path):
+    """generation.cfg=[1.0,3.0]: samples, metrics and a column per guidance value, an FID-vs-cfg plot; the
+    cfg 1.0 entry is exactly a single run at cfg 1.0 (same seed, same samples)."""
+    module = tiny_var_module()
+    with torch.no_grad():  # a model whose logits depend on the class, so guidance changes the samples
+        module.var.class_emb.weight.mul_(40)
+        module.var.head.weight.mul_(50)
+    ckpt = save_var_checkpoint(module, tmp_path / "conditional.ckpt")
+    common = [f"ckpt_path={ckpt}", "extractor=tiny-random", *DATA, *FAST, "generation.num_per_class=3"]
+    report = evaluate.run(compose_eval([*common, "generation.cfg=[1.0,3.0]"], tmp_path), tmp_path / "sweep")
+    assert [e["cfg"] for e in report["cfg_sweep"]] == [1.0, 3.0]
+    assert report["metrics"] == report["cfg_sweep"][0]["metrics"]  # the first value is the report's own
+    fids = [e["metrics"]["fid"] for e in report["cfg_sweep"]]
+    assert fids[0] != fids[1]
+    assert (tmp_path / "sweep" / "fid_vs_cfg.png").stat().st_size > 0
+    assert len(list((tmp_path / "sweep" / "cfg_1" / "samples").glob("*.png"))) == 3 * NUM_CLASSES
+    assert len(list((tmp_path / "sweep" / "cfg_3" / "samples").glob("*.png"))) == 3 * NUM_CLASSES
+    single = evaluate.run(compose_eval([*common, "generation.cfg=1.0"], tmp_path), tmp_path / "one")
+    assert single["metrics"]["fid"] == pytest.approx(fids[0]) and "cfg_sweep" not in single
+    with pytest.raises(ValueError, match=r"generation.cfg=\[1.0, 1.0\]: give one value or distinct values"):
+        evaluate.run(compose_eval([*common, "generation.cfg=[1.0,1.0]"], tmp_path), tmp_path / "dup")

@@ -47,12 +47,26 @@ from var_lightning.seeds import SEED_RULE
 from var_lightning.training.wiring import fit_data_to_model
 
 
+def cfg_values(generation: Any) -> list[float | None]:
+    """``generation.cfg`` as a list: one value (or None, the checkpoint's own) or several (a guidance sweep,
+    e.g. ``generation.cfg=[1.0,1.5]``: FID without and with guidance in one run)."""
+    value = generation.get("cfg") if hasattr(generation, "get") else generation.cfg
+    if value is None or isinstance(value, (int, float)):
+        return [value]
+    values = [float(v) for v in value]
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"generation.cfg={list(value)}: give one value or distinct values, e.g. [1.0,1.5]")
+    return values
+
+
 def _sample_checkpoint(
-    cfg: Any, ctx: Context, evaluator: GenerationEvaluator, out_dir: Path, models: LoadedModels
-) -> dict:
+    cfg: Any, ctx: Context, evaluator: GenerationEvaluator, out_dir: Path, models: LoadedModels,
+    cfg_value: float | None = None,
+) -> dict:  # fmt: skip
     g = cfg.generation
     var, info = models.var, models.info
-    settings = sampling_settings(g, models, prefix="generation.")
+    given = {k: g.get(k) for k in ("cfg", "top_k", "top_p", "more_smooth")}
+    settings = sampling_settings({**given, "cfg": cfg_value}, models, prefix="generation.")
     draw = inference_sampler(cfg, models)
     classes = list(range(var.num_classes)) if g.classes is None else [int(c) for c in g.classes]
     bad = [c for c in classes if not 0 <= c < var.num_classes]
@@ -248,16 +262,24 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
         notes += [kid_note] if kid_note else []
     for note in notes if ctx.rank == 0 else []:
         log.warning(note)
-    evaluator = GenerationEvaluator(extractor, settings)
-    if models is None:
-        fields = _measure_existing(cfg, ctx, evaluator)
-    else:
-        fields = _sample_checkpoint(cfg, ctx, evaluator, out_dir, models)
-    gathered = evaluator.gather()
-    skipped: dict[str, str] = {}
-    metrics = score(gathered, ref, settings, device=ctx.device, skipped=skipped) if ctx.rank == 0 else None
-    if kid_size is None and kid_note:
-        skipped["kid"] = kid_note
+    values = cfg_values(cfg.generation) if models is not None else [None]
+    sweep = []  # (cfg, fields, metrics, skipped, count) per guidance value; the first is the report's own
+    for value in values:
+        evaluator = GenerationEvaluator(extractor, settings)
+        if models is None:
+            fields = _measure_existing(cfg, ctx, evaluator)
+        else:
+            where = out_dir if len(values) == 1 else out_dir / f"cfg_{value:g}"
+            fields = _sample_checkpoint(cfg, ctx, evaluator, where, models, value)
+        gathered = evaluator.gather()
+        skipped: dict[str, str] = {}
+        metrics = (
+            score(gathered, ref, settings, device=ctx.device, skipped=skipped) if ctx.rank == 0 else None
+        )
+        if kid_size is None and kid_note:
+            skipped["kid"] = kid_note
+        sweep.append((value, fields, metrics, skipped, gathered.count))
+    _, fields, metrics, skipped, _ = sweep[0]
     baseline = _real_baseline(cfg, ctx, dm, extractor, settings, gathered.count, ref, baseline_split)
     if ctx.rank != 0:
         return None
@@ -279,6 +301,34 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
         **fields,
     )
     columns = {"generated": metrics}
+    if len(sweep) > 1:  # FID with and without guidance: one column and one point of the plot per value
+        out["cfg_sweep"] = [{"cfg": v, "metrics": m, "skipped_metrics": sk, "samples": f["samples"]}
+                            for v, f, m, sk, _ in sweep]  # fmt: skip
+        out["cfg_sweep_plot"] = str(plot_cfg_sweep(out["cfg_sweep"], out_dir / "fid_vs_cfg.png"))
+        columns = {f"cfg {v:g}": m for v, _, m, _, _ in sweep}
     if baseline is not None:
         columns[f"real ({baseline['split']}, n={baseline['count']})"] = baseline["metrics"]
     return out | {"_table": columns}
+
+
+def plot_cfg_sweep(sweep: list[dict], path: Path) -> Path:
+    """FID (and IS when scored) against the guidance scale, one point per value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [e["cfg"] for e in sweep]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(xs, [e["metrics"]["fid"] for e in sweep], "o-", label="FID (lower is better)")
+    ax.set_xlabel("classifier-free guidance scale (cfg)")
+    ax.set_ylabel("FID")
+    if all(e["metrics"].get("is") is not None for e in sweep):
+        twin = ax.twinx()
+        twin.plot(xs, [e["metrics"]["is"] for e in sweep], "s--", color="tab:orange", label="IS")
+        twin.set_ylabel("Inception Score")
+    ax.set_title(f"FID vs cfg ({sweep[0]['samples']['count']} samples each)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
