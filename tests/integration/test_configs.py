@@ -100,6 +100,7 @@ def test_experiment_instantiates(name, tmp_path):
     callbacks = instantiate_callbacks(cfg.callbacks)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer_cfg = dict(cfg.trainer)
+    trainer_cfg.pop("auto_batch_size")  # var-train's own key (removed before the Trainer is built)
     if not torch.cuda.is_available():  # GPU/multi-node recipes: check the rest of the trainer config on CPU
         trainer_cfg.update(accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true")
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)

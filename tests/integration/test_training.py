@@ -356,3 +356,33 @@ def test_var_runs_clip_gradients_at_the_published_2_unless_told(tmp_path, tokeni
     assert (
         build(tokenizer_cfg(tmp_path, "logger=none"))[2].gradient_clip_val is None
     )  # the GAN clips its own way
+
+
+def test_auto_batch_size_finds_what_fits_and_keeps_the_global_batch(tmp_path, tokenizer_ckpt, monkeypatch):
+    """trainer.auto_batch_size=true: Lightning's finder (here with an out-of-memory error above 4 images)
+    lowers the per-device batch to 4 and the accumulation rises to 4, so the global batch (16), the learning
+    rate and the optimizer steps per epoch stay the recipe's."""
+    from var_lightning.cli.train import build
+    from var_lightning.training.var_module import VARModule
+
+    real = VARModule.training_step
+
+    def limited(self, batch, batch_idx):
+        if batch[0].shape[0] > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")  # what the finder looks for
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(VARModule, "training_step", limited)
+    cfg = var_cfg(tmp_path, tokenizer_ckpt, "trainer.max_epochs=1", "logger=none", "trainer.auto_batch_size=true",
+                  "~callbacks.image_logger")  # fmt: skip
+    dm, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=dm)
+    assert (dm.batch_size, trainer.accumulate_grad_batches) == (4, 4)
+    assert model.global_batch_size() == 16 and trainer.global_step == 64 // 16
+    with pytest.raises(Exception, match="one process only"):
+        from var_lightning.callbacks.batch_size import GlobalBatchFinder
+
+        class TwoRanks:
+            world_size = 2
+
+        GlobalBatchFinder().setup(TwoRanks(), model, "fit")

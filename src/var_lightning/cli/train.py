@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from var_lightning.callbacks.preemption import Preempted
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
@@ -154,9 +154,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or [])]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
-    trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides
-    )
+    had, auto = "auto_batch_size" in cfg.trainer, bool(cfg.trainer.get("auto_batch_size", False))
+    if auto:  # the largest per-device batch that fits, global batch kept
+        from var_lightning.callbacks.batch_size import GlobalBatchFinder
+
+        callbacks.append(GlobalBatchFinder())
+    with open_dict(cfg.trainer):  # our key, not the Trainer's: out while it is built, back for the logs
+        cfg.trainer.pop("auto_batch_size", None)
+    try:
+        trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides
+        )
+    finally:
+        if had:
+            with open_dict(cfg.trainer):
+                cfg.trainer.auto_batch_size = auto
     return datamodule, model, trainer
 
 

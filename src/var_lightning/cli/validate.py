@@ -33,6 +33,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not OmegaConf.has_resolver("var_rank_suffix"):  # the per-process log file name (conf/hydra/default.yaml)
     OmegaConf.register_new_resolver("var_rank_suffix", rank_log_suffix)
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+# keys var-train reads from a _target_ node and removes before instantiating it
+_OUR_KEYS = {"pytorch_lightning.Trainer": {"auto_batch_size"}}
 # groups whose nodes are free-form (their files set keys of other nodes, or Hydra's own)
 _SKIP_GROUPS = {"hydra", "experiment", "sweep", "debug"}
 
@@ -190,7 +192,7 @@ def check_target_node(node: DictConfig, prefix: str) -> None:
         except (TypeError, ValueError):  # builtins without a signature (datetime.timedelta, set)
             params = None
         if params is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            valid = {n for n in params if n != "self"} | _HYDRA_KEYS
+            valid = {n for n in params if n != "self"} | _HYDRA_KEYS | _OUR_KEYS.get(target, set())
             _check_keys(node, valid, prefix)
     blocks = _settings_schema().get(target, {})
     for key in node:
