@@ -49,7 +49,8 @@ def codebook_alarms(hits_KV: torch.Tensor, patch_nums: tuple[int, ...] | list[in
 
     * a scale *collapsed*: its codes' perplexity is below ``COLLAPSE_PERPLEXITY`` although it saw enough
       tokens to use more (at least 8), i.e. nearly every image maps to one code there, so the coarse scales
-      carry no content and the transformer's first steps learn nothing;
+      carry no content and the transformer's first steps learn nothing. The 1x1 scale is exempt: it is one
+      global token, and on homogeneous data (the built-in shapes) a single code there is correct;
     * a *dead codebook*: the last scale hits less than ``DEAD_CODEBOOK_USAGE`` of the vocabulary.
     """
     hits_KV = hits_KV.detach().to("cpu", torch.float64)
@@ -57,8 +58,9 @@ def codebook_alarms(hits_KV: torch.Tensor, patch_nums: tuple[int, ...] | list[in
     p_KV = hits_KV / total_K.clamp_min(1e-12)[:, None]
     perplexity_K = (-(p_KV * torch.log(p_KV.clamp_min(1e-30))).sum(dim=1)).exp()
     out = []
+    # the 1x1 scale is one global token (the mean colour): on homogeneous data one code is right, not a collapse
     collapsed = [f"{pn}x{pn} (perplexity {float(perplexity_K[k]):.2f})" for k, pn in enumerate(patch_nums)
-                 if total_K[k] >= 8 and perplexity_K[k] < COLLAPSE_PERPLEXITY]  # fmt: skip
+                 if pn > 1 and total_K[k] >= 8 and perplexity_K[k] < COLLAPSE_PERPLEXITY]  # fmt: skip
     if collapsed:
         out.append(
             f"codebook collapse at scale(s) {', '.join(collapsed)}: nearly every image gets the same code there, so "
