@@ -155,13 +155,15 @@ def test_codebook_alarms_name_a_collapsed_scale_and_a_dead_codebook():
     healthy = torch.ones(3, V) * 4  # every code used evenly on every scale
     assert codebook_alarms(healthy, (1, 2, 4)) == []
     collapsed = healthy.clone()
-    collapsed[0] = 0
-    collapsed[0, 7] = 200  # the 1x1 scale: one code for every image
+    collapsed[1] = 0
+    collapsed[1, 7] = 200  # the 2x2 scale: one code for every position of every image
     (alarm,) = codebook_alarms(collapsed, (1, 2, 4))
-    assert (
-        alarm.startswith("codebook collapse at scale(s) 1x1 (perplexity 1.00)")
-        and "model.tokenizer.beta" in alarm
-    )
+    assert alarm.startswith("codebook collapse at scale(s) 2x2 (perplexity 1.00)")
+    assert "model.tokenizer.beta" in alarm
+    one_global_code = healthy.clone()
+    one_global_code[0] = 0
+    one_global_code[0, 3] = 200  # 1x1: one mean colour on homogeneous data is not a collapse
+    assert codebook_alarms(one_global_code, (1, 2, 4)) == []
     dead = healthy.clone()
     dead[2] = 0
     dead[2, :2] = 500  # the last scale: 2 of 64 codes
