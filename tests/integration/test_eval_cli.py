@@ -416,3 +416,47 @@ def test_fid_with_and_without_guidance_in_one_run_with_a_plot(tmp_path):
     assert single["metrics"]["fid"] == pytest.approx(fids[0]) and "cfg_sweep" not in single
     with pytest.raises(ValueError, match=r"generation.cfg=\[1.0, 1.0\]: give one value or distinct values"):
         evaluate.run(compose_eval([*common, "generation.cfg=[1.0,1.0]"], tmp_path), tmp_path / "dup")
+
+
+class TinyDino(torch.nn.Module):
+    """Stands in for DINOv2 ViT-L/14 (1.2 GB, torch hub): 224 px normalised images -> 1024-d features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(3 * 8 * 8, 1024)
+
+    def forward(self, x):
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1))
+
+
+def test_fd_dinov2_next_to_fid_with_its_own_cached_reference(tmp_path, var_ckpt, monkeypatch):
+    """metrics.extra_fd=[fd_dinov2]: torch-fidelity's dinov2-vit-l-14 extractor (its torch hub network replaced
+    by a tiny one: no download) sees the same images as FID; its reference statistics are cached; without
+    the network the run stops before sampling and says how to place it."""
+    calls = []
+    monkeypatch.setattr(
+        torch.hub, "load", lambda repo, name, *a, **k: calls.append((repo, name)) or TinyDino()
+    )
+    common = [f"ckpt_path={var_ckpt}", "extractor=tiny-random", *DATA, *FAST, "generation.num_per_class=2",
+              "metrics.extra_fd=[fd_dinov2]", "metrics.precision_recall=false", "metrics.kid=false"]  # fmt: skip
+    first = evaluate.run(compose_eval(common, tmp_path), tmp_path / "a")
+    assert calls[0] == ("facebookresearch/dinov2", "dinov2_vitl14")
+    assert first["metrics"]["fd_dinov2"] > 0 and "fid" in first["metrics"]
+    extra = first["reference"]["extra_fd"]["fd_dinov2"]
+    assert extra["extractor"]["name"] == "dinov2-vit-l-14" and extra["count"] == 40
+    second = evaluate.run(compose_eval(common, tmp_path), tmp_path / "b")
+    assert second["metrics"]["fd_dinov2"] == pytest.approx(first["metrics"]["fd_dinov2"])
+    assert Path(extra["cache_path"]).is_file()
+
+    def offline(*a, **k):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torch.hub, "load", offline)
+    with pytest.raises(
+        FileNotFoundError, match=r"FD-DINOv2 needs DINOv2 ViT-L/14 from torch hub.*dinov2_vitl14_pretrain.pth"
+    ):
+        evaluate.run(compose_eval(common, tmp_path), tmp_path / "c")
+    assert not (tmp_path / "c" / "samples").exists()  # stopped before sampling
+    with pytest.raises(ValueError, match=r"metrics.extra_fd: \['fid_clip'\] unknown"):
+        evaluate.run(compose_eval([*common[:-3], "metrics.extra_fd=[fid_clip]"], tmp_path), tmp_path / "d")

@@ -576,3 +576,28 @@ def test_the_default_kid_subset_fits_a_small_set_and_a_set_value_is_kept_or_refu
         ValueError, match=r"metrics.kid_subset_size=30 exceeds the 40 generated / 25 reference"
     ):
         resolve_kid_subset(30, 40, 25)
+
+
+def test_sfid_features_are_mixed_6_conv_first_7_channels(tmp_path, monkeypatch):
+    """sFID (the ADM evaluator): Inception's mixed_6/conv (torch-fidelity: Mixed_6d.branch1x1, after ReLU,
+    17 x 17 x 192), first 7 channels, flattened H, W, C to 2023 dimensions. Random weights, no download."""
+    from var_lightning.evaluation.extra_fd import InceptionSpatial
+
+    weights = tmp_path / INCEPTION_WEIGHTS_FILE
+    torch.save({}, weights)
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None)
+    extractor = get_extractor("inception-tf-spatial", weights_path=weights)
+    assert isinstance(extractor, InceptionSpatial) and extractor.feature_dim == 2023
+    seen = []
+    extractor.net.Mixed_6d.branch1x1.register_forward_hook(
+        lambda m, i, out: seen.append(out.detach().clone())
+    )
+    torch.set_flush_denormal(True)
+    try:
+        out = extractor(torch.rand(2, 3, 32, 32))
+    finally:
+        torch.set_flush_denormal(False)
+    (conv,) = seen
+    assert conv.shape == (2, 192, 17, 17) and out["logits"] is None
+    want = conv[:, :7].permute(0, 2, 3, 1).reshape(2, -1)
+    assert out["features"].shape == (2, 2023) and torch.equal(out["features"], want)

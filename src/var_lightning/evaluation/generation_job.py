@@ -223,8 +223,31 @@ def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) ->
     return baseline_split, None
 
 
+def _extra_extractors(cfg: Any, ctx: Context) -> dict[str, FeatureExtractor]:
+    """metrics.extra_fd's extractors (sFID shares the FID Inception's weights file), built like the main one."""
+    from var_lightning.evaluation.extra_fd import EXTRA_FD, check_names
+    from var_lightning.evaluation.extractors import build_extractor
+
+    out = {}
+    for name in check_names(list(cfg.metrics.get("extra_fd") or [])):
+        spec: dict[str, Any] = {"name": EXTRA_FD[name]}
+        if name == "sfid" and cfg.extractor.get("name") == "inception-tf":
+            spec.update(
+                weights_path=cfg.extractor.get("weights_path"), download=cfg.extractor.get("download", True)
+            )
+        if ctx.rank != 0:
+            barrier()
+        out[name] = build_extractor(spec, "metrics.extra_fd").to(ctx.device)
+        if ctx.rank == 0:
+            barrier()
+    return out
+
+
 def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
+    from var_lightning.evaluation.extra_fd import TeeEvaluator, extra_distances
+
     extractor = _extractor(cfg, ctx)
+    extras = _extra_extractors(cfg, ctx)  # before sampling: a missing network fails now, not after
     settings = _settings(cfg, extractor)
     dm = _datamodule(cfg, ctx)
     models = None if cfg.generation.samples else load_for_inference(cfg, ctx.device)
@@ -243,6 +266,7 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
         notes += [note] if note else []
     keep = settings.precision_recall or settings.kid
     ref = _reference(cfg, extractor, dm, keep) if ctx.rank == 0 else None  # first: fail before sampling
+    extra_refs = {n: _reference(cfg, e, dm, False) for n, e in extras.items()} if ctx.rank == 0 else {}
     problem, kid_size, kid_note = None, settings.kid_subset_size, None
     if settings.kid and ctx.rank == 0:  # refuse before sampling 50k images, not after
         try:
@@ -264,18 +288,25 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
         log.warning(note)
     values = cfg_values(cfg.generation) if models is not None else [None]
     sweep = []  # (cfg, fields, metrics, skipped, count) per guidance value; the first is the report's own
+    fd_only = replace(settings, precision_recall=False, kid=False, class_accuracy=False)
     for value in values:
-        evaluator = GenerationEvaluator(extractor, settings)
+        evaluator = TeeEvaluator(
+            GenerationEvaluator(extractor, settings),
+            {n: GenerationEvaluator(e, fd_only) for n, e in extras.items()},
+        )
         if models is None:
             fields = _measure_existing(cfg, ctx, evaluator)
         else:
             where = out_dir if len(values) == 1 else out_dir / f"cfg_{value:g}"
             fields = _sample_checkpoint(cfg, ctx, evaluator, where, models, value)
         gathered = evaluator.gather()
+        gathered_extra = evaluator.gather_extras()
         skipped: dict[str, str] = {}
         metrics = (
             score(gathered, ref, settings, device=ctx.device, skipped=skipped) if ctx.rank == 0 else None
         )
+        if ctx.rank == 0 and extras:  # sFID / FD-DINOv2 of the same images, each against its own reference
+            metrics.update(extra_distances(gathered_extra, extra_refs))
         if kid_size is None and kid_note:
             skipped["kid"] = kid_note
         sweep.append((value, fields, metrics, skipped, gathered.count))
@@ -285,6 +316,12 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
         return None
     ref_meta = {k: ref.meta.get(k) for k in ("source", "stats_from", "cache_path", "cache_hit")}
     ref_meta["count"] = ref.count
+    if extras:  # which network and which reference statistics each extra distance used
+        ref_meta["extra_fd"] = {
+            n: {"extractor": report.extractor_info(e), "cache_path": extra_refs[n].meta.get("cache_path"),
+                "count": extra_refs[n].count}
+            for n, e in extras.items()
+        }  # fmt: skip
     out = report.report_header(
         "generation",
         extractor,
