@@ -601,3 +601,26 @@ def test_sfid_features_are_mixed_6_conv_first_7_channels(tmp_path, monkeypatch):
     assert conv.shape == (2, 192, 17, 17) and out["logits"] is None
     want = conv[:, :7].permute(0, 2, 3, 1).reshape(2, -1)
     assert out["features"].shape == (2, 2023) and torch.equal(out["features"], want)
+
+
+def test_extra_distances_have_the_known_answers():
+    """Equal sets give ~0; the same set shifted by d gives ||d||^2 (equal covariances cancel)."""
+    from types import SimpleNamespace
+
+    from var_lightning.evaluation.extra_fd import extra_distances
+    from var_lightning.evaluation.fid import FeatureStats
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 6, dtype=torch.float64)
+    shift = torch.tensor([0.5, -1.0, 0.0, 2.0, 0.0, 0.25], dtype=torch.float64)
+
+    def stats(t):
+        s = FeatureStats(6)
+        s.update(t)
+        return s
+
+    gathered = {"sfid": SimpleNamespace(stats=stats(x)), "fd_dinov2": SimpleNamespace(stats=stats(x))}
+    refs = {"sfid": stats(x).gaussian(), "fd_dinov2": stats(x + shift).gaussian()}
+    d = extra_distances(gathered, refs)
+    assert d["sfid"] == pytest.approx(0.0, abs=1e-6)
+    assert d["fd_dinov2"] == pytest.approx(float((shift**2).sum()), rel=1e-6)
