@@ -209,3 +209,15 @@ def test_two_ddp_ranks_give_the_single_process_metrics(tmp_path, tokenizer_ckpt)
         results[devices] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     for key in ("val/fid", "val/is", "val/precision", "val/recall"):
         assert results[2][key] == pytest.approx(results[1][key], rel=1e-6), key
+
+
+def test_fd_dinov2_is_logged_next_to_fid_during_training(tmp_path, tokenizer_ckpt, monkeypatch):
+    """callbacks.generation_metrics.extra_fd=[fd_dinov2]: val/fd_dinov2 beside val/fid, its reference cached
+    (DINOv2's torch hub network replaced by a stand-in: no download)."""
+    from tests.integration.test_eval_cli import TinyDino
+
+    monkeypatch.setattr(torch.hub, "load", lambda *a, **k: TinyDino())
+    metrics = train(var_cfg(tmp_path, tokenizer_ckpt, "[default,generation_metrics]", "debug=fdr",
+                            f"{GM}.extra_fd=[fd_dinov2]"))  # fmt: skip
+    assert metrics["val/fd_dinov2"] > 0 and "val/fid" in metrics
+    assert list((tmp_path / "cache").glob("ref-dinov2-vit-l-14-*.npz"))

@@ -31,6 +31,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Subset
 
+from var_lightning.evaluation.extra_fd import EXTRA_FD, TeeEvaluator, check_names, extra_distances
 from var_lightning.evaluation.extractors import FeatureExtractor, build_extractor
 from var_lightning.evaluation.fid import GaussianStats
 from var_lightning.evaluation.generation import GenerationEvaluator, MetricSettings, sample_and_measure, score
@@ -58,8 +59,9 @@ class GenerationMetrics(L.Callback):
     ...}``). reference: an ``.npz`` (ADM reference batch) or image folder; None = the datamodule's
     ``reference_split``. num_reference: reference images used (None = all). cache_dir: where reference
     statistics are cached between runs (None: kept in memory for this run only). precision_recall / kid:
-    keep features for precision/recall, also compute KID. config_key: where this callback sits in the
-    config (error messages name its keys).
+    keep features for precision/recall, also compute KID. extra_fd: ``[sfid]``, ``[fd_dinov2]`` or both,
+    logged as ``val/sfid`` / ``val/fd_dinov2`` (:mod:`var_lightning.evaluation.extra_fd`). config_key: where this
+    callback sits in the config (error messages name its keys).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class GenerationMetrics(L.Callback):
         fid_method: str = "eigh",
         is_splits: str | int = "adm",
         pr_k: int = 3,
+        extra_fd: list[str] | None = None,
         config_key: str = "callbacks.generation_metrics",
     ) -> None:
         super().__init__()
@@ -125,7 +128,11 @@ class GenerationMetrics(L.Callback):
         )
         self.config_key = config_key
         self.extractor: FeatureExtractor | None = None
-        self._reference: GaussianStats | None = None
+        self.extra_fd = check_names(
+            list(extra_fd or [])
+        )  # sfid / fd_dinov2 next to FID (evaluation.extra_fd)
+        self.extras: dict[str, FeatureExtractor] = {}
+        self._references: dict[str, GaussianStats] = {}  # by extractor name
         self.best_fid, self.best_step, self.best_epoch = math.inf, -1, -1
         self._last_bucket = 0
         self.last_metrics: dict[str, float] = {}
@@ -156,6 +163,7 @@ class GenerationMetrics(L.Callback):
             if trainer.world_size > 1 and not trainer.is_global_zero:
                 trainer.strategy.barrier("generation_metrics_extractor")  # rank 0 downloads first
             self.extractor = build_extractor(self.extractor_spec, f"{self.config_key}.extractor")
+            self.extras = self._build_extras()
             if trainer.world_size > 1 and trainer.is_global_zero:
                 trainer.strategy.barrier("generation_metrics_extractor")
             self.settings.class_accuracy = self.extractor.name == "classifier"
@@ -172,16 +180,31 @@ class GenerationMetrics(L.Callback):
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     # ------------------------------------------------------------------ reference statistics
-    def _reference_stats(self, trainer: L.Trainer) -> GaussianStats:
-        """Rank 0 only: loaded from ``cache_dir`` or computed once (then kept in memory)."""
-        if self._reference is not None:
-            return self._reference
-        keep = self.settings.precision_recall or self.settings.kid
+    def _build_extras(self) -> dict[str, FeatureExtractor]:
+        out = {}
+        for name in self.extra_fd:
+            spec: dict[str, Any] = {"name": EXTRA_FD[name]}
+            main = (
+                {"name": self.extractor_spec} if isinstance(self.extractor_spec, str) else self.extractor_spec
+            )
+            if name == "sfid" and main.get("name") == "inception-tf":  # the FID Inception's weights file
+                spec.update({k: main[k] for k in ("weights_path", "download") if main.get(k) is not None})
+            out[name] = build_extractor(spec, f"{self.config_key}.extra_fd")
+        return out
+
+    def _reference_stats(
+        self, trainer: L.Trainer, extractor: FeatureExtractor | None = None
+    ) -> GaussianStats:
+        """Rank 0 only: loaded from ``cache_dir`` or computed once (then kept in memory), per extractor."""
+        extractor = extractor or self.extractor
+        if extractor.name in self._references:
+            return self._references[extractor.name]
+        keep = (self.settings.precision_recall or self.settings.kid) and extractor is self.extractor
         dm = getattr(trainer, "datamodule", None)
         workers = int(getattr(dm, "num_workers", 0) or 0)
         common = dict(count=self.num_reference, keep_features=keep, progress=False, num_workers=workers)
         if self.reference is not None:
-            stats = reference_stats(self.reference, self.extractor, self.cache_dir, **common)
+            stats = reference_stats(self.reference, extractor, self.cache_dir, **common)
         else:
             if dm is None:
                 raise ValueError(
@@ -198,9 +221,9 @@ class GenerationMetrics(L.Callback):
                 dataset = Subset(dataset, sorted(picked.tolist()))
                 ident += f":subset{n}:seed{self.seed}"
             common["count"] = None
-            stats = reference_stats(dataset, self.extractor, self.cache_dir, source_id=ident, **common)
+            stats = reference_stats(dataset, extractor, self.cache_dir, source_id=ident, **common)
             stats.meta["source"] = f"{type(dm).__name__} {self.reference_split} split ({n} images)"
-        self._reference = stats
+        self._references[extractor.name] = stats
         return stats
 
     # ------------------------------------------------------------------ evaluation
@@ -238,6 +261,8 @@ class GenerationMetrics(L.Callback):
         """Sample, extract, gather and score; every rank gets rank 0's metrics."""
         device = pl_module.device
         self.extractor.to(device)
+        for e in self.extras.values():
+            e.to(device)
         ref = self._reference_stats(trainer) if trainer.is_global_zero else None  # only rank 0 scores
         num_classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
         num_classes = int(num_classes or pl_module.var.num_classes)
@@ -256,7 +281,9 @@ class GenerationMetrics(L.Callback):
             with precision_ctx():
                 return sampler.generate(labels_B.to(device), seed=seed, **self.sampling).float()
 
-        evaluator = GenerationEvaluator(self.extractor, self.settings)
+        fd_only = MetricSettings(fid_method=self.settings.fid_method, precision_recall=False, kid=False)
+        evaluator = TeeEvaluator(GenerationEvaluator(self.extractor, self.settings),
+                                 {k: GenerationEvaluator(e, fd_only) for k, e in self.extras.items()})  # fmt: skip
         nb = math.ceil(n / self.batch_size)
         try:
             with full_weights:  # a sharded transformer: every rank gathers the full weights, then samples
@@ -273,6 +300,9 @@ class GenerationMetrics(L.Callback):
                 )
         finally:
             sampler.train(was_training)
-        gathered = evaluator.gather()
+        gathered, gathered_extra = evaluator.gather(), evaluator.gather_extras()
         metrics = score(gathered, ref, self.settings, device=device) if trainer.is_global_zero else None
+        if trainer.is_global_zero and self.extras:  # sFID / FD-DINOv2 of the same samples
+            refs = {k: self._reference_stats(trainer, e) for k, e in self.extras.items()}
+            metrics.update(extra_distances(gathered_extra, refs))
         return broadcast_object(metrics)
