@@ -177,6 +177,10 @@ def test_a_hub_id_loads_from_the_cache_for_every_command(var_ckpt, tmp_path, mon
         FileNotFoundError, match=r"pretrained=someone/other: no such folder here.*hf download someone/other"
     ):
         load_models(pretrained="someone/other")
+    with pytest.raises(
+        FileNotFoundError, match=r"ckpt_path=someone/my-var: no such file or folder.*pretrained="
+    ):
+        load_models("someone/my-var")
 
 
 def test_pickled_weights_and_other_formats_are_refused_by_name(var_ckpt, tmp_path):

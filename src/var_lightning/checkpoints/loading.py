@@ -248,6 +248,13 @@ def load_models(
         raise FileNotFoundError(
             f"{key}={ckpt_path}: no such file; to load the released model use pretrained={ckpt_path}"
         )
+    from var_lightning.checkpoints.model_repo import looks_like_repo_id
+
+    if not path.exists() and looks_like_repo_id(str(ckpt_path)):
+        raise FileNotFoundError(
+            f"{key}={ckpt_path}: no such file or folder; a model repository on the Hugging Face Hub loads with "
+            f"pretrained={ckpt_path}"
+        )
     ckpt = read_checkpoint(path, key=key, trust_pickle=trust_pickle)
     stage = checkpoint_stage(ckpt)
     if stage == "official-var" and "trainer" not in ckpt:
