@@ -128,6 +128,23 @@ def test_a_mapped_class_samples_like_its_source_before_training(tmp_path):
     assert not torch.equal(tokens(dst, [2, 2]), tokens(src, [5, 5]))
 
 
+def test_an_imagenet_folder_named_by_synset_keeps_the_released_rows(tmp_path):
+    """A released-style source (the 1000 ImageNet classes, torchvision's names) fine-tuned on a folder in the
+    ImageNet layout (class folders n02099601, n01440764, ...): rows match by WordNet id, and by name."""
+    from var_lightning.checkpoints.loading import imagenet_class_names, imagenet_wnids
+
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 and wnids == sorted(wnids) and wnids[207] == "n02099601"
+    src = var_module(num_classes=1000, seed=1)
+    path = save_lightning(src, tmp_path / "released.ckpt", "var", class_names=imagenet_class_names())
+    dst = var_module(num_classes=3, seed=2)
+    report = init_from_checkpoint(dst, path, class_names=["n02099601", "tench", "my_new_class"])
+    W_old, W_new = src.var.class_emb.weight, dst.var.class_emb.weight
+    assert torch.equal(W_new[0], W_old[207]) and torch.equal(W_new[1], W_old[0])  # golden retriever, tench
+    assert torch.equal(W_new[2], W_old[:1000].mean(0)) and torch.equal(W_new[3], W_old[1000])
+    assert "kept 2 (n02099601, tench)" in report.resized["class_emb.weight"]
+
+
 def test_schedule_change_adapts_positions_and_levels(tmp_path):
     src = var_module(patch_nums=(1, 2, 4), seed=1)
     path = save_lightning(src, tmp_path / "var.ckpt", "var")

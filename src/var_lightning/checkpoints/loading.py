@@ -180,6 +180,13 @@ def _from_released_files(
     return LoadedModels(var, vae, info)
 
 
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids (``n01440764`` ...) in the class order of :func:`imagenet_class_names`:
+    an ImageNet-layout folder names its classes by them."""
+    text = (Path(__file__).with_name("imagenet_wnids.txt")).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names in the standard (sorted synset) order the released models use,
     from torchvision's metadata (no download)."""

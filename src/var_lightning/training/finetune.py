@@ -146,9 +146,16 @@ def _norm(name: str) -> str:
 
 
 def match_class_rows(old_names: Sequence[str], new_names: Sequence[str]) -> tuple[dict[int, int], str]:
-    """{new row: old row} for the classes both lists name (case, ``_``/``-``/space insensitive), and the
+    """{new row: old row} for the classes both lists name (case, ``_``/``-``/space insensitive; a source with
+    the 1000 ImageNet classes also answers to their WordNet ids, ``n01440764``), and the
     report line: which rows were kept (by name), which are new (the mean class row), which dropped."""
     index = {_norm(n): i for i, n in enumerate(old_names)}
+    from var_lightning.checkpoints.loading import imagenet_class_names, imagenet_wnids
+
+    if len(old_names) == 1000 and list(old_names) == imagenet_class_names():  # the released models' classes:
+        index.update(
+            {w: i for i, w in enumerate(imagenet_wnids())}
+        )  # an ImageNet folder names them n01440764 ...
     rows = {j: index[_norm(n)] for j, n in enumerate(new_names) if _norm(n) in index}
     new = [n for j, n in enumerate(new_names) if j not in rows]
     kept_old = set(rows.values())
