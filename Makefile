@@ -97,7 +97,7 @@ demo-edit: $(STAMP)
 	$(BIN)/var-edit ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt image=synthetic:0:4 mode=class-edit class=5 \
 	  box=[0.15,0.15,0.85,0.85] cfg=3 hydra.run.dir=$(DEMO_DIR)/edit/class_edit
 
-share: $(STAMP) ## the demo's VAR as a model repository (safetensors + config.json + card): $(DEMO_DIR)/repo
+share: $(STAMP) ## the demo's VAR as a model repository (safetensors + config.json + card) in outputs/demo/repo
 	@test -f "$(DEMO_DIR)/var/checkpoints/last.ckpt" || { echo "make share exports the demo's VAR: run make demo first, or call var-convert to-hub <any last.ckpt> --out-dir <folder>" >&2; exit 2; }
 	$(BIN)/var-convert to-hub $(DEMO_DIR)/var/checkpoints/last.ckpt --out-dir $(DEMO_DIR)/repo \
 	  $(if $(wildcard $(DEMO_DIR)/eval/report.json),--report $(DEMO_DIR)/eval/report.json) $(ARGS)
