@@ -189,9 +189,8 @@ def _fid_helper_layers(path: Path) -> dict[str, dict[str, torch.Tensor]]:
             f"torch-fidelity's {INCEPTION_WEIGHTS_FILE} instead"
         )
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", FutureWarning
-        )  # "torch.jit.load is deprecated": still the way to read it
+        # "torch.jit.load is deprecated" (torch >= 2.9): still the only reader of this format
+        warnings.simplefilter("ignore", FutureWarning)
         source = torch.jit.load(str(path), map_location="cpu").state_dict()
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in source.items():  # in the export's module order
