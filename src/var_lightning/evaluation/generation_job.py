@@ -187,7 +187,7 @@ def _real_baseline(
     fd_only = replace(settings, precision_recall=False, kid=False, class_accuracy=False)
     evaluator = TeeEvaluator(
         GenerationEvaluator(extractor, settings),
-        {n: GenerationEvaluator(e, fd_only) for n, e in (extras or {}).items()},
+        {name: GenerationEvaluator(e, fd_only) for name, e in (extras or {}).items()},
     )
     measure_dataset(
         dataset,
@@ -362,7 +362,7 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
 
 def plot_cfg_sweep(sweep: list[dict], path: Path, baseline: dict | None = None) -> Path:
     """FID (and IS when scored) against the guidance scale, one point per value; the real-images baseline's
-    FID as a dashed line (the floor at this sample size)."""
+    FID as a dotted line (the floor at this sample size)."""
     import matplotlib
 
     matplotlib.use("Agg")
