@@ -1,13 +1,11 @@
 """Training objectives shared by the VAR and AR-baseline LightningModules: the frozen tokenizer's tokens, label
-dropout for classifier-free guidance, the per-token head loss, the next-scale objective, and the compile budget
-of the trunk they run.
+dropout for classifier-free guidance, the per-token head loss and the next-scale objective.
 
 Shapes: B batch, L tokens of all scales, V vocabulary, Cv tokenizer codebook dim, C width, D condition width.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -17,24 +15,6 @@ from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.training.chunked_ce import chunked_head_cross_entropy
 from var_lightning.training.progressive import Stage
 from var_lightning.transformer.var import VAR
-
-log = logging.getLogger(__name__)
-
-
-def reserve_recompiles(graphs: int) -> None:
-    """Raise dynamo's per-function recompile limit to ``graphs`` (+ a margin) when it is lower.
-
-    The blocks are compiled with static shapes (the best kernels for each length); past the limit dynamo
-    silently runs the function eagerly from then on, which for flex attention means the unfused B x H x L x L
-    path. ``recompile_limit`` is ``cache_size_limit`` before torch 2.6."""
-    import torch._dynamo.config as dynamo_config
-
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    need = graphs + 2
-    if getattr(dynamo_config, name) < need:
-        log.info("torch.compile: up to %d graph shapes in this run; dynamo's %s %d -> %d",
-                 graphs, name, getattr(dynamo_config, name), need)  # fmt: skip
-        setattr(dynamo_config, name, need)
 
 
 @torch.no_grad()

@@ -76,7 +76,8 @@ class ShardingPlan:
     backward (the fp32 master copy is what the optimizer updates); the root (embeddings, head) keeps fp32, as
     the published code runs them. reduce_dtype: gradient reduction (fp32 keeps small updates exact).
     activation_checkpointing: recompute each block's activations in backward (less memory, ~30% more compute;
-    needed for d36 at 512 px).
+    needed for d36 at 512 px). autocast: the forward runs under autocast (``trainer.precision=*-mixed``, set by
+    :meth:`resolved`): the blocks' inputs are then left in fp32 (see :func:`block_policy`).
     """
 
     reshard_after_forward: bool = True
@@ -84,12 +85,15 @@ class ShardingPlan:
     param_dtype: str | None = "auto"
     reduce_dtype: str | None = "float32"
     activation_checkpointing: bool = False
+    autocast: bool = False
 
     def resolved(self, precision: str) -> ShardingPlan:
-        """``param_dtype=auto`` made concrete for ``trainer.precision`` (bf16-mixed -> bfloat16, 32 -> fp32)."""
+        """``param_dtype=auto`` made concrete for ``trainer.precision`` (bf16-mixed -> bfloat16, 32 -> fp32),
+        and whether the forward runs under autocast (``*-mixed``)."""
+        autocast = str(precision).endswith("-mixed")
         if self.param_dtype != "auto":
-            return self
-        return replace(self, param_dtype=AUTO_PARAM_DTYPE.get(str(precision)))
+            return replace(self, autocast=autocast)
+        return replace(self, param_dtype=AUTO_PARAM_DTYPE.get(str(precision)), autocast=autocast)
 
     def __post_init__(self) -> None:
         _dtype(self.param_dtype, "trainer.strategy.param_dtype")
@@ -208,19 +212,56 @@ def _checkpointed_forward(block: nn.Module) -> None:
     block.forward = types.MethodType(forward, block)
 
 
-def shard_transformer(net: nn.Module, mesh: Any, plan: ShardingPlan) -> None:
-    """Shard a VAR (or the AR baseline) in place: each of ``net.blocks`` one FSDP unit with the plan's
-    mixed-precision policy, then the root (embeddings, AdaLN head, head) in fp32. Idempotent."""
-    if is_sharded(net):
-        return
-    block_mp = MixedPrecisionPolicy(
+def block_policy(plan: ShardingPlan) -> MixedPrecisionPolicy:
+    """The blocks' mixed-precision policy: parameters in ``param_dtype`` for forward and backward, gradients
+    reduced in ``reduce_dtype``.
+
+    Under autocast the blocks' inputs are *not* cast (``cast_forward_inputs=False``): the residual stream
+    stays fp32 between blocks, as under DDP's autocast and in the published trainer, and autocast casts each
+    matmul's operands instead. Casting them (FSDP2's default) makes the residual stream itself bf16: at the
+    published init (AdaLN gamma 1e-5) a block adds ~1e-7 to activations whose bf16 spacing is ~1e-3, and its
+    contribution rounds away. Without autocast (``*-true`` precision or a plan used directly) the inputs must
+    be cast, or fp32 activations would meet bf16 weights."""
+    return MixedPrecisionPolicy(
         param_dtype=_dtype(plan.param_dtype, "param_dtype"),
         reduce_dtype=_dtype(plan.reduce_dtype, "reduce_dtype"),
+        cast_forward_inputs=not plan.autocast,
     )
+
+
+def compile_block(block: nn.Module, compile: bool | str, backend: Any = "inductor") -> None:
+    """``torch.compile`` one block in place (``nn.Module.compile``: parameter names unchanged), before it is
+    sharded, so FSDP2's per-block hooks stay outside the compiled code.
+
+    Compiling the whole trunk instead (what an unsharded run does) does not survive sharding: the hooks split
+    it into one frame per block, and each block's frame specialises on its own drop-path rate (a Python float
+    that differs per block), so every block recompiles, dynamo's recompile limit is reached after a few
+    blocks and the rest run eagerly. Here drop-path runs outside the compiled code (two graph breaks per
+    block, around an elementwise multiply), so all blocks share one graph per shape: the compile count does
+    not grow with depth. ``compile``: True or a ``torch.compile`` mode; ``backend`` is for tests."""
+    mode = None if compile is True else str(compile)
+    drop_path = getattr(block, "drop_path", None)
+    if drop_path is not None:
+        drop_path.forward = torch.compiler.disable(drop_path.forward, recursive=False)
+    block.compile(mode=mode, dynamic=False, backend=backend)
+
+
+def shard_transformer(
+    net: nn.Module, mesh: Any, plan: ShardingPlan, compile: bool | str = False, backend: Any = "inductor"
+) -> None:
+    """Shard a VAR (or the AR baseline) in place: each of ``net.blocks`` one FSDP unit with the plan's
+    mixed-precision policy (:func:`block_policy`), then the root (embeddings, AdaLN head, head) in fp32.
+    ``compile`` (``model.train.compile``): each block compiled before it is sharded (:func:`compile_block`);
+    the trunk is then called uncompiled (:func:`trunk_compile`). Idempotent."""
+    if is_sharded(net):
+        return
+    block_mp = block_policy(plan)
     root_mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=_dtype(plan.reduce_dtype, "reduce_dtype"))
     for block in net.blocks:
         if plan.activation_checkpointing:
             _checkpointed_forward(block)
+        if compile:
+            compile_block(block, compile, backend)
         fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=plan.reshard_after_forward)
     # The root (embeddings, AdaLN head, head: a few % of the parameters) stays gathered from forward to
     # backward (as torchtitan does): the objective applies the head after forward_hidden returns, chunk by
@@ -235,6 +276,13 @@ def shard_transformer(net: nn.Module, mesh: Any, plan: ShardingPlan) -> None:
         mesh.size(), "x".join(str(s) for s in mesh.shape), len(net.blocks), n / 1e6, plan.param_dtype,
         plan.reduce_dtype, plan.reshard_after_forward, plan.activation_checkpointing,
     )  # fmt: skip
+
+
+def trunk_compile(net: nn.Module, compile: bool | str) -> bool | str:
+    """The ``compile`` argument for ``net.forward_hidden``: the setting itself for a plain transformer (the
+    whole trunk compiles into one graph per shape), False for a sharded one (its blocks are compiled one by
+    one, :func:`compile_block`)."""
+    return False if is_sharded(net) else compile
 
 
 def plain_class(module: nn.Module) -> type[nn.Module]:

@@ -19,12 +19,19 @@ from var_lightning.keys import settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.lora import apply_to_module, strip_frozen_base
-from var_lightning.training.objectives import next_scale_losses, reserve_recompiles, tokenize
+from var_lightning.training.objectives import next_scale_losses, tokenize
 from var_lightning.training.optim import adamw, decayed_names, param_groups
 from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
 from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
-from var_lightning.training.sharding import full_copy, is_sharded, shard_transformer, sharding_plan
+from var_lightning.training.sharding import (
+    full_copy,
+    is_sharded,
+    shard_transformer,
+    sharding_plan,
+    trunk_compile,
+)
+from var_lightning.transformer.compile_budget import reserve_recompiles
 from var_lightning.transformer.config import VARConfig, build_var_config
 from var_lightning.transformer.fast_sampling import build_sampler
 from var_lightning.transformer.sampling import check_compatible, resolve_sampling, scaled_top_k
@@ -151,7 +158,7 @@ class VARModule(L.LightningModule):
         from var_lightning.training.sharding import fsdp_mesh
 
         mesh = fsdp_mesh(self.device_mesh, plan, self.trainer.num_nodes)
-        shard_transformer(self.var, mesh, plan)
+        shard_transformer(self.var, mesh, plan, compile=self.train_cfg.compile)
         if getattr(self, "var_ema", None) is not None:  # callbacks=ema: sharded like the weights
             shard_transformer(self.var_ema, mesh, plan)
 
@@ -291,7 +298,7 @@ class VARModule(L.LightningModule):
             label_smoothing=t.label_smoothing,
             fused_ce=t.fused_ce,
             ce_chunk_tokens=t.ce_chunk_tokens,
-            compile=t.compile,
+            compile=trunk_compile(self.var, t.compile),
             stage=stage,
         )
 

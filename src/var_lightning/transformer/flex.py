@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from var_lightning.transformer.compile_budget import reserve_recompiles
 from var_lightning.transformer.masks import level_index
 
 if TYPE_CHECKING:
@@ -48,15 +49,20 @@ def _block_mask(patch_nums: tuple[int, ...], end: int, device: str) -> BlockMask
 def get_block_mask(model: VAR, end: int, device: torch.device | str) -> BlockMask:
     """The block-causal ``BlockMask`` over the first ``end`` tokens of ``model``'s schedule, built once per
     (schedule, end, device) and cached for the process (it is a few KB; building it costs milliseconds)."""
+    # a compiled flex_attention meets every prefix length of the schedule, with and without grad, full and
+    # partial batches: keep dynamo from running the last ones eagerly (the unfused path)
+    reserve_recompiles(4 * len(model.patch_nums))
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return _block_mask(tuple(model.patch_nums), int(end), str(device))
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_flex() -> Callable[..., torch.Tensor]:
-    return torch.compile(flex_attention, dynamic=False)
+@functools.lru_cache(maxsize=4)
+def _compiled_flex(backend: str | Callable = "inductor") -> Callable[..., torch.Tensor]:
+    """``flex_attention`` compiled with static shapes (one graph per length; :func:`get_block_mask` reserves
+    the budget); ``backend`` is for tests."""
+    return torch.compile(flex_attention, dynamic=False, backend=backend)
 
 
 def flex_attention_call(
