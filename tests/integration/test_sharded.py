@@ -259,18 +259,21 @@ def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(r
 def test_a_signal_saves_a_checkpoint_and_the_relaunch_continues_exactly(
     tokenizer, runs, tmp_path, name, sig, code
 ):
-    """The signal reaches rank 0 only, after step 3 of 4: every rank saves checkpoints/preempted.ckpt at that
-    step boundary, the run exits 128 + signal (not 0) naming the command that continues it, and that command
-    (resume=auto) ends on the uninterrupted run's weights."""
+    """The signal reaches rank 0 only: every rank saves checkpoints/preempted.ckpt at the step boundary where
+    the ranks next compare notes (one process: the next step; several: every check_every_n_steps, here 3, so
+    a signal after step 2 is acted on at step 3), the run exits 128 + signal (not 0) naming the command that
+    continues it, and that command (resume=auto) ends on the uninterrupted run's weights."""
     run = tmp_path / name
     common = [
         *VAR,
         f"model.tokenizer_ckpt={tokenizer}",
         *RUNS[name],
         "callbacks.periodic_checkpoint.minutes=null",
+        "run_callbacks.preemption.check_every_n_steps=3",
     ]
+    at = 3 if name == "single" else 2
     stopped = var_train(run, [*common, "+callbacks.sig._target_=tests.integration.probes.SignalAt",
-                              "+callbacks.sig.step=3", f"+callbacks.sig.signal={sig}"], check=False)  # fmt: skip
+                              f"+callbacks.sig.step={at}", f"+callbacks.sig.signal={sig}"], check=False)  # fmt: skip
     err = stopped.stdout + stopped.stderr
     assert stopped.returncode == code, err[-3000:]
     assert f"stopped by {sig} at step 3" in err and "to continue this run: var-train" in err, err[-3000:]

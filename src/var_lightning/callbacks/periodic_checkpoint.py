@@ -4,7 +4,10 @@ Why not ``ModelCheckpoint(train_time_interval=...)``: in pytorch-lightning 2.6 i
 (the tokenizer stage's GAN training) only looks at ``every_n_train_steps`` and never saves on time. This
 callback does the same thing for both stages: at the end of a training batch, rank 0 decides whether the
 interval has passed, the decision is broadcast (ranks' clocks differ), and every rank calls
-``trainer.save_checkpoint`` (a collective under DDP/FSDP). The file, ``<dirpath>/periodic.ckpt`` by default,
+``trainer.save_checkpoint`` (a collective under DDP/FSDP). With several processes the time is looked at only
+every ``check_every_n_steps`` optimizer steps (a broadcast is a host sync; at every step it would stall the
+GPU queue), one process looks at its clock at every step without any collective; step-based saves need no
+agreement at all. The file, ``<dirpath>/periodic.ckpt`` by default,
 is replaced each time; ``resume=auto`` picks the newest checkpoint of the run, whichever callback wrote it.
 """
 
@@ -31,8 +34,14 @@ class PeriodicCheckpoint(L.Callback):
         filename: str = "periodic",
         minutes: float | None = 10.0,
         every_n_steps: int | None = None,
+        check_every_n_steps: int = 20,
     ) -> None:
         super().__init__()
+        if check_every_n_steps < 1:
+            raise ValueError(
+                f"callbacks.periodic_checkpoint.check_every_n_steps={check_every_n_steps} must be >= 1"
+            )
+        self.check_every_n_steps = int(check_every_n_steps)
         if minutes is not None and minutes < 0:
             raise ValueError(f"callbacks.periodic_checkpoint.minutes={minutes} must be >= 0 (or null)")
         if every_n_steps is not None and every_n_steps < 1:
@@ -58,10 +67,12 @@ class PeriodicCheckpoint(L.Callback):
         step = trainer.global_step
         if step == self._last_step or trainer.sanity_checking:
             return  # no optimizer step since the last save (gradient accumulation)
-        due = self.every_n_steps is not None and step % self.every_n_steps == 0
-        if self.interval_s is not None and time.monotonic() - self._last_time >= self.interval_s:
-            due = True
-        due = bool(trainer.strategy.broadcast(due))  # rank 0 decides for all
+        due = self.every_n_steps is not None and step % self.every_n_steps == 0  # the same on every rank
+        if not due and self.interval_s is not None:
+            if trainer.world_size <= 1:
+                due = time.monotonic() - self._last_time >= self.interval_s
+            elif step % self.check_every_n_steps == 0:  # the same steps on every rank: rank 0 decides for all
+                due = bool(trainer.strategy.broadcast(time.monotonic() - self._last_time >= self.interval_s))
         if not due:
             return
         path = self.path(trainer)

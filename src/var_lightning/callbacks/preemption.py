@@ -7,9 +7,10 @@ model trains (from ``on_train_start``, after Lightning has set its own, until th
 
 1. the handler only records the signal (a signal can arrive in the middle of an optimizer step or a
    collective, where nothing can be saved);
-2. at the next optimizer-step boundary every rank learns whether any rank received one (an all-reduce of
-   one flag; a signal sent to rank 0 only is enough), all ranks write ``checkpoints/preempted.ckpt``
-   together (a collective, as every save), and raise :class:`Preempted`;
+2. at the next optimizer-step boundary (with several processes: the next multiple of
+   ``check_every_n_steps``, since the all-reduce of one flag that tells every rank whether any rank received
+   one is a host sync, too costly at every step; a signal sent to rank 0 only is enough), all ranks write
+   ``checkpoints/preempted.ckpt`` together (a collective, as every save), and raise :class:`Preempted`;
 3. ``var-train`` prints the exact command that continues the run (``resume=auto`` and the pinned run
    directory) and exits with ``128 + signal`` (143 for SIGTERM, 130 for Ctrl-C, 138 for SIGUSR1), the
    status a shell or scheduler expects of a process ended by that signal, never 0.
@@ -53,9 +54,12 @@ class Preempted(Exception):
 class PreemptionCheckpoint(L.Callback):
     """See the module docstring. ``filename`` (without ``.ckpt``) below ``<default_root_dir>/checkpoints``."""
 
-    def __init__(self, filename: str = "preempted") -> None:
+    def __init__(self, filename: str = "preempted", check_every_n_steps: int = 5) -> None:
         super().__init__()
+        if check_every_n_steps < 1:
+            raise ValueError(f"callbacks.preemption.check_every_n_steps={check_every_n_steps} must be >= 1")
         self.filename = filename
+        self.check_every_n_steps = int(check_every_n_steps)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._last_step = -1
@@ -116,6 +120,8 @@ class PreemptionCheckpoint(L.Callback):
         local = 0 if self.received is None else int(self.received)
         if trainer.world_size <= 1:
             return local
+        if trainer.global_step % self.check_every_n_steps:  # the same steps on every rank
+            return 0
         flag = torch.tensor([local], device=trainer.strategy.root_device, dtype=torch.int64)
         flag = trainer.strategy.reduce(flag, reduce_op="max")
         return int(flag.item())
