@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-app install-trackers golden-update test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
-        demo-sample demo-classifier demo-eval demo-edit share eval train-tokenizer train-var sample app sweep-scaling compare-ar clean
+        demo-sample demo-classifier demo-eval demo-edit share eval train-tokenizer train-var sample app sweep-scaling compare-ar gpu-bundle clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -140,6 +140,9 @@ sweep-scaling: $(STAMP) ## CPU scaling-law study: 4 VAR depths on the synthetic 
 
 compare-ar: $(STAMP) ## AR vs VAR at equal size and budget (~10 min CPU): experiments/ar_vs_var/README.md; ARGS="+scale=paper" prints the GPU runs
 	$(BIN)/var-compare-ar $(ARGS)
+
+gpu-bundle: $(STAMP) ## the wheels a GPU node without internet needs for benchmarks/gpu_check.sh (benchmarks/wheels, < 60 MiB)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_bundle.sh
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -52,12 +52,27 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], limit: int) -> tuple[bool, str]:
+# the limits are the GPU node's; the --cpu rehearsal multiplies them (a 2-core machine, maybe busy): see main()
+LIMIT_SCALE = 1.0
+
+
+def cpu_limit_scale() -> float:
+    """The --cpu rehearsal's factor on the limits: x3 for a CPU doing a GPU's work on tiny models, times the
+    machine's load per core when another job shares it (2 cores at load 4 -> x6)."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        load = 1.0
+    return 3.0 * max(1.0, load)
+
+
+def run(cmd: list[str], limit: float) -> tuple[bool, str]:
+    limit = limit * LIMIT_SCALE
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env=_env(), cwd=ROOT)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return False, f"timed out after {limit} s\n{out[-1500:]}"
+        return False, f"timed out after {limit:.0f} s\n{out[-1500:]}"
     return p.returncode == 0, (p.stdout + p.stderr)[-3000:]
 
 
@@ -227,7 +242,11 @@ def main() -> int:
     )
     p.add_argument("--only", nargs="+", default=None, choices=sorted(LIMITS))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # run one in-process check, print its JSON
+    p.add_argument("--limit-scale", type=float, default=None,
+                   help="multiply every check's time limit (default: 1 on a GPU, 3 x load per core with --cpu)")  # fmt: skip
     args = p.parse_args()
+    global LIMIT_SCALE
+    LIMIT_SCALE = args.limit_scale or (cpu_limit_scale() if args.cpu else 1.0)
     device = "cpu" if args.cpu else "cuda"
     if args.one:
         print("RESULT " + json.dumps(IN_PROCESS[args.one](device)))
@@ -241,6 +260,8 @@ def main() -> int:
     record = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "device":
               torch.cuda.get_device_name() if not args.cpu else "cpu", "checks": {}}  # fmt: skip
     failed = 0
+    if LIMIT_SCALE != 1.0:
+        print(f"time limits x{LIMIT_SCALE:.1f}", flush=True)
     for name in args.only or list(LIMITS):
         t = time.perf_counter()
         if name in ("gpu-tests", "sampler-memory") and args.cpu:

@@ -12,16 +12,20 @@
 # What the node needs: torch >= 2.5 (FSDP2 and FlexAttention; the H200 used for our anchors has 2.11), numpy,
 # pytorch-lightning >= 2.4, pytest (for the gpu tests); and for the var-train checks hydra-core, omegaconf,
 # antlr4-python3-runtime, webdataset, braceexpand, lpips, torch-fidelity, scipy, pillow, rich. A node without
-# internet takes them as wheels: on a machine with pip access run
-#   pip download --no-deps -d benchmarks/wheels hydra-core omegaconf antlr4-python3-runtime==4.9.3 webdataset \
-#       braceexpand lpips torch-fidelity pytest pluggy iniconfig
-# (benchmarks/wheels/ is git-ignored; carry it), and this script installs them with --no-index first.
+# internet takes them as wheels: `make gpu-bundle` on a machine with pip access fills benchmarks/wheels/
+# (git-ignored; carry it), building the sdist-only antlr4-python3-runtime into a wheel, and this script
+# installs every wheel there with --no-index first, then stops if Hydra still does not import.
 # var_lightning itself runs from src/ (no `pip install -e .`, which would try to fetch torch's dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"   # e.g. PYTHON=.venv/bin/python
 if [ -d benchmarks/wheels ] && ls benchmarks/wheels/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --find-links benchmarks/wheels benchmarks/wheels/*.whl
+fi
+if ! "$PY" -c "import hydra, omegaconf, webdataset" 2>/dev/null && [[ " $* " != *" --only "* ]]; then
+  echo "hydra-core / omegaconf / webdataset do not import here, so every var-train check would fail:" \
+       "run make gpu-bundle where pip works and carry benchmarks/wheels" >&2
+  exit 2
 fi
 export PYTHONUNBUFFERED=1
 {

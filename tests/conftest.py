@@ -16,11 +16,16 @@ torch.set_num_threads(1)  # tiny models: one thread is as fast and immune to a b
 
 @pytest.fixture(autouse=True)
 def _hygiene():
-    """Each test starts from the same RNG state and leaves the default dtype and process group as found."""
+    """Each test starts from the same RNG state and leaves the default dtype, the float32 matmul precision,
+    dynamo's recompile limit and the process group as found. (Set the limit by assignment: pytest's
+    monkeypatch cannot undo an attribute of torch's config module, it removes it.)"""
     torch.manual_seed(0)
-    dtype = torch.get_default_dtype()
+    dtype, matmul = torch.get_default_dtype(), torch.get_float32_matmul_precision()
+    recompiles = torch._dynamo.config.recompile_limit  # raised by runs that compile (reserve_recompiles)
     yield
     torch.set_default_dtype(dtype)
+    torch.set_float32_matmul_precision(matmul)
+    torch._dynamo.config.recompile_limit = recompiles
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -105,3 +105,18 @@ class HoldAt(L.Callback):
         deadline = time.monotonic() + 120
         while not (self.out_dir / "go").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+class EMAAtStart(L.Callback):
+    """Writes ``<out_dir>/ema_start.json``: the largest |EMA - weights| over the transformer's parameters when
+    training starts (after a resume has restored both)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        from var_lightning.training.sharding import local_tensors
+
+        ema, raw = local_tensors(pl_module.var_ema), local_tensors(pl_module.var)
+        diff = max((e - r).abs().max().item() for e, r in zip(ema, raw, strict=True))
+        Path(self.out_dir, "ema_start.json").write_text(json.dumps({"max_diff": diff}))

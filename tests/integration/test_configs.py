@@ -100,7 +100,10 @@ def test_experiment_instantiates(name, tmp_path):
     callbacks = instantiate_callbacks(cfg.callbacks)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer_cfg = dict(cfg.trainer)
-    trainer_cfg.pop("auto_batch_size")  # var-train's own key (removed before the Trainer is built)
+    from var_lightning.cli.validate import OUR_TRAINER_KEYS
+
+    for key in OUR_TRAINER_KEYS:  # var-train's own keys (removed before the Trainer is built)
+        trainer_cfg.pop(key)
     if not torch.cuda.is_available():  # GPU/multi-node recipes: check the rest of the trainer config on CPU
         trainer_cfg.update(accelerator="cpu", devices=1, num_nodes=1, strategy="auto", precision="32-true")
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
@@ -418,3 +421,22 @@ def test_a_command_is_composed_and_validated_once_and_each_multirun_job_validate
     with pytest.raises(SystemExit) as stop:
         task()
     assert stop.value.code == 2 and ran == [7] and validated == ["sample", "sample", "sample"]
+
+
+@pytest.mark.parametrize(
+    ("trainer", "want"),
+    [("gpu", "high"), ("ddp", "high"), ("fsdp", "high"), ("fsdp_grad_op", "high"), ("fsdp_hybrid", "high"),
+     ("slurm", "high"), ("cpu", None), ("ddp_cpu", None), ("fsdp_cpu", None)],
+)  # fmt: skip
+def test_gpu_trainer_configs_turn_on_tf32(tmp_path, trainer, want):
+    cfg = compose_train(["experiment=tokenizer_tiny", f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer.get("matmul_precision") == want
+
+
+def test_matmul_precision_is_applied_and_checked():
+    from var_lightning.cli.train import set_matmul_precision
+
+    set_matmul_precision("high")
+    assert torch.get_float32_matmul_precision() == "high"  # the conftest restores it after the test
+    with pytest.raises(ValueError, match=r"trainer.matmul_precision='tf32': choose one of highest, high"):
+        set_matmul_precision("tf32")

@@ -12,6 +12,7 @@ from omegaconf import open_dict
 from tests.integration.test_configs import compose_train
 from var_lightning.checkpoints.loading import load_models, load_tokenizer
 from var_lightning.cli.train import train
+from var_lightning.training.resume import stored_shapes
 from var_lightning.transformer.sampling import sample
 
 TINY_DATA = [
@@ -386,3 +387,32 @@ def test_auto_batch_size_finds_what_fits_and_keeps_the_global_batch(tmp_path, to
             world_size = 2
 
         GlobalBatchFinder().setup(TwoRanks(), model, "fit")
+
+
+def test_a_sharded_checkpoint_resumes_with_the_ema_turned_on_or_off(tmp_path, tokenizer_ckpt):
+    """DCP directories (trainer=fsdp_cpu, one rank in this process): a run without callbacks=ema resumed with
+    it starts the average from the restored weights (DCP alone fails on the missing var_ema.*); a run with it
+    resumed without it drops the average."""
+    sharded = ["trainer=fsdp_cpu", "trainer.devices=1", "logger=none"]
+    plain = tmp_path / "plain"
+    train(var_cfg(plain, tokenizer_ckpt, *sharded, "trainer.max_epochs=1"))
+    with_ema = tmp_path / "with_ema"
+    probe = ["+callbacks.ema_start._target_=tests.integration.probes.EMAAtStart",
+             f"+callbacks.ema_start.out_dir={with_ema}"]  # fmt: skip
+    resumed = var_cfg(with_ema, tokenizer_ckpt, *sharded, "trainer.max_epochs=2", "callbacks=ema", *probe,
+                      f"resume={plain / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    train(resumed)
+    assert json.loads((with_ema / "ema_start.json").read_text())["max_diff"] == 0.0
+    last = with_ema / "checkpoints" / "last.ckpt"
+    assert any(k.startswith("var_ema.") for k in stored_shapes(last))
+    without = tmp_path / "without_ema"
+    train(var_cfg(without, tokenizer_ckpt, *sharded, "trainer.max_epochs=3", f"resume={last}"))
+    assert not any(k.startswith("var_ema.") for k in stored_shapes(without / "checkpoints" / "last.ckpt"))
+
+
+def test_bf16_true_trains_with_the_tokenizer_kept_in_fp32(tmp_path, tokenizer_ckpt):
+    """trainer.precision=bf16-true converts the module and the batches; the frozen tokenizer's nearest-code
+    search stays fp32 (it crashed on bf16 weights meeting fp32 images)."""
+    metrics = train(var_cfg(tmp_path, tokenizer_ckpt, "debug=fdr", "trainer.precision=bf16-true"))
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))

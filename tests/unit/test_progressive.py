@@ -139,7 +139,7 @@ def test_compile_keeps_every_progressive_shape_compiled(monkeypatch):
 
     torch._dynamo.reset()
     counter = CompileCounter()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    torch._dynamo.config.recompile_limit = 8  # torch's default (the conftest restores what was set)
     monkeypatch.setitem(
         var_mod._COMPILED_RUN_BLOCKS, None, torch.compile(var_mod.run_blocks, backend=counter, dynamic=False)
     )

@@ -101,7 +101,7 @@ def test_compile_under_sharding_compiles_each_block_once_per_shape(mesh):
     assert frames2 <= 2 * 3 * 2  # per shape, train and eval: attention, FFN and the last add around drop-path
 
 
-def test_compiled_flex_attention_has_a_graph_for_every_prefix_of_the_schedule(monkeypatch):
+def test_compiled_flex_attention_has_a_graph_for_every_prefix_of_the_schedule():
     """The paper's 10-scale schedule gives 10 prefix lengths; dynamo's default limit of 8 graphs would send
     the two largest to the unfused eager path (progressive training, gpu_check's flex timing)."""
     import torch._dynamo.config as dynamo_config
@@ -110,8 +110,9 @@ def test_compiled_flex_attention_has_a_graph_for_every_prefix_of_the_schedule(mo
     from var_lightning.transformer import flex
     from var_lightning.transformer.compile_budget import recompile_limit
 
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(dynamo_config, name, 8)  # torch's default, whatever earlier tests raised it to
+    dynamo_config.recompile_limit = (
+        8  # torch's default, whatever earlier tests raised it to (conftest restores)
+    )
     torch._dynamo.reset()
     counter = CompileCounter()
     cfg = VARConfig(depth=1, width=64, num_heads=2, num_classes=4, vocab_size=64, cvae=8,
@@ -123,3 +124,29 @@ def test_compiled_flex_attention_has_a_graph_for_every_prefix_of_the_schedule(mo
         flex._compiled_flex(counter)(q_BHLc, q_BHLc, q_BHLc, block_mask=mask, scale=0.1)
     assert counter.frame_count == len(cfg.patch_nums)  # one graph per length, none left to eager
     assert recompile_limit() >= 4 * len(cfg.patch_nums)  # with and without grad, full and partial batches
+
+
+def test_the_ema_of_a_sharded_transformer_is_one_fused_update_per_step(mesh, monkeypatch):
+    """Each rank averages its own shards with one ``_foreach_lerp_`` (no per-parameter Python loop, no
+    collective), and the values are the plain lerp of the stored weights."""
+    from types import SimpleNamespace
+
+    from var_lightning.callbacks.ema import TransformerEMA
+    from var_lightning.training.sharding import local_tensors
+
+    raw, ema = _var(gamma=0.5), _var(gamma=0.5)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(1.0)
+    for net in (raw, ema):
+        shard_transformer(net, mesh, ShardingPlan(param_dtype=None))
+    want = [e + 0.1 * (r - e) for e, r in zip(local_tensors(ema), local_tensors(raw), strict=True)]
+    calls = []
+    lerp = torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda *a: (calls.append(len(a[0])), lerp(*a)))
+    TransformerEMA(decay=0.9).on_train_batch_end(
+        SimpleNamespace(global_step=5), SimpleNamespace(var=raw, var_ema=ema)
+    )
+    assert calls == [len(list(raw.parameters()))]
+    for got, w in zip(local_tensors(ema), want, strict=True):
+        torch.testing.assert_close(got, w)

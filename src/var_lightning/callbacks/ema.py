@@ -23,25 +23,19 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-from var_lightning.training.sharding import is_sharded, reshard_all
+from var_lightning.training.sharding import local_tensors
 
 log = logging.getLogger(__name__)
 
 
-def _params(module: torch.nn.Module) -> list[torch.Tensor]:
-    """The module's parameters as stored: its shards when sharded (a unit an evaluation forward left gathered
-    is resharded first, so updates reach the master shards, not a gathered copy)."""
-    reshard_all(module)
-    return [p.detach() for p in module.parameters()]
-
-
 def _swap(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    """Exchange the parameter values of two modules of the same structure and sharding, in place."""
+    """Exchange the parameter values of two modules of the same structure and sharding, in place (each rank
+    its own shards; three fused calls)."""
+    pa, pb = local_tensors(a), local_tensors(b)
     with torch.no_grad():
-        for p, q in zip(_params(a), _params(b), strict=True):
-            tmp = p.clone()
-            p.copy_(q)
-            q.copy_(tmp)
+        tmp = torch._foreach_add(pa, 0)  # a copy of a's values
+        torch._foreach_copy_(pa, pb)
+        torch._foreach_copy_(pb, tmp)
 
 
 class TransformerEMA(L.Callback):
@@ -72,13 +66,9 @@ class TransformerEMA(L.Callback):
             return
         self._updated_at = step
         weight = 1.0 if step <= self.update_starting_at_step else 1.0 - self.decay
-        ema, raw = _params(pl_module.var_ema), _params(pl_module.var)
+        # one fused call over all parameters, sharded or not (each rank's local shards): this runs every step
         with torch.no_grad():
-            if is_sharded(pl_module.var):  # shard by shard (a local op on each rank's DTensor shards)
-                for e, r in zip(ema, raw, strict=True):
-                    e.lerp_(r, weight)
-            else:  # one fused call over all parameters: this runs every optimizer step
-                torch._foreach_lerp_(ema, raw, weight)
+            torch._foreach_lerp_(local_tensors(pl_module.var_ema), local_tensors(pl_module.var), weight)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and not self._swapped:

@@ -33,8 +33,10 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not OmegaConf.has_resolver("var_rank_suffix"):  # the per-process log file name (conf/hydra/default.yaml)
     OmegaConf.register_new_resolver("var_rank_suffix", rank_log_suffix)
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
-# keys var-train reads from a _target_ node and removes before instantiating it
-_OUR_KEYS = {"pytorch_lightning.Trainer": {"auto_batch_size"}}
+# keys var-train reads from a _target_ node and removes before instantiating it:
+# keys of the trainer node that var-train applies itself (not Lightning's): the batch-size finder, TF32
+OUR_TRAINER_KEYS = ("auto_batch_size", "matmul_precision")
+_OUR_KEYS = {"pytorch_lightning.Trainer": set(OUR_TRAINER_KEYS)}
 # groups whose nodes are free-form (their files set keys of other nodes, or Hydra's own)
 _SKIP_GROUPS = {"hydra", "experiment", "sweep", "debug"}
 

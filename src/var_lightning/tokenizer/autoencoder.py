@@ -240,7 +240,9 @@ class MultiScaleVQVAE(nn.Module):
         return self.decoder(self.post_quant_conv(q.f_hat_BChw)), q
 
     def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """Decode a latent to an image in [-1, 1]."""
+        """Decode a latent to an image in [-1, 1]. The latent is taken in the decoder's dtype (a bf16-true
+        transformer hands over a bf16 one; under autocast the convolutions pick theirs anyway)."""
+        f_hat_BChw = f_hat_BChw.to(self.post_quant_conv.weight.dtype)
         return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp_(-1, 1)
 
     @torch.no_grad()

@@ -106,7 +106,7 @@ def chunked_head_cross_entropy(
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens={chunk_tokens} must be >= 1 (key model.train.ce_chunk_tokens)")
     B, L, C = h_BLC.shape
-    z_BLC = head_nm(h_BLC.float(), cond_BD).float()
+    z_BLC = head_nm(h_BLC.float(), cond_BD).to(head.weight.dtype)  # fp32, or bf16 for a bf16-true model
     loss_N, wrong_N = _ChunkedLinearCrossEntropy.apply(
         z_BLC.reshape(B * L, C),
         head.weight,

@@ -23,6 +23,8 @@ def tokenize(vae: MultiScaleVQVAE, img_B3HW: torch.Tensor) -> tuple[torch.Tensor
 
     Accepts images (B, 3, H, W) or, from pre-tokenized shards, the token pyramid itself (B, L) integer:
     then only the cheap embedding lookup + phi convs of ``idx_to_var_input`` run, not the encoder."""
+    if vae.quantize.embedding.weight.dtype != torch.float32:  # trainer.precision=*-true converted it; its
+        vae.float()  # nearest-code search in bf16 would pick other tokens: the frozen tokenizer stays fp32
     with torch.autocast(device_type=img_B3HW.device.type, enabled=False):
         if img_B3HW.ndim == 2 and not img_B3HW.is_floating_point():
             gt_BL = img_B3HW.long()

@@ -29,6 +29,8 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from var_lightning.checkpoints.sharded import is_sharded_checkpoint, read_metadata
+
 log = logging.getLogger(__name__)
 
 try:  # torch >= 2.6
@@ -133,6 +135,28 @@ class ShardedStrategy(ModelParallelStrategy):
         self._tensor_parallel_size = 1
         super().setup_environment()
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's sharded load, plus one case it cannot do: a run with ``callbacks=ema`` resuming a DCP
+        directory written without it. DCP reads every key the module asks for and would fail on the missing
+        ``var_ema.*``; here the average is left out of the read and then starts from the restored weights (as
+        a single-file resume does). The opposite case (an average in the checkpoint, none in the run) needs
+        nothing: DCP reads only what is asked for."""
+        module = self.lightning_module
+        ema = getattr(module, "var_ema", None)
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if ema is None or not is_sharded_checkpoint(path) or _stores(path, "state_dict.var_ema."):
+            return super().load_checkpoint(path, weights_only)
+        del module.var_ema
+        try:
+            out = super().load_checkpoint(path, weights_only)
+        finally:
+            module.var_ema = ema
+        with torch.no_grad():
+            torch._foreach_copy_(local_tensors(ema), local_tensors(module.var))
+        if self.global_rank == 0:
+            log.info("callbacks=ema: %s has no EMA yet; the average starts from its weights", path)
+        return out
+
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
@@ -155,6 +179,19 @@ class ShardedStrategy(ModelParallelStrategy):
             elif old.exists():
                 old.unlink()
         self.barrier("sharded_checkpoint_swapped")
+
+
+def _stores(path: Path, prefix: str) -> bool:
+    """Whether the DCP directory's index (read by the allowlisting reader) holds a key starting with ``prefix``."""
+    return any(k.startswith(prefix) for k in read_metadata(path, "resume").state_dict_metadata)
+
+
+def local_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The module's parameters as this rank stores them: each ``DTensor``'s local shard (sharded), the tensors
+    themselves (unsharded). A gathered unit is resharded first, so the list is the master copy. Elementwise
+    updates over it (``torch._foreach_*``) are local: one fused call per step, no collective."""
+    reshard_all(module)
+    return [p.to_local() if hasattr(p, "to_local") else p for p in (q.detach() for q in module.parameters())]
 
 
 def sharding_plan(trainer: Any) -> ShardingPlan | None:

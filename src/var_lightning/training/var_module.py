@@ -25,6 +25,7 @@ from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
 from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
 from var_lightning.training.sharding import (
+    fsdp_mesh,
     full_copy,
     is_sharded,
     shard_transformer,
@@ -155,8 +156,6 @@ class VARModule(L.LightningModule):
             self._lora_on = apply_to_module(self, self.train_cfg.lora, self.init_from, plan is not None)
         if plan is None or self.device_mesh is None:
             return
-        from var_lightning.training.sharding import fsdp_mesh
-
         mesh = fsdp_mesh(self.device_mesh, plan, self.trainer.num_nodes)
         shard_transformer(self.var, mesh, plan, compile=self.train_cfg.compile)
         if getattr(self, "var_ema", None) is not None:  # callbacks=ema: sharded like the weights

@@ -164,8 +164,10 @@ class VAR(nn.Module):
         return self.shared_ada_lin(cond_BD)
 
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        """Logits (B, L, V) float32 from the trunk's output and the class embedding."""
-        return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
+        """Logits (B, L, V) float32 from the trunk's output and the class embedding. The head's input is in the
+        head's own dtype: fp32 as published (autocast then picks the matmul's), bf16 for a bf16-true model."""
+        z_BLC = self.head_nm(h_BLC.float(), cond_BD).to(self.head.weight.dtype)
+        return self.head(z_BLC).float()
 
     def embed_inputs(
         self, label_B: torch.Tensor, x_BLCv: torch.Tensor, end: int | None = None
