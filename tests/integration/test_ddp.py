@@ -122,12 +122,14 @@ def test_data_parallel_trainer_configs_build_a_trainer(name, tmp_path, monkeypat
     from pytorch_lightning.strategies import DDPStrategy
 
     from tests.integration.test_configs import compose_train
+    from var_lightning.cli.validate import OUR_TRAINER_KEYS
 
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
     cfg = compose_train(["experiment=var_tiny", "model.tokenizer_ckpt=x.ckpt", f"trainer={name}"], tmp_path)
     trainer_cfg = dict(cfg.trainer)
-    trainer_cfg.pop("auto_batch_size")  # var-train's own key (removed before the Trainer is built)
+    for key in OUR_TRAINER_KEYS:  # var-train's own keys (removed before the Trainer is built)
+        trainer_cfg.pop(key)
     if name == "slurm":
         assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)  # taken from the allocation
         env = instantiate(cfg.trainer.plugins[0])
