@@ -434,7 +434,7 @@ def test_gpu_trainer_configs_turn_on_tf32(tmp_path, trainer, want):
 
 
 def test_matmul_precision_is_applied_and_checked():
-    from var_lightning.cli.train import set_matmul_precision
+    from var_lightning.cli.instantiate import set_matmul_precision
 
     set_matmul_precision("high")
     assert torch.get_float32_matmul_precision() == "high"  # the conftest restores it after the test

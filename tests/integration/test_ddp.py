@@ -221,6 +221,7 @@ def test_published_d30_recipe_composes_with_sharding_and_its_clipping(tmp_path):
     import pytorch_lightning as L
 
     from tests.integration.test_configs import compose_train
+    from var_lightning.cli.validate import OUR_TRAINER_KEYS
     from var_lightning.training.sharding import ShardedStrategy
 
     cfg = compose_train(
@@ -229,6 +230,6 @@ def test_published_d30_recipe_composes_with_sharding_and_its_clipping(tmp_path):
         tmp_path,
     )  # fmt: skip
     assert cfg.trainer.gradient_clip_val == 2.0
-    trainer = instantiate({k: v for k, v in cfg.trainer.items() if k != "auto_batch_size"}, logger=False)
+    trainer = instantiate({k: v for k, v in cfg.trainer.items() if k not in OUR_TRAINER_KEYS}, logger=False)
     assert isinstance(trainer, L.Trainer) and isinstance(trainer.strategy, ShardedStrategy)
     assert trainer.gradient_clip_val == 2.0

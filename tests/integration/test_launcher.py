@@ -74,3 +74,20 @@ def test_submitit_multirun_requeues_a_preempted_job_which_resumes(tokenizer, tmp
     assert final[0]["global_step"] == final[1]["global_step"] == 6
     a, b = (f["state_dict"] for f in final)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "sample", "edit", "classifier", "compare_ar", "app"])
+def test_each_command_pickles_by_value_as_a_launcher_does(name):
+    """``python -m var_lightning.cli.<name> -m hydra/launcher=submitit_slurm`` runs the module as ``__main__``,
+    so submitit's cloudpickle copies its functions by value together with every module and submodule they
+    reach; a submodule that is not a plain module (``torch.backends.cudnn``) cannot be pickled and the sweep
+    failed before any job was submitted."""
+    import importlib
+
+    cloudpickle = pytest.importorskip("cloudpickle")
+    module = importlib.import_module(f"var_lightning.cli.{name}")
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        assert cloudpickle.loads(cloudpickle.dumps(module.main)) is not None
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)

@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytorch_lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -54,3 +55,23 @@ def instantiate_loggers(cfg: DictConfig | None) -> list:
     for name, node in nodes.items():
         _check_tracker(name, node)
     return [instantiate(c) for c in nodes.values()]
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(value: str | None) -> None:
+    """``trainer.matmul_precision``: torch's float32 matmul precision for the run. The GPU trainer configs set
+    ``high``: fp32 matmuls (the fp32 parts of a bf16-mixed run: the tokenizer, the head under fp32, the
+    optimizer's math) use TF32 tensor cores on NVIDIA Ampere and newer, as the published trainer does;
+    ``highest`` keeps full fp32; null leaves torch's setting alone (the CPU configs)."""
+    if value is None:
+        return
+    if value not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"trainer.matmul_precision={value!r}: choose one of {', '.join(MATMUL_PRECISIONS)} (high = TF32 "
+            "on NVIDIA GPUs) or null to leave torch's default"
+        )
+    torch.set_float32_matmul_precision(value)
+    torch.backends.cudnn.allow_tf32 = value != "highest"
+    log.info("float32 matmul precision: %s (trainer.matmul_precision)", value)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -34,7 +33,7 @@ from var_lightning.callbacks.preemption import Preempted
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
 from var_lightning.cli.command_line import checked_main
-from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers
+from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers, set_matmul_precision
 from var_lightning.cli.validate import OUR_TRAINER_KEYS
 from var_lightning.distributed import launch_rank
 from var_lightning.training.resume import (
@@ -173,26 +172,6 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         with open_dict(cfg.trainer):
             cfg.trainer.update(ours)
     return datamodule, model, trainer
-
-
-MATMUL_PRECISIONS = ("highest", "high", "medium")
-
-
-def set_matmul_precision(value: str | None) -> None:
-    """``trainer.matmul_precision``: torch's float32 matmul precision for the run. The GPU trainer configs set
-    ``high``: fp32 matmuls (the fp32 parts of a bf16-mixed run: the tokenizer, the head under fp32, the
-    optimizer's math) use TF32 tensor cores on NVIDIA Ampere and newer, as the published trainer does;
-    ``highest`` keeps full fp32; null leaves torch's setting alone (the CPU configs)."""
-    if value is None:
-        return
-    if value not in MATMUL_PRECISIONS:
-        raise ValueError(
-            f"trainer.matmul_precision={value!r}: choose one of {', '.join(MATMUL_PRECISIONS)} (high = TF32 "
-            "on NVIDIA GPUs) or null to leave torch's default"
-        )
-    torch.set_float32_matmul_precision(value)
-    torch.backends.cudnn.allow_tf32 = value != "highest"
-    log.info("float32 matmul precision: %s (trainer.matmul_precision)", value)
 
 
 def refuse_to_start_over(cfg: DictConfig) -> None:
