@@ -107,3 +107,78 @@ def test_var_plan_prints_the_published_d16_recipe(tmp_path, capsys):
     assert "unknown config key data.batch_sise: did you mean data.batch_size?" in capsys.readouterr().err
     assert main(["experiment=tokenizer_tiny"]) == 2
     assert "plans the transformer stages" in capsys.readouterr().err
+
+
+def test_one_sampling_call_fits_its_budget_and_counts_the_kv_cache_exactly():
+    """``sampling_batch`` images per call stay within the budget; the estimate's KV term is what the plain
+    sampler's caches hold at the end of a guided call."""
+    from var_lightning.scaling.planner import sampling_batch, sampling_bytes_per_image
+    from var_lightning.transformer import layers
+    from var_lightning.transformer.sampling import sample
+
+    cfg = tiny()
+    vae_cfg = VQVAEConfig(
+        ch=32, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64, z_channels=8, patch_nums=(1, 2, 4, 8)
+    )
+    per = sampling_bytes_per_image(cfg, vae_cfg, 4.0)
+    for budget in (0.5 * per, 3.5 * per, 40 * per):
+        n = sampling_batch(cfg, vae_cfg, budget, 4.0)
+        assert n == max(1, int(budget // per)) and (n == 1 or n * per <= budget)
+    assert sampling_batch(cfg, vae_cfg, 8 * GIB, 2.0) > sampling_batch(cfg, vae_cfg, 8 * GIB, 4.0)
+
+    from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+
+    torch.manual_seed(0)
+    var, vae = VAR(cfg).eval(), MultiScaleVQVAE(vae_cfg).eval()
+    caches: list = []
+    original = layers.KVCache.update
+
+    def spy(self, k, v):
+        out = original(self, k, v)
+        caches.append((id(self), out[0].nbytes + out[1].nbytes))
+        return out
+
+    layers.KVCache.update = spy
+    try:
+        sample(var, vae, 3, labels=[0, 1, 2], cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, seed=0)
+    finally:
+        layers.KVCache.update = original
+    final = dict(caches)  # each block's cache after the last scale
+    L = sum(p * p for p in cfg.patch_nums)
+    assert len(final) == cfg.depth
+    assert sum(final.values()) == 3 * 2 * cfg.depth * L * cfg.width * 4 * 2  # images x rows x k,v x ...
+
+
+# The launches docs/scale_out.md documents for each GPU recipe (one 8-GPU node of 80 GB cards per node): the
+# recipe's global batch kept, training and validation's sampling within the card.
+LAUNCHES = {
+    "var_d16_imagenet256": "experiment=var_d16_imagenet256",
+    "ar_d16_imagenet256": "experiment=ar_d16_imagenet256",
+    "var_d16_finetune": "experiment=var_d16_finetune",
+    "var_d20_imagenet256": "experiment=var_d20_imagenet256 trainer.num_nodes=2 data.batch_size=48",
+    "var_d24_imagenet256": "experiment=var_d24_imagenet256 trainer=fsdp trainer.num_nodes=2 data.batch_size=48",
+    "var_d30_imagenet256": "experiment=var_d30_imagenet256 trainer=fsdp trainer.num_nodes=4 data.batch_size=32",
+    "var_d36s_imagenet512": "experiment=var_d36s_imagenet512 trainer=fsdp trainer.num_nodes=8 data.batch_size=12 "
+    "trainer.strategy.activation_checkpointing=true",
+}
+
+
+def test_every_gpu_recipe_fits_an_80gb_card_in_training_and_validation():
+    """Each shipped GPU recipe (every experiment but the CPU ``*tiny`` ones and the tokenizer stage, which
+    var-plan does not plan), launched as docs/scale_out.md says, fits an H100 80 GB by var-plan's accounting:
+    the training step, and validation's sampling (resident states + the gathered copy + one call)."""
+    from pathlib import Path
+
+    from var_lightning.cli.command_line import _compose
+    from var_lightning.cli.plan import report
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = {p.stem for p in (root / "src/var_lightning/conf/experiment").glob("*.yaml")}
+    assert set(LAUNCHES) == {e for e in shipped if "tiny" not in e and not e.startswith("tokenizer")}
+    docs = " ".join((root / "docs/scale_out.md").read_text().split())
+    for name, launch in LAUNCHES.items():
+        assert launch in docs, f"docs/scale_out.md does not show the launch {launch!r}"
+        cfg = _compose("train", launch.split())
+        r = report(cfg, "h100", None, 0.4, None, None)
+        assert r["setup"]["batch_per_gpu"] * r["setup"]["gpus"] * r["setup"]["accumulate"] in (32, 768, 1024)
+        assert r["per_gpu_gib"]["total"] <= 80 and r["validation_gib"]["total"] <= 80 and r["fits"], (name, r)

@@ -150,3 +150,28 @@ def test_the_ema_of_a_sharded_transformer_is_one_fused_update_per_step(mesh, mon
     assert calls == [len(list(raw.parameters()))]
     for got, w in zip(local_tensors(ema), want, strict=True):
         torch.testing.assert_close(got, w)
+
+
+def test_the_sampling_copy_is_gathered_tensor_by_tensor_in_the_runs_dtype(mesh, monkeypatch):
+    """``full_copy`` (validation's sampling under sharding) fills a plain copy one gathered tensor at a time, in
+    bf16 under a bf16 precision: it never builds the full fp32 state dict (8 GB per rank at d30)."""
+    import torch.distributed.checkpoint.state_dict as dcp_sd
+
+    from var_lightning.training.sharding import full_copy
+
+    plain = _var(gamma=0.5)
+    sharded = copy.deepcopy(plain)
+    shard_transformer(sharded, mesh, ShardingPlan().resolved("bf16-mixed"))
+
+    def refuse(*a, **k):
+        raise AssertionError("the full state dict was gathered")
+
+    monkeypatch.setattr(dcp_sd, "get_model_state_dict", refuse)
+    for dtype in (torch.bfloat16, None):
+        got = full_copy(sharded, dtype)
+        assert type(got) is VAR and not any(hasattr(p, "to_local") for p in got.parameters())
+        for (name, p), q in zip(plain.named_parameters(), got.parameters(), strict=True):
+            assert q.dtype == (dtype or torch.float32) and not q.requires_grad, name
+            assert torch.equal(q, p.detach().to(q.dtype)), name
+        for (name, b), c in zip(plain.named_buffers(), got.buffers(), strict=True):
+            assert c.dtype == b.dtype and torch.equal(c, b), name  # the mask keeps its dtype

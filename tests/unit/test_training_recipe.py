@@ -202,3 +202,33 @@ def test_label_dropout_draws_its_random_numbers_at_every_rate():
     torch.manual_seed(3)
     drop_labels(labels, 0.1, 10)
     assert torch.equal(torch.rand(4), after_zero)
+
+
+def test_image_grids_sample_in_calls_that_fit_the_memory_budget():
+    """log_images draws its rows in calls of ``sampling_batch()`` images (call i seeded seed + i), sized from
+    model.train.sample_memory_gib; with room for all, one call draws exactly what one generate() call does."""
+    from var_lightning.scaling.planner import GIB, sampling_bytes_per_image
+
+    def module(gib: float) -> VARModule:
+        torch.manual_seed(0)
+        return VARModule(transformer=dict(depth=2, width=64, num_heads=2, num_classes=4, drop_path_rate=0.0,
+                                          init_adaln_gamma=0.5),
+                         tokenizer=asdict(tiny_vae_cfg()), train={"sample_memory_gib": gib},
+                         sampling=dict(cfg=1.5, top_k=0, top_p=0.0, seed=7))  # fmt: skip
+
+    per = sampling_bytes_per_image(module(1.0).var.cfg, module(1.0).vae.cfg, 4.0)
+    small = module(3.5 * per / GIB)
+    assert small.sampling_batch() == 3
+    calls: list[tuple[int, int]] = []
+    generate = small.generate
+    small.generate = lambda labels, **kw: calls.append((len(labels), kw["seed"])) or generate(labels, **kw)
+    images = small.log_images(None, max_images=2)["samples_nrow2"][0]
+    assert calls == [(3, 7), (3, 8), (2, 9)] and images.shape[0] == 8
+    labels = torch.arange(4).repeat_interleave(2)
+    assert torch.equal(images[3:6], generate(labels[3:6], seed=8))
+
+    big = module(100.0)
+    assert big.sampling_batch() >= 8
+    assert torch.equal(big.log_images(None, max_images=2)["samples_nrow2"][0], big.generate(labels))
+    with pytest.raises(ValueError, match="model.train.sample_memory_gib"):
+        module(0.0)

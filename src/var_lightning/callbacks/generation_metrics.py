@@ -118,6 +118,7 @@ class GenerationMetrics(L.Callback):
             )
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self._told_batch = False
         self.classes = None if classes is None else [int(c) for c in classes]
         self.sampling = {k: v for k, v in dict(sampling or {}).items() if v is not None}
         self.extractor_spec = extractor if isinstance(extractor, str) else dict(extractor)
@@ -272,9 +273,16 @@ class GenerationMetrics(L.Callback):
         ref = self._reference_stats(trainer) if trainer.is_global_zero else None  # only rank 0 scores
         num_classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
         num_classes = int(num_classes or pl_module.var.num_classes)
-        n = self.num_samples
+        n, batch_size = self.num_samples, self.batch_size
+        if hasattr(pl_module, "sampling_batch"):  # calls within model.train.sample_memory_gib
+            batch_size = min(batch_size, pl_module.sampling_batch())
+            if batch_size < self.batch_size and not self._told_batch:
+                self._told_batch = True
+                log.info("generation metrics: %d images per sampling call (model.train.sample_memory_gib=%g; "
+                         "batch_size=%d asked)", batch_size, pl_module.train_cfg.sample_memory_gib,
+                         self.batch_size)  # fmt: skip
         if trainer.fast_dev_run:  # one batch per rank: checks the pipeline, not the model
-            n = min(n, max(2, self.batch_size * trainer.world_size))
+            n = min(n, max(2, batch_size * trainer.world_size))
         labels_N = class_balanced_labels(num_classes, num_samples=n, classes=self.classes, seed=self.seed)
 
         sampler = self._sampler(trainer, pl_module)
@@ -290,13 +298,13 @@ class GenerationMetrics(L.Callback):
         fd_only = MetricSettings(fid_method=self.settings.fid_method, precision_recall=False, kid=False)
         evaluator = TeeEvaluator(GenerationEvaluator(self.extractor, self.settings),
                                  {k: GenerationEvaluator(e, fd_only) for k, e in self.extras.items()})  # fmt: skip
-        nb = math.ceil(n / self.batch_size)
+        nb = math.ceil(n / batch_size)
         try:
             with full_weights:  # a sharded transformer: every rank gathers the full weights, then samples
                 sample_and_measure(
                     generate,
                     labels_N,
-                    self.batch_size,
+                    batch_size,
                     self.seed,
                     evaluator,
                     rank=trainer.global_rank,

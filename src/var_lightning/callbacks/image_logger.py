@@ -122,7 +122,8 @@ class ImageLogger(L.Callback):
                 self._write(trainer, pl_module, tag)
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
-        images = pl_module.log_images(self._batch, max_images=self.max_images)
+        with trainer.precision_plugin.forward_context():  # as the validation step runs (bf16 autocast on GPU)
+            images = pl_module.log_images(self._batch, max_images=self.max_images)
         out_dir = self._dir(trainer)
         out_dir.mkdir(parents=True, exist_ok=True)
         for raw_name, entry in images.items():

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.command_line import _compose, accept_target_arguments, precheck
-from var_lightning.scaling.planner import GIB, GPUS, Setup, largest_batch, plan, throughput
+from var_lightning.scaling.planner import GIB, GPUS, Setup, largest_batch, plan, throughput, validation_plan
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -101,6 +101,8 @@ def report(
     if tflops:
         peak = tflops * 1e12
     parts = plan(var_cfg, vae_cfg, setup, kind)
+    budget = float((cfg.model.get("train") or {}).get("sample_memory_gib", 8.0))
+    val = validation_plan(var_cfg, vae_cfg, setup, budget * GIB, kind)
     from var_lightning.scaling.flops import model_num_params
 
     if images is None and _imagenet(cfg):
@@ -111,7 +113,9 @@ def report(
                   "image_size": vae_cfg.image_size, "tokens": sum(p * p for p in var_cfg.patch_nums)},
         "setup": {**setup.__dict__, "gpu": gpu, "gpu_memory_gib": mem_gib, "peak_tflops": peak / 1e12, "mfu": mfu},
         "per_gpu_gib": {k: v / GIB for k, v in parts.items()},
-        "fits": parts["total"] <= mem_gib * GIB,
+        "validation_gib": {k: (v if k == "sampling_batch" else v / GIB) for k, v in val.items()},
+        "sample_memory_gib": budget,
+        "fits": max(parts["total"], val["total"]) <= mem_gib * GIB,
         "largest_batch_per_gpu": largest_batch(var_cfg, vae_cfg, setup, mem_gib * GIB, kind),
         "step": throughput(var_cfg, setup, peak, mfu, images, kind),
     }  # fmt: skip
@@ -124,15 +128,22 @@ def render(r: dict) -> str:
              f"{s['batch_per_gpu']} images (global batch {step['global_batch']})",
              f"tokenizer: {r['tokenizer']}", f"per GPU ({s['gpu']}, {s['gpu_memory_gib']:g} GiB):"]  # fmt: skip
     lines += [f"  {k:<12} {v:8.2f} GiB" for k, v in g.items() if k != "total"]
-    verdict = "fits" if r["fits"] else "DOES NOT FIT"
+    verdict = "fits" if g["total"] <= s["gpu_memory_gib"] else "DOES NOT FIT"
     lines.append(
         f"  {'total':<12} {g['total']:8.2f} GiB  -> {verdict}; largest batch per GPU: {r['largest_batch_per_gpu']}"
     )
+    v = r["validation_gib"]
+    lines.append(f"validation sampling (image grids, generation metrics; model.train.sample_memory_gib="
+                 f"{r['sample_memory_gib']:g}): {int(v['sampling_batch'])} images per call; training states "
+                 f"{v['resident']:.2f} + gathered copy {v['gathered_copy']:.2f} + one call {v['sampling_call']:.2f} "
+                 f"+ overhead {v['overhead']:.2f} = {v['total']:.2f} GiB")  # fmt: skip
     lines.append(f"step: {step['tokens_per_step']:,} tokens, {step['flops_per_step'] / 1e15:.2f} PFLOP; at "
                  f"{100 * s['mfu']:.0f}% MFU of {s['peak_tflops']:.0f} TFLOP/s: {step['seconds_per_step']:.3f} s/step")  # fmt: skip
     if "hours_per_epoch" in step:
         lines.append(f"epoch: {step['steps_per_epoch']:,} steps, {step['hours_per_epoch']:.2f} h")
-    if not r["fits"]:
+    if v["total"] > s["gpu_memory_gib"]:
+        lines.append("validation does not fit: lower model.train.sample_memory_gib")
+    if g["total"] > s["gpu_memory_gib"]:
         lines.append("to fit: a smaller data.batch_size with trainer.accumulate_grad_batches (same global batch), "
                      "trainer=fsdp (shards the states), model.train.fused_ce=true, or activation checkpointing "
                      "(trainer=fsdp trainer.strategy.activation_checkpointing=true)")  # fmt: skip

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from var_lightning.distributed import rank_log_suffix
@@ -31,7 +32,11 @@ from var_lightning.training.settings import SamplingDefaults, TokenizerOptim, VA
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not OmegaConf.has_resolver("var_rank_suffix"):  # the per-process log file name (conf/hydra/default.yaml)
-    OmegaConf.register_new_resolver("var_rank_suffix", rank_log_suffix)
+    # omegaconf 2.4 deprecates register_new_resolver for register_resolver (before 2.4: the legacy API)
+    _new_api = tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) >= (2, 4)
+    (OmegaConf.register_resolver if _new_api else OmegaConf.register_new_resolver)(
+        "var_rank_suffix", rank_log_suffix
+    )
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # keys var-train reads from a _target_ node and removes before instantiating it:
 # keys of the trainer node that var-train applies itself (not Lightning's): the batch-size finder, TF32

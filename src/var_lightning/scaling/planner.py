@@ -18,6 +18,13 @@ Per GPU, in bytes (N transformer parameters, W ranks that share the shards, B im
   fp32) for B images: tokenizing on the fly holds them briefly (no grad); pre-tokenized shards avoid it;
 * **overhead** ``CUDA_OVERHEAD`` (context, cuBLAS / NCCL workspaces) and ``FRAGMENTATION`` of the rest.
 
+Validation (image grids, generation metrics) samples in calls of :func:`sampling_batch` images, sized so one
+call's working memory (:func:`sampling_bytes_per_image`: the KV cache over every block, classifier-free
+guidance doubling it, the last scale's attention scores and logits, the tokenizer's decode) stays within a
+budget (``model.train.sample_memory_gib``). Its peak (:func:`validation_plan`) is what stays resident from
+training (weights, gradients, AdamW state, the tokenizer) plus, when the transformer is sharded, the full
+copy sampling gathers (bf16 under a bf16 precision), plus one call's working memory.
+
 FLOPs come from :mod:`var_lightning.scaling.flops` (matmuls only, training = 3 x forward); time per epoch =
 steps x FLOPs per step / (GPUs x peak x MFU). Estimates, not measurements: the largest batch keeps a margin.
 """
@@ -118,6 +125,57 @@ def plan(cfg: Any, vae_cfg: Any, setup: Setup, kind: str = "var") -> dict[str, f
     subtotal = params + grads + optim + acts + tok
     total = subtotal * (1 + FRAGMENTATION) + CUDA_OVERHEAD
     return {"parameters": params, "gradients": grads, "optimizer": optim, "activations": acts, "tokenizer": tok,
+            "overhead": total - subtotal, "total": total}  # fmt: skip
+
+
+DECODE_MAPS = 6  # full-resolution decoder feature maps alive at once while decoding (fp32, no grad)
+ATTN_COPIES = 2  # scores and softmax of the last scale's attention (the unfused math path)
+LOGIT_COPIES = 4  # logits, filtered logits, probabilities and top-p's sorted copy
+
+
+def sampling_bytes_per_image(cfg: Any, vae_cfg: Any, dtype_bytes: float, kind: str = "var") -> float:
+    """Working memory of one sampled image with classifier-free guidance (two rows: conditional and not),
+    activations at ``dtype_bytes`` (2 for bf16 weights or autocast, 4 for fp32): the KV cache of every block
+    over all L tokens, the last step's attention scores and logits (fp32), and the tokenizer's decode."""
+    from var_lightning.scaling.flops import ar_seq_len
+
+    guided = 2
+    if kind == "ar":
+        L, last = ar_seq_len(cfg), 1
+    else:
+        L, last = sum(p * p for p in cfg.patch_nums), cfg.patch_nums[-1] ** 2
+    kv = 2 * cfg.depth * L * cfg.width * dtype_bytes * guided
+    attn = ATTN_COPIES * cfg.num_heads * last * L * 4.0 * guided
+    mlp = 3 * 4 * cfg.width * last * dtype_bytes * guided  # one block's MLP hidden at the last scale
+    logits = LOGIT_COPIES * last * cfg.vocab_size * 4.0 * guided
+    side = vae_cfg.image_size
+    decode = DECODE_MAPS * vae_cfg.ch * vae_cfg.ch_mult[0] * side * side * 4.0
+    return kv + attn + mlp + logits + decode
+
+
+def sampling_batch(cfg: Any, vae_cfg: Any, budget_bytes: float, dtype_bytes: float, kind: str = "var") -> int:
+    """Images per sampling call whose working memory fits ``budget_bytes`` (at least 1)."""
+    return max(1, int(budget_bytes // sampling_bytes_per_image(cfg, vae_cfg, dtype_bytes, kind)))
+
+
+def validation_plan(
+    cfg: Any, vae_cfg: Any, setup: Setup, budget_bytes: float, kind: str = "var"
+) -> dict[str, float]:
+    """Per-GPU bytes while validation samples (see the module docstring): the training states that stay
+    resident, the gathered full copy of a sharded transformer, one sampling call, and the total."""
+    from var_lightning.scaling.flops import model_num_params
+
+    N = float(model_num_params(cfg, kind))
+    sharded = setup.strategy.startswith("fsdp")
+    W = setup.shard_ranks
+    dtype_bytes = 2.0 if setup.low_precision else 4.0
+    resident = (4 + 4 + 8) * N / (W if sharded else 1) + tokenizer_bytes(vae_cfg, 0)
+    copy = (2.0 if "bf16" in str(setup.precision) else 4.0) * N if sharded else 0.0
+    batch = sampling_batch(cfg, vae_cfg, budget_bytes, dtype_bytes, kind)
+    call = batch * sampling_bytes_per_image(cfg, vae_cfg, dtype_bytes, kind)
+    subtotal = resident + copy + call
+    total = subtotal * (1 + FRAGMENTATION) + CUDA_OVERHEAD
+    return {"resident": resident, "gathered_copy": copy, "sampling_call": call, "sampling_batch": float(batch),
             "overhead": total - subtotal, "total": total}  # fmt: skip
 
 

@@ -128,6 +128,8 @@ class VARTrain:
     label_smoothing: of the cross-entropy. compile: torch.compile the blocks (false, true or a mode).
     fused_ce / ce_chunk_tokens: the head + cross-entropy in chunks (no B x L x V fp32 logits).
     progressive: coarse-to-fine training (off by default, as published). lora: LoRA adapters (off).
+    sample_memory_gib: validation's sampling (image grids, generation metrics) draws in calls whose working
+    memory (KV cache, logits, decode; ``scaling.planner.sampling_bytes_per_image``) fits this many GiB.
     """
 
     cond_drop_rate: float = 0.1
@@ -137,6 +139,7 @@ class VARTrain:
     ce_chunk_tokens: int = 8192
     progressive: ProgressiveTraining = field(default_factory=ProgressiveTraining)
     lora: LoRATraining = field(default_factory=LoRATraining)
+    sample_memory_gib: float = 8.0
 
     def check(self, prefix: str = "model.train.") -> None:
         if not 0.0 <= self.cond_drop_rate < 1.0:
@@ -146,6 +149,11 @@ class VARTrain:
             raise bad_value(prefix, "compile", self.compile, "use false, true or a torch.compile mode string")
         if not isinstance(self.ce_chunk_tokens, int) or self.ce_chunk_tokens < 1:
             raise bad_value(prefix, "ce_chunk_tokens", self.ce_chunk_tokens, "must be an integer >= 1")
+        check_number(prefix, "sample_memory_gib", self.sample_memory_gib, 0)
+        if self.sample_memory_gib <= 0:
+            raise bad_value(
+                prefix, "sample_memory_gib", self.sample_memory_gib, "must be > 0 (GiB per sampling call)"
+            )
         self.progressive = settings_from(ProgressiveTraining, self.progressive, f"{prefix}progressive.")
         self.lora = settings_from(LoRATraining, self.lora, f"{prefix}lora.")
 

@@ -6,8 +6,6 @@ Shapes: B batch, K scales, L tokens of all scales, V vocabulary, Cv tokenizer co
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -26,22 +24,20 @@ from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_dec
 from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
 from var_lightning.training.sharding import (
     fsdp_mesh,
-    full_copy,
-    is_sharded,
     shard_transformer,
     sharding_plan,
     trunk_compile,
 )
+from var_lightning.training.var_sampling import ValidationSampling
 from var_lightning.transformer.compile_budget import reserve_recompiles
 from var_lightning.transformer.config import VARConfig, build_var_config
-from var_lightning.transformer.fast_sampling import build_sampler
 from var_lightning.transformer.sampling import check_compatible, resolve_sampling, scaled_top_k
 from var_lightning.transformer.var import VAR
 
 log = logging.getLogger(__name__)
 
 
-class VARModule(L.LightningModule):
+class VARModule(ValidationSampling, L.LightningModule):
     """LightningModule around :class:`VAR` with a frozen :class:`MultiScaleVQVAE` (its weights are part
     of the checkpoint, so a VAR checkpoint alone can sample).
 
@@ -95,7 +91,6 @@ class VARModule(L.LightningModule):
         check_compatible(self.var, self.vae)
         # weight decay by parameter name, decided on the plain network (identical under any wrapping)
         self.decayed = decayed_names(self.var.named_parameters())
-        self._gathered: VAR | None = None  # full-weight copy while sampling a sharded transformer
         self.peak_lr: float | None = None
         self.schedule_plan = SchedulePlan()  # lr / wd schedules that survive a resume with another run length
         prog = self.train_cfg.progressive
@@ -160,25 +155,6 @@ class VARModule(L.LightningModule):
         shard_transformer(self.var, mesh, plan, compile=self.train_cfg.compile)
         if getattr(self, "var_ema", None) is not None:  # callbacks=ema: sharded like the weights
             shard_transformer(self.var_ema, mesh, plan)
-
-    @property
-    def sharded(self) -> bool:
-        """True when the transformer is sharded: sampling then needs every rank (see :meth:`gathered`)."""
-        return is_sharded(self.var)
-
-    @contextmanager
-    def gathered(self) -> Iterator[None]:
-        """Inside, :meth:`generate` samples from a full-weight copy of a sharded transformer (fp32 master
-        weights, gathered from all ranks: every rank must enter, which is a collective). Unsharded: no-op."""
-        if self._gathered is not None or not self.sharded:
-            yield
-            return
-        # object.__setattr__: a module attribute would register the copy as a submodule (and checkpoint it)
-        object.__setattr__(self, "_gathered", full_copy(self.var).eval())
-        try:
-            yield
-        finally:
-            object.__setattr__(self, "_gathered", None)
 
     # ------------------------------------------------------------------ mode and optimisation
     def train(self, mode: bool = True) -> VARModule:
@@ -337,55 +313,6 @@ class VARModule(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
-
-    # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def generate(self, labels: torch.Tensor | list[int], **overrides: Any) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] for the given classes with the module's sampling defaults. A sharded
-        transformer samples only inside :meth:`gathered`."""
-        s = {**self.sampling_cfg, **overrides}
-        labels = torch.as_tensor(labels, device=self.device)
-        net = self._gathered if self._gathered is not None else self.var
-        if net is self.var and self.sharded:
-            raise RuntimeError(
-                "the transformer is sharded over the ranks: sample inside `with module.gathered():`, entered on "
-                "every rank (it gathers the full weights)"
-            )
-        # the one sampler chooser (the commands and the app use it too); "plain": no CUDA graphs to capture
-        # while the weights change between calls; an AR baseline gets its raster sampler there
-        draw = build_sampler(net, self.vae, "plain")
-        return draw(
-            labels.numel(),
-            labels=labels,
-            cfg=s["cfg"],
-            top_k=s["top_k"],
-            top_p=s["top_p"],
-            more_smooth=s["more_smooth"],
-            seed=s["seed"],
-        ).images
-
-    @torch.no_grad()
-    def log_images(
-        self, batch: tuple[torch.Tensor, torch.Tensor], max_images: int = 8
-    ) -> dict[str, tuple[torch.Tensor, list[str]]]:
-        """Seeded samples: one labelled row of ``max_images`` per class for up to 10 classes spread evenly
-        over all of them (the data's class names label the rows)."""
-        n = self.var.num_classes
-        classes = sorted({round(i * (n - 1) / 9) for i in range(10)}) if n > 10 else list(range(n))
-        labels = torch.tensor(classes, device=self.device).repeat_interleave(max_images)
-        was_training = self.var.training
-        self.var.eval()
-        with self.gathered():
-            imgs = self.generate(labels)
-        self.var.train(was_training)
-        names = self._class_names()
-        rows = [names[c] if names and c < len(names) else f"class {c}" for c in classes]
-        return {f"samples_nrow{max_images}": (imgs, rows)}
-
-    def _class_names(self) -> list[str] | None:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        names = getattr(dm, "class_names", None)
-        return list(names) if names else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta: dict[str, Any] = {"stage": self.STAGE}
