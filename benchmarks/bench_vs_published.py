@@ -62,7 +62,9 @@ def build_ours(preset: str, device: torch.device, seed: int = 0) -> tuple[VAR, M
     return var, vae
 
 
-def build_published(var: VAR, vae: MultiScaleVQVAE, published_dir: Path, device: torch.device):
+def build_published(
+    var: VAR, vae: MultiScaleVQVAE, published_dir: Path, device: torch.device, drop_path_rate: float = 0.0
+):
     if not (published_dir / "models" / "var.py").is_file():
         raise SystemExit(
             f"the published implementation is not at {published_dir}: "
@@ -81,7 +83,7 @@ def build_published(var: VAR, vae: MultiScaleVQVAE, published_dir: Path, device:
     v = var.cfg
     pub_var = PubVAR(
         pub_vae, num_classes=v.num_classes, depth=v.depth, embed_dim=v.width, num_heads=v.num_heads,
-        drop_path_rate=0.0, norm_eps=v.norm_eps, shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
+        drop_path_rate=drop_path_rate, norm_eps=v.norm_eps, shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
         patch_nums=v.patch_nums,
     ).to(device)  # fmt: skip
     pub_var.load_state_dict(export_official_var(var), strict=True)

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The first check on a GPU node, in one command that fits one 9-minute call (checks are time-limited, 530 s in all):
+# The first check on a GPU node, in one command that fits one 10-minute call (570 s in all):
 #
-#   bash benchmarks/gpu_check.sh            # on the GPU node: one PASS/FAIL/SKIP line per check + JSON
+#   bash benchmarks/gpu_check.sh            # on the GPU node: the speed table, then the checks that fit
+#   bash benchmarks/gpu_check.sh --only gpu-tests train-var ...   # a next call: the checks it names
 #   bash benchmarks/gpu_check.sh --cpu      # the CPU-possible checks on CPU (a rehearsal, ~3 min here)
-#   bash benchmarks/gpu_check.sh --only flex-vs-sdpa sampler-memory
+#
+# First (not with --only or --cpu) benchmarks/gpu_speed.py: ours against the published code (needs
+# benchmarks/third_party/VAR from make gpu-bundle), ~6 min, speed.json. Then benchmarks/gpu_check.py's checks,
+# most informative first, within what is left of the 570 s; the ones that do not fit are named for a next call.
 #
 # Results: $OUT/gpu_check/ (the device tool's output folder) or benchmarks/out/gpu_check/: gpu_check.json (every
 # check's numbers) and each training run's folder. Copy the PASS/FAIL lines into benchmarks/RESULTS.md with the
@@ -33,4 +37,18 @@ export PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 }
+TOTAL_S=570
+OUTDIR="${OUT:-benchmarks/out}/gpu_check"
+mkdir -p "$OUTDIR"
+if [[ " $* " != *" --only "* && " $* " != *" --cpu "* ]]; then
+  if [ -f benchmarks/third_party/VAR/trainer.py ]; then
+    echo "== speed: ours vs the published code (benchmarks/gpu_speed.py, ~6 min)"
+    timeout 400 "$PY" benchmarks/gpu_speed.py --budget-s 330 --json "$OUTDIR/speed.json" \
+      || echo "FAIL speed table (exit $?): see above"
+  else
+    echo "SKIP speed table: benchmarks/third_party/VAR is missing (make gpu-bundle exports the published code)"
+  fi
+  echo "== checks ($((TOTAL_S - SECONDS)) s left)"
+  exec "$PY" benchmarks/gpu_check.py --budget-s "$((TOTAL_S - SECONDS))" "$@"
+fi
 exec "$PY" benchmarks/gpu_check.py "$@"
