@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
+import subprocess
 import tempfile
 
 import pytest
@@ -46,3 +48,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# ---------------------------------------------------------------------------------------------- the two tiers
+# `make test` runs what stays in this process; tests that start processes (commands, several ranks) are marked
+# `process` and run by `make test-process`. An unmarked test (or a fixture it sets up) that starts one fails,
+# naming the marker. VAR_TEST_PROCESS_GUARD=record instead appends "<test id>\t<command>" to the file
+# VAR_TEST_PROCESS_LOG (how the tiers were first sorted).
+PROCESS_MARKER = "process"
+
+
+class StartsAProcess(RuntimeError):
+    pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker(PROCESS_MARKER) is not None:
+        yield
+        return
+    record = os.environ.get("VAR_TEST_PROCESS_GUARD") == "record"
+    popen, start = subprocess.Popen._execute_child, multiprocessing.process.BaseProcess.start
+
+    def refuse(what: str) -> None:
+        if record:
+            with open(os.environ.get("VAR_TEST_PROCESS_LOG", "process_tests.txt"), "a") as f:
+                f.write(f"{item.nodeid}\t{what[:200]}\n")
+            return
+        raise StartsAProcess(
+            f"{item.nodeid} starts a process ({what[:120]}): mark it @pytest.mark.{PROCESS_MARKER} so it runs in "
+            "`make test-process`, or keep it in this process"
+        )
+
+    def guarded_popen(self, args, *a, **k):
+        refuse(" ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args))
+        return popen(self, args, *a, **k)
+
+    def guarded_start(self):
+        refuse(f"multiprocessing {type(self).__name__}")
+        return start(self)
+
+    subprocess.Popen._execute_child = guarded_popen
+    multiprocessing.process.BaseProcess.start = guarded_start
+    try:
+        yield
+    finally:
+        subprocess.Popen._execute_child, multiprocessing.process.BaseProcess.start = popen, start
