@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-app install-trackers golden-update test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
+.PHONY: help signatures install install-app install-trackers golden-update test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
         demo-sample demo-classifier demo-eval demo-edit share eval train-tokenizer train-var sample app sweep-scaling compare-ar gpu-bundle clean
 
 help: ## show the targets
@@ -56,6 +56,9 @@ golden-update: $(STAMP) ## rewrite the golden training curves (tests/golden/*.js
 
 test-browser: $(APP_STAMP) browser-deps ## the web app in a real headless Chromium (sample, box in-paint, errors)
 	$(BIN)/python -m pytest -m slow -q tests/integration/test_app_browser.py
+
+signatures: $(STAMP) ## rewrite the cached _target_ signatures the commands check keys against (after changing one)
+	$(BIN)/python -m var_lightning.cli.signatures
 
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks

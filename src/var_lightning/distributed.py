@@ -1,27 +1,40 @@
-"""Guarded collective helpers: no-ops in a single process, so model code never needs a process group."""
+"""Guarded collective helpers: no-ops in a single process, so model code never needs a process group.
+
+torch is imported inside the functions: the command line reads ``rank_log_suffix`` (the per-process log file
+name in conf/hydra) before anything else loads, and answers ``--help`` or a config error without torch."""
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def is_distributed() -> bool:
     """True when a default process group exists and has more than one rank."""
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
+    import torch.distributed as dist
+
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
+    import torch.distributed as dist
+
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over ranks in place (no-op in one process) and return it."""
     if is_distributed():
+        import torch.distributed as dist
+
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 

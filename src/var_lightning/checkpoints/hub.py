@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from var_lightning.transformer.sampling import PUBLISHED_SAMPLING
+from var_lightning.transformer.config import PUBLISHED_SAMPLING
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import os
 import re
 import sys
@@ -26,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.validate import (
     CONF_DIR,
-    _locate,
+    target_signature,
     unknown_key_error,
     validate_config,
 )
@@ -158,12 +157,8 @@ def _target_accepts(config_name: str, overrides: list[str], key: str) -> bool:
         return False
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return False
-    obj = _locate(str(node.get("_target_")))
-    try:
-        params = inspect.signature(obj).parameters if obj is not None else {}
-    except (TypeError, ValueError):
-        return False
-    return leaf in params and leaf != "self"
+    sig = target_signature(str(node.get("_target_")))
+    return sig is not None and leaf in sig["params"]
 
 
 def _numeric_option(arg: str) -> str:
@@ -290,6 +285,17 @@ def _prechecked(cfg: DictConfig) -> bool:
     return hydra_cfg.mode == RunMode.RUN and _PRECHECKED_ARGV[-1:] == [sys.argv[1:]]
 
 
+def prechecked_command_line(config_name: str, prog: str) -> None:
+    """Rewrite ``sys.argv`` as :func:`accept_target_arguments` does and :func:`precheck` it: one line on
+    stderr and exit status 2 for a bad command line; else it is recorded as checked for this process."""
+    sys.argv[1:] = accept_target_arguments(config_name, sys.argv[1:])
+    problem = precheck(config_name, sys.argv[1:])
+    if problem is not None:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    _PRECHECKED_ARGV.append(list(sys.argv[1:]))
+
+
 def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """``@checked_main("train", "var-train")`` instead of ``@hydra.main(...)`` (see the module docstring)."""
     import hydra
@@ -312,12 +318,8 @@ def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig]
 
         @functools.wraps(task)
         def main() -> Any:
-            sys.argv[1:] = accept_target_arguments(config_name, sys.argv[1:])
-            problem = precheck(config_name, sys.argv[1:])
-            if problem is not None:
-                print(f"{prog}: error: {problem}", file=sys.stderr)
-                sys.exit(2)
-            _PRECHECKED_ARGV.append(list(sys.argv[1:]))
+            if _PRECHECKED_ARGV[-1:] != [sys.argv[1:]]:  # not yet checked by the console script (cli.entry)
+                prechecked_command_line(config_name, prog)
             return hydra_main()
 
         return main

@@ -48,7 +48,6 @@ _SKIP_GROUPS = {"hydra", "experiment", "sweep", "debug"}
 
 def _settings_schema() -> dict[str, dict[str, Any]]:
     from var_lightning.tokenizer.config import VQVAEConfig
-    from var_lightning.tokenizer.losses import VQGANLoss
     from var_lightning.transformer.config import VARConfig
 
     transformer_stage = {
@@ -62,7 +61,7 @@ def _settings_schema() -> dict[str, dict[str, Any]]:
         "var_lightning.training.ar_module.ARModule": transformer_stage,
         "var_lightning.training.tokenizer_module.TokenizerModule": {
             "tokenizer": (VQVAEConfig, set()),
-            "loss": VQGANLoss,
+            "loss": "var_lightning.tokenizer.losses.VQGANLoss",  # a class: its cached signature
             "optim": TokenizerOptim,
         },
     }
@@ -77,8 +76,14 @@ def _names(schema: Any) -> tuple[set[str], dict[str, Any]]:
         nested = {f.name: f.default_factory for f in dataclasses.fields(schema)
                   if dataclasses.is_dataclass(f.default_factory)}  # fmt: skip
         return {f.name for f in dataclasses.fields(schema)} | extra, nested
-    params = inspect.signature(schema).parameters
-    return {n for n, p in params.items() if n != "self"} | extra, {}
+    sig = target_signature(schema) if isinstance(schema, str) else _signature_of(schema)
+    return set(sig["params"] if sig else ()) | extra, {}
+
+
+def _signature_of(obj: Any) -> dict[str, Any]:
+    params = inspect.signature(obj).parameters
+    return {"params": [n for n in params if n != "self"],
+            "var_kw": any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())}  # fmt: skip
 
 
 def unknown_key_error(node: Any, key: str, valid: set[str], prefix: str) -> ConfigKeyError:
@@ -179,28 +184,24 @@ def _check_block(node: Any, schema: Any, prefix: str) -> None:
             _check_block(node[key], sub, f"{prefix}{key}.")
 
 
-def _locate(path: str) -> Any | None:
-    from hydra.utils import get_object
+def target_signature(path: str) -> dict[str, Any] | None:
+    """``{"params": [...], "var_kw": bool}`` of a ``_target_``: from the shipped cache when it matches the
+    installed packages (no import: :mod:`var_lightning.cli.signatures`), else by importing it."""
+    from var_lightning.cli.signatures import signature
 
-    try:
-        return get_object(path)
-    except Exception:  # noqa: BLE001 - an unimportable target fails at instantiation with Hydra's message
-        return None
+    return signature(path)
 
 
 def check_target_node(node: DictConfig, prefix: str) -> None:
     """Keys of a ``_target_`` node (and of nested ``_target_`` nodes and settings blocks) against the
     target's signature and the settings dataclasses."""
     target = str(node.get("_target_"))
-    obj = _locate(target)
-    if obj is not None:
-        try:
-            params = inspect.signature(obj).parameters
-        except (TypeError, ValueError):  # builtins without a signature (datetime.timedelta, set)
-            params = None
-        if params is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            valid = {n for n in params if n != "self"} | _HYDRA_KEYS | _OUR_KEYS.get(target, set())
-            _check_keys(node, valid, prefix)
+    sig = target_signature(
+        target
+    )  # None: unimportable, or a builtin without a signature (datetime.timedelta)
+    if sig is not None and not sig["var_kw"]:
+        valid = set(sig["params"]) | _HYDRA_KEYS | _OUR_KEYS.get(target, set())
+        _check_keys(node, valid, prefix)
     blocks = _settings_schema().get(target, {})
     for key in node:
         value = node._get_node(key)  # no interpolation resolution

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from var_lightning.keys import bad_value, check_number, settings_from
-from var_lightning.transformer.sampling import PUBLISHED_SAMPLING
+from var_lightning.transformer.config import PUBLISHED_SAMPLING
 
 LR_SCHEDULES = ("lin0", "lin", "cos", "const")
 

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from var_lightning.tokenizer.config import VQVAEConfig
 
 
+PUBLISHED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
+"""The published FID protocol (cfg 1.5, top-k 900 of a 4096 vocabulary, top-p 0.96, no smoothing): the
+defaults of every checkpoint's ``sampling`` block and of the released weights. The free functions of
+``transformer.sampling`` keep explicit "off" defaults (cfg and filters given by the caller)."""
+
+
 def _bad(key: str, value: object, why: str) -> ValueError:
     return ValueError(
         f"invalid transformer config: {key}={value!r}: {why} (config key model.transformer.{key})"

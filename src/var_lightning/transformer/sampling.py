@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.transformer.config import PUBLISHED_SAMPLING  # noqa: F401 - re-exported
 from var_lightning.transformer.var import VAR
 
 
@@ -47,11 +48,6 @@ def check_compatible(var: VAR, vae: MultiScaleVQVAE) -> None:
             "transformer was trained with)"
         )
 
-
-PUBLISHED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
-"""The published FID protocol (cfg 1.5, top-k 900 of a 4096 vocabulary, top-p 0.96, no smoothing): the
-defaults of every checkpoint's ``sampling`` block and of the released weights. The free functions here keep
-explicit "off" defaults (cfg and filters given by the caller)."""
 
 # top-k of the published protocol (900 of V = 4096), kept as the same fraction for other vocabularies
 REFERENCE_TOP_K, REFERENCE_VOCAB = 900, 4096
