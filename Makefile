@@ -9,7 +9,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help signatures install install-app install-trackers golden-update test test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
+.PHONY: help signatures install install-app install-trackers golden-update test test-process test-all test-slow test-browser browser-deps lint format demo demo-tokenizer demo-var \
         demo-sample demo-classifier demo-eval demo-edit share eval train-tokenizer train-var sample app sweep-scaling compare-ar gpu-bundle clean
 
 help: ## show the targets
@@ -37,8 +37,11 @@ install-app: $(APP_STAMP) ## install the web app's extras (gradio) and the brows
 install-trackers: $(STAMP) ## the experiment trackers (logger=wandb / mlflow / tensorboard) and peft (LoRA)
 	$(BIN)/python -m pip install -q -e ".[trackers,lora]"
 
-test: $(STAMP) ## fast test suite (CPU, no downloads)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+test: $(STAMP) ## the fast tier: unit and in-process integration tests (CPU, no downloads)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not process" -q --durations=15
+
+test-process: $(STAMP) ## the process tier: tests that start commands or several ranks (CI runs it after make test)
+	$(BIN)/python -m pytest -m "process and not slow and not gpu" -q --durations=15
 
 test-slow: $(STAMP) ## the slower CPU tests only
 	$(BIN)/python -m pytest -m "slow" -q

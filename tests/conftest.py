@@ -32,6 +32,21 @@ def _hygiene():
         torch.distributed.destroy_process_group()
 
 
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory):
+    """An untrained tiny tokenizer checkpoint (8 px images, patch_nums (1, 2, 4)), written once per test run."""
+    from dataclasses import asdict
+
+    from tests.helpers import tiny_vae
+
+    torch.manual_seed(0)
+    vae = tiny_vae(patch_nums=(1, 2, 4), ch=16, norm_groups=8)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.ckpt"
+    torch.save({"var_lightning": {"stage": "tokenizer"}, "hyper_parameters": {"tokenizer": asdict(vae.cfg)},
+                "state_dict": {f"vae.{k}": v for k, v in vae.state_dict().items()}}, path)  # fmt: skip
+    return path
+
+
 @pytest.fixture()
 def compose():
     """``compose(name, overrides, run_dir=None, hydra=False, **paths)``: a shipped config composed as the
@@ -41,7 +56,35 @@ def compose():
     return compose_config
 
 
+_STARTS_PROCESS = ("subprocess.", "sys.executable", "Popen(", "mp.spawn", "multiprocessing.")
+
+
+def _unmarked_process_tests(items) -> list[str]:
+    """Collected tests without the ``process`` marker whose own source starts a process (the runtime guard
+    below also catches what they start through helpers and fixtures)."""
+    import inspect
+
+    bad = []
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is None or item.get_closest_marker(PROCESS_MARKER) is not None:
+            continue
+        try:
+            src = inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+        if any(s in src for s in _STARTS_PROCESS):
+            bad.append(item.nodeid)
+    return bad
+
+
 def pytest_collection_modifyitems(config, items):
+    bad = _unmarked_process_tests(items)
+    if bad:
+        raise pytest.UsageError(
+            f"these tests start a process but are not marked @pytest.mark.{PROCESS_MARKER} (the make test-process "
+            "tier): " + ", ".join(bad[:10])
+        )
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,3 +71,36 @@ def tiny_var_cfg(**kw) -> VARConfig:
 
 def tiny_var(**kw) -> VAR:
     return VAR(tiny_var_cfg(**kw))
+
+
+def run_command(config_name: str, args: list[str], cwd: str | None = None) -> tuple[int, str, str]:
+    """``var-<command> <args>`` in this process, as its console script runs it (:mod:`var_lightning.cli.entry`):
+    (exit status, stdout, stderr). Errors print as the user sees them (``HYDRA_FULL_ERROR`` is unset while it
+    runs); the working directory, ``sys.argv``, the environment and the root logger are restored after."""
+    import contextlib
+    import io
+    import logging
+    import sys
+
+    from var_lightning.cli import command_line, entry
+
+    root = logging.getLogger()
+    saved = (sys.argv, os.getcwd(), root.handlers[:], root.level, os.environ.pop("HYDRA_FULL_ERROR", None))
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.argv = [entry.COMMANDS[config_name][0], *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                entry.run(config_name)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv, cwd_before, root.handlers[:], level, full = saved
+        os.chdir(cwd_before)
+        root.setLevel(level)
+        if full is not None:
+            os.environ["HYDRA_FULL_ERROR"] = full
+        command_line._PRECHECKED_ARGV.clear()
+    return code, out.getvalue(), err.getvalue()

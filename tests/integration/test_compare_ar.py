@@ -4,14 +4,12 @@ tiny study runs end to end through the real commands and writes a report that ma
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import open_dict
 
-from tests.helpers import compose_config, tiny_vae
+from tests.helpers import compose_config
 from var_lightning.cli import compare_ar
 from var_lightning.studies import ar_vs_var as study
 
@@ -59,16 +57,7 @@ def test_paper_scale_prints_the_gpu_command_lines_and_runs_nothing(tmp_path, cap
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists()
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    vae = tiny_vae(patch_nums=(1, 2, 4), ch=16, norm_groups=8)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.ckpt"
-    torch.save({"var_lightning": {"stage": "tokenizer"}, "hyper_parameters": {"tokenizer": asdict(vae.cfg)},
-                "state_dict": {f"vae.{k}": v for k, v in vae.state_dict().items()}}, path)  # fmt: skip
-    return path
-
-
+@pytest.mark.process
 def test_a_tiny_study_runs_end_to_end_and_its_report_matches_the_runs(tmp_path, tokenizer_file, monkeypatch):
     tiny = ["schedule=cpu_micro", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16",
             "trainer.max_epochs=1", "++model.transformer.depth=2", "++model.transformer.width=32",

@@ -223,18 +223,15 @@ def test_typos_on_the_other_commands_and_in_experiment_files():
 
 
 def test_the_console_script_prints_one_line_and_creates_no_run_directory(tmp_path):
-    import shutil
-    import subprocess
-    import sys
+    from tests.helpers import run_command
 
-    exe = shutil.which("var-train") or str(Path(sys.executable).parent / "var-train")
-    out = subprocess.run(
-        [exe, "model.optim.lrr=1"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    code, out, err = run_command("train", ["model.optim.lrr=1"], cwd=str(tmp_path))
+    assert (
+        code == 2
+        and err.strip()
+        == "var-train: error: unknown config key model.optim.lrr: did you mean model.optim.lr?"
     )
-    assert out.returncode == 2 and out.stderr.strip() == (
-        "var-train: error: unknown config key model.optim.lrr: did you mean model.optim.lr?"
-    )
-    assert list(tmp_path.iterdir()) == []  # no outputs/ for a run that never started
+    assert out == "" and list(tmp_path.iterdir()) == []  # no outputs/ for a run that never started
 
 
 # ---------------------------------------------------------------------------------------------- one place per number
@@ -354,6 +351,7 @@ def test_the_published_recipes_set_only_their_published_values(name, tmp_path):
     assert cfg.schedule.patch_nums[-1] * 16 == p["pn"] and cfg.data.image_size is None
 
 
+@pytest.mark.process
 def test_entry_points_find_their_configs_from_any_directory(tmp_path):
     """Console scripts resolve the packaged configs, not files relative to the working directory."""
     import shutil

@@ -55,6 +55,7 @@ def _usage(module: TokenizerModule, img: torch.Tensor) -> dict[str, torch.Tensor
     return usage.compute()
 
 
+@pytest.mark.process
 def test_tokenizer_metrics_and_codebook_usage_are_reduced_over_ranks(ddp_runs):
     run = ddp_runs / "tokenizer"
     logged = json.loads((run / "metrics.json").read_text())
@@ -74,6 +75,7 @@ def test_tokenizer_metrics_and_codebook_usage_are_reduced_over_ranks(ddp_runs):
     assert all(abs(h["perplexity"][-1] - full["perplexity"][-1]) > 1e-3 for h in halves)
 
 
+@pytest.mark.process
 def test_var_metrics_are_reduced_over_ranks(ddp_runs):
     run = ddp_runs / "var"
     logged = json.loads((run / "metrics.json").read_text())

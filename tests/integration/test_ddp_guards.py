@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).with_name("ddp_scenarios.py")
 CLEAN_ENV = {
     k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")
 }
 
 
+@pytest.mark.process
 def test_a_validation_set_smaller_than_the_world_size_stops_with_an_error_not_a_hang(tmp_path):
     start = time.monotonic()
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "empty_val_rank"], capture_output=True,
@@ -31,6 +34,7 @@ def test_a_validation_set_smaller_than_the_world_size_stops_with_an_error_not_a_
     assert "trainer.limit_val_batches=0" in proc.stderr and took < 240
 
 
+@pytest.mark.process
 def test_sigterm_ends_a_run_whose_ranks_are_stuck(tmp_path):
     env = {**CLEAN_ENV, "VAR_SIGTERM_GRACE_S": "3"}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path), "hang"], stdout=subprocess.PIPE,
@@ -55,6 +59,7 @@ def test_sigterm_ends_a_run_whose_ranks_are_stuck(tmp_path):
         )
 
 
+@pytest.mark.process
 def test_each_rank_writes_its_own_log_and_only_rank_zero_claims_the_outputs(tmp_path):
     exe = shutil.which("var-train") or str(Path(sys.executable).parent / "var-train")
     run = tmp_path / "run"

@@ -200,6 +200,7 @@ def test_released_layout_weights_give_the_same_edit(ckpt, tmp_path):
         )
 
 
+@pytest.mark.process
 def test_entry_point_runs_from_another_directory(ckpt, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [

@@ -255,6 +255,7 @@ def test_reconstruction_mode(tmp_path, caplog):
     assert report["metrics"]["psnr"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.process
 def test_offline_inception_error_surfaces_through_var_eval(tmp_path, var_ckpt, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
@@ -301,6 +302,7 @@ def test_classifier_extractor_without_a_file_names_the_key_and_the_command(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_torchrun_two_processes_give_the_single_process_numbers(tmp_path, var_ckpt):
     """Sharded sampling over 2 gloo ranks: the same samples and the same metrics as one process (both
     launched alike, one thread each, so that even float summation orders agree)."""

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # import names of what gpu_bundle.sh bundles (torch, Lightning, numpy, PyYAML are on the node already)
 IMPORTS = ["hydra", "omegaconf", "antlr4", "webdataset", "braceexpand", "lpips", "torch_fidelity", "pytest",
            "pluggy", "iniconfig"]  # fmt: skip
 
 
+@pytest.mark.process
 def test_the_gpu_bundle_installs_offline_into_an_empty_folder_and_every_package_imports(tmp_path):
     wheels, target = tmp_path / "wheels", tmp_path / "site"
     env = {**os.environ, "PYTHON": sys.executable}

@@ -23,6 +23,7 @@ def _check(tmp_path: Path, *only: str) -> tuple[subprocess.CompletedProcess, dic
     return proc, json.loads((tmp_path / "gpu_check.json").read_text())
 
 
+@pytest.mark.process
 def test_gpu_check_cpu_rehearsal_of_the_equality_checks(tmp_path):
     proc, record = _check(tmp_path, "flex-vs-sdpa", "graph-sampler", "sampler-memory")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from tests.integration.test_sharded import ROOT, VAR, tokenizer  # noqa: F401 - tokenizer: a module fixture
+from tests.integration.test_sharded import ROOT, VAR
 from var_lightning.checkpoints.files import read_checkpoint
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
@@ -30,7 +30,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_trainer_slurm_trains_inside_an_allocation(tokenizer, tmp_path):  # noqa: F811
+@pytest.mark.process
+def test_trainer_slurm_trains_inside_an_allocation(tokenizer, tmp_path):
     """trainer=slurm as shipped (nodes and tasks from the allocation, SLURMEnvironment with requeue on USR1)
     inside a one-task allocation as srun presents it (the variables srun sets), on CPU."""
     slurm = dict(SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NUM_NODES="1", SLURM_PROCID="0",
@@ -48,7 +49,8 @@ def test_trainer_slurm_trains_inside_an_allocation(tokenizer, tmp_path):  # noqa
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
 
 
-def test_submitit_multirun_requeues_a_preempted_job_which_resumes(tokenizer, tmp_path):  # noqa: F811
+@pytest.mark.process
+def test_submitit_multirun_requeues_a_preempted_job_which_resumes(tokenizer, tmp_path):
     sweep, marker = tmp_path / "sweep", tmp_path / "preempted_at"
     env = {
         k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.integration.test_training import tokenizer_ckpt, var_cfg  # noqa: F401 - the module's tokenizer
+from tests.integration.test_training import var_cfg
 from var_lightning.checkpoints.loading import load_models
 from var_lightning.cli.train import build, train
 
@@ -20,26 +20,26 @@ TARGETS = ("mat_qkv", "proj", "fc1", "fc2")
 
 
 @pytest.fixture(scope="module")
-def base_ckpt(tmp_path_factory, tokenizer_ckpt) -> Path:  # noqa: F811
+def base_ckpt(tmp_path_factory, tokenizer_ckpt) -> Path:
     run = tmp_path_factory.mktemp("base")
     train(var_cfg(run, tokenizer_ckpt, "trainer.max_epochs=1", "logger=none", "~callbacks.image_logger"))
     return run / "checkpoints" / "last.ckpt"
 
 
-def lora_cfg(run: Path, tokenizer_ckpt: Path, base: Path, *extra: str):  # noqa: F811
+def lora_cfg(run: Path, tokenizer_ckpt: Path, base: Path, *extra: str):
     return var_cfg(run, tokenizer_ckpt, f"init_from={base}", f"model.train.lora.rank={RANK}",
                    "model.train.lora.alpha=8", "model.optim.base_lr=0.05", "logger=none", "~callbacks.image_logger",
                    *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tokenizer_ckpt, base_ckpt) -> Path:  # noqa: F811
+def lora_run(tmp_path_factory, tokenizer_ckpt, base_ckpt) -> Path:
     run = tmp_path_factory.mktemp("lora")
     train(lora_cfg(run, tokenizer_ckpt, base_ckpt, "trainer.max_epochs=1"))
     return run
 
 
-def adapted_module(run: Path, tokenizer_ckpt: Path, base: Path):  # noqa: F811
+def adapted_module(run: Path, tokenizer_ckpt: Path, base: Path):
     """The run's module as training had it: base weights from init_from, adapters injected, checkpoint loaded."""
     from var_lightning.training.finetune import init_from_checkpoint
 
@@ -53,7 +53,7 @@ def adapted_module(run: Path, tokenizer_ckpt: Path, base: Path):  # noqa: F811
     return model.eval()
 
 
-def test_only_the_adapters_and_class_emb_train(tmp_path, tokenizer_ckpt, base_ckpt):  # noqa: F811
+def test_only_the_adapters_and_class_emb_train(tmp_path, tokenizer_ckpt, base_ckpt):
     from var_lightning.training.finetune import init_from_checkpoint
 
     _, model, _ = build(lora_cfg(tmp_path, tokenizer_ckpt, base_ckpt))
@@ -81,7 +81,7 @@ def test_the_checkpoint_holds_the_adapters_and_names_its_base(lora_run, base_ckp
     assert (lora_run / "checkpoints" / "last.ckpt").stat().st_size < base_ckpt.stat().st_size
 
 
-def test_readers_get_the_merged_model_with_the_adapted_logits(lora_run, tokenizer_ckpt, base_ckpt, tmp_path):  # noqa: F811
+def test_readers_get_the_merged_model_with_the_adapted_logits(lora_run, tokenizer_ckpt, base_ckpt, tmp_path):
     merged = load_models(lora_run / "checkpoints" / "last.ckpt")
     assert merged.info.stage == "var" and not any("lora" in k for k in merged.var.state_dict())
     adapted = adapted_module(lora_run, tokenizer_ckpt, base_ckpt)
@@ -109,14 +109,14 @@ def test_readers_get_the_merged_model_with_the_adapted_logits(lora_run, tokenize
     assert all(torch.equal(v, shared[k]) for k, v in merged.var.state_dict().items())
 
 
-def test_a_lora_run_resumes_with_its_base_reloaded(lora_run, tokenizer_ckpt, base_ckpt):  # noqa: F811
+def test_a_lora_run_resumes_with_its_base_reloaded(lora_run, tokenizer_ckpt, base_ckpt):
     before = torch.load(lora_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     train(lora_cfg(lora_run, tokenizer_ckpt, base_ckpt, "trainer.max_epochs=2", "resume=auto"))
     after = torch.load(lora_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert after["global_step"] == 2 * before and "lora" in after["var_lightning"]
 
 
-def test_lora_settings_that_cannot_work_are_named(tmp_path, tokenizer_ckpt, base_ckpt):  # noqa: F811
+def test_lora_settings_that_cannot_work_are_named(tmp_path, tokenizer_ckpt, base_ckpt):
     cfg = var_cfg(tmp_path, tokenizer_ckpt, "model.train.lora.rank=4", "debug=fdr")
     with pytest.raises(ValueError, match="give the base with init_from="):
         train(cfg)

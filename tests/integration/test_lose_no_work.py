@@ -87,6 +87,7 @@ def test_resume_auto_with_only_unreadable_checkpoints_stops_instead_of_starting_
         inspect_checkpoint(ckpts / "last.ckpt")
 
 
+@pytest.mark.process
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(good_run, tmp_path):
     """The next save of a resumed run hits a file-size limit (RLIMIT_FSIZE, as a full disk would): the run
     fails, last.ckpt is still the previous, loadable checkpoint, and no partial file is left beside it."""

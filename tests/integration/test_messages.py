@@ -74,18 +74,12 @@ def test_a_value_of_the_wrong_type_names_its_key(override, message):
 
 
 def test_var_train_prints_the_key_of_a_wrong_value_at_the_command_line(tmp_path):
-    import os
-    import subprocess
-    import sys
+    from tests.helpers import run_command
 
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    out = subprocess.run([sys.executable, "-m", "var_lightning.cli.train", "experiment=tokenizer_tiny",
-                          "model.tokenizer.ch=abc", f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True,
-                         text=True, timeout=120, env=env, cwd=tmp_path)  # fmt: skip
-    assert out.returncode == 2 and "model.tokenizer.ch='abc' must be an integer" in out.stderr, out.stderr[
-        -2000:
-    ]
-    assert "full_key: model" not in out.stderr and not (tmp_path / "r").exists()
+    code, _, err = run_command("train", ["experiment=tokenizer_tiny", "model.tokenizer.ch=abc",
+                                         f"hydra.run.dir={tmp_path / 'r'}"], cwd=str(tmp_path))  # fmt: skip
+    assert code == 2 and "model.tokenizer.ch='abc' must be an integer" in err, err[-2000:]
+    assert "full_key: model" not in err and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(
@@ -99,19 +93,17 @@ def test_var_train_prints_the_key_of_a_wrong_value_at_the_command_line(tmp_path)
                                   "login"),
     ],
 )  # fmt: skip
-def test_bad_run_options_are_one_line_errors(tmp_path, module, args, message):
-    import os
-    import subprocess
-    import sys
+def test_bad_run_options_are_one_line_errors(tmp_path, module, args, message, monkeypatch):
+    from tests.helpers import run_command
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "VAR_APP_AUTH")}
+    monkeypatch.delenv("VAR_APP_AUTH", raising=False)
     run_dir = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path / 'r'}"]
-    out = subprocess.run([sys.executable, "-m", f"var_lightning.cli.{module}", *args, *run_dir],
-                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)  # fmt: skip
-    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
-    assert "Traceback" not in out.stderr
+    code, _, err = run_command(module, [*args, *run_dir], cwd=str(tmp_path))
+    assert code == 2 and message in err, err[-2000:]
+    assert "Traceback" not in err
 
 
+@pytest.mark.process
 def test_make_app_before_make_demo_says_what_to_run(tmp_path):
     import shutil
     import subprocess

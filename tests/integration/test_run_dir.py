@@ -43,6 +43,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.process
 def test_a_second_run_in_the_same_directory_stops_and_sigterm_saves_the_first(tmp_path):
     """Run A holds the directory (held still at step 2 by a probe); run B, launched into it, stops at once
     naming A. Then SIGTERM to A: it saves checkpoints/preempted.ckpt at step 2, exits 143 with the command
@@ -108,6 +109,7 @@ def test_ctrl_c_in_process_saves_then_exits_130(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before and not (tmp_path / LOCK_NAME).exists()
 
 
+@pytest.mark.process
 def test_stale_locks_are_taken_over_and_live_ones_refused(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -168,6 +168,7 @@ def test_released_file_paths(evil, tmp_path):
     refused(lambda: load_models(folder / "var_d16.pth", vae_path=path), path)
 
 
+@pytest.mark.process
 def test_the_console_script_exits_with_the_message(evil, tmp_path):
     path, _ = evil
     exe = shutil.which("var-sample") or str(Path(sys.executable).parent / "var-sample")
@@ -195,6 +196,7 @@ def test_the_refusal_does_not_pass_on_torchs_advice_to_allowlist_the_global(evil
     assert "add_safe_globals" not in msg and "allowlist" not in msg
 
 
+@pytest.mark.process
 def test_a_text_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
     text = tmp_path / "notes.ckpt"
     text.write_text("epoch 3 looked good\n")

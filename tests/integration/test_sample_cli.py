@@ -34,6 +34,7 @@ def png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
+@pytest.mark.process
 def test_var_sample_pretrained_name_against_a_local_hub_cache(tmp_path):
     var, vae = released_pair(0)
     cache = tmp_path / "hub"

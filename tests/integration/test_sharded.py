@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.test_configs import compose_train
 from var_lightning.checkpoints.loading import load_models
-from var_lightning.cli.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ["data.image_size=8", "data.train_size=32", "data.val_size=32", "data.num_classes=4"]
@@ -96,20 +94,6 @@ def trace(run: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tokenizer")
-    cfg = compose_train(
-        ["experiment=tokenizer_tiny", "schedule=cpu_micro", "model.tokenizer.ch=16", "model.tokenizer.vocab_size=64",
-         "model.tokenizer.z_channels=8", "model.tokenizer.norm_groups=8", "model.tokenizer.ch_mult=[1,2]",
-         "model.loss.disc_start=2", "model.loss.disc_ch=8", "model.loss.disc_layers=1", "trainer.max_epochs=1",
-         "logger=none", "~callbacks.image_logger", "~callbacks.progress_bar", "data.batch_size=8", *DATA],
-        out,
-    )  # fmt: skip
-    train(cfg)
-    return out / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
 def runs(tokenizer, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("runs")
     out = {}
@@ -143,6 +127,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
         ("fsdp_ac", 1e-5),  # activation checkpointing: recomputed blocks, the same weights
     ],
 )
+@pytest.mark.process
 def test_every_strategy_trains_the_weights_of_one_process(runs, name, tol):
     """4 steps at lr 0.01 with clipping: fp32 strategies agree with one process to float rounding (1e-5);
     bf16 blocks to 3e-2 (the fp32 runs themselves move the weights by ~1e-1)."""
@@ -154,6 +139,7 @@ def test_every_strategy_trains_the_weights_of_one_process(runs, name, tol):
     assert moved["val/loss"] == pytest.approx(ref["val/loss"], abs=1e-4 if tol < 1e-3 else 2e-2)
 
 
+@pytest.mark.process
 def test_the_runs_learn_and_sharded_clipping_is_the_one_process_clipping(runs):
     """The sharded run equals the clipped one-process run (above) and differs from its own unclipped twin, so
     the clip is active and computed over the whole model's gradient norm, not one rank's shards."""
@@ -165,6 +151,7 @@ def test_the_runs_learn_and_sharded_clipping_is_the_one_process_clipping(runs):
         assert (runs[name] / "checkpoints" / "last.ckpt" / ".metadata").is_file()  # a sharded directory
 
 
+@pytest.mark.process
 def test_sharded_runs_write_image_grids_during_training(runs):
     for name in ("fsdp", "fsdp_grad_op", "fsdp_hybrid", "fsdp_bf16"):
         grids = sorted(p.name for p in (runs[name] / "images").glob("val_samples_*.png"))
@@ -175,12 +162,14 @@ def test_sharded_runs_write_image_grids_during_training(runs):
         ]
 
 
+@pytest.mark.process
 def test_generation_metrics_sample_a_sharded_transformer_on_every_rank(runs):
     """FID during sharded training: every rank gathers the full weights and samples its share."""
     metrics = json.loads((runs["fsdp_grad_op"] / "metrics.json").read_text())
     assert math.isfinite(metrics["val/fid"]) and metrics["val/fid_best"] <= metrics["val/fid"]
 
 
+@pytest.mark.process
 def test_sharded_runs_decay_the_parameters_of_the_unsharded_run(runs):
     single = json.loads((runs["single"] / "decay_rank0.json").read_text())
     assert single["decay"] and single["no_decay"]
@@ -189,6 +178,7 @@ def test_sharded_runs_decay_the_parameters_of_the_unsharded_run(runs):
             assert json.loads((runs[name] / f"decay_rank{rank}.json").read_text()) == single
 
 
+@pytest.mark.process
 def test_sharded_checkpoint_consolidates_and_samples_like_the_directory(runs, tmp_path):
     from var_lightning.cli.convert import main as convert
     from var_lightning.transformer.sampling import sample
@@ -203,6 +193,7 @@ def test_sharded_checkpoint_consolidates_and_samples_like_the_directory(runs, tm
     assert convert(["consolidate", str(out), "--out", str(tmp_path / "x.ckpt")]) == 2  # a file needs none
 
 
+@pytest.mark.process
 def test_a_killed_sharded_run_resumes_to_the_uninterrupted_weights(tokenizer, runs, tmp_path):
     """SIGKILL of every rank after step 3 of 4 (mid-epoch 2); the relaunch with resume=auto finds the
     periodic sharded checkpoint of step 3 and ends where the uninterrupted fsdp run ended."""
@@ -227,6 +218,7 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_weights(tokenizer, ru
         assert seen == json.loads((runs["fsdp"] / f"rng_rank{rank}.json").read_text())
 
 
+@pytest.mark.process
 def test_ranks_draw_their_own_random_numbers(runs):
     """Label dropout and drop-path masks differ between ranks (one seed for all would repeat the same mask
     on every rank)."""
@@ -237,6 +229,7 @@ def test_ranks_draw_their_own_random_numbers(runs):
         assert all(r0[k] != r1[k] for k in r0)
 
 
+@pytest.mark.process
 def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(runs):
     """callbacks=ema under FSDP averages the same weights as one process, holds the transformer only, and is
     what load_models (var-sample, var-eval) returns; the raw weights stay in var.* for resuming."""
@@ -256,6 +249,7 @@ def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(r
 @pytest.mark.parametrize(
     ("name", "sig", "code"), [("ddp", "SIGTERM", 143), ("single", "SIGUSR1", 138), ("fsdp", "SIGINT", 130)]
 )
+@pytest.mark.process
 def test_a_signal_saves_a_checkpoint_and_the_relaunch_continues_exactly(
     tokenizer, runs, tmp_path, name, sig, code
 ):

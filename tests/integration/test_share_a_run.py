@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_training import tokenizer_ckpt  # noqa: F401 - the module's trained tokenizer
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,8 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return out
 
 
-def test_a_trained_run_exported_to_a_repository_samples_the_same_images(tmp_path, tokenizer_ckpt):  # noqa: F811
+@pytest.mark.process
+def test_a_trained_run_exported_to_a_repository_samples_the_same_images(tmp_path, tokenizer_ckpt):
     run_dir = tmp_path / "var"
     run([script("var-train"), "experiment=var_tiny", "schedule=cpu_micro", f"model.tokenizer_ckpt={tokenizer_ckpt}",
          "model.transformer.depth=2", "model.transformer.width=32", "model.transformer.num_heads=2",

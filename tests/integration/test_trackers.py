@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from tests.integration.test_training import tokenizer_ckpt, var_cfg  # noqa: F401 - the module's tokenizer
+from tests.integration.test_training import var_cfg
 from var_lightning.cli.train import train
 
 
@@ -43,7 +43,7 @@ def wandb_records(run_file: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory, tokenizer_ckpt):  # noqa: F811
+def tracked_run(tmp_path_factory, tokenizer_ckpt):
     run = tmp_path_factory.mktemp("tracked")
     cfg = var_cfg(run, tokenizer_ckpt, "trainer.max_epochs=2", "logger=[csv,tensorboard,wandb,mlflow]",
                   "logger.wandb.offline=true", "logger.wandb.name=tiny-run")  # fmt: skip
@@ -59,6 +59,7 @@ def tracked_run(tmp_path_factory, tokenizer_ckpt):  # noqa: F811
     return run
 
 
+@pytest.mark.process
 def test_tensorboard_gets_config_metrics_images_and_checkpoints(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -73,6 +74,7 @@ def test_tensorboard_gets_config_metrics_images_and_checkpoints(tracked_run):
     assert "tokenizer_ckpt" in hparams and "depth: 2" in hparams  # the resolved config
 
 
+@pytest.mark.process
 def test_wandb_offline_gets_config_metrics_images_and_checkpoints(tracked_run):
     (run_file,) = (tracked_run / "wandb").glob("offline-run-*/run-*.wandb")
     records = wandb_records(run_file)
@@ -90,6 +92,7 @@ def test_wandb_offline_gets_config_metrics_images_and_checkpoints(tracked_run):
     assert json.loads(summary["checkpoint/last"]).endswith("last.ckpt")
 
 
+@pytest.mark.process
 def test_mlflow_file_store_gets_config_metrics_images_and_checkpoints(tracked_run):
     from mlflow.tracking import MlflowClient
 
@@ -104,7 +107,7 @@ def test_mlflow_file_store_gets_config_metrics_images_and_checkpoints(tracked_ru
     assert run.data.tags["checkpoint/last"].endswith("last.ckpt")
 
 
-def test_a_missing_tracker_package_names_the_pip_command(tmp_path, tokenizer_ckpt, monkeypatch):  # noqa: F811
+def test_a_missing_tracker_package_names_the_pip_command(tmp_path, tokenizer_ckpt, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec

@@ -43,16 +43,6 @@ def tokenizer_cfg(tmp_path: Path, *extra: str):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def tokenizer_ckpt(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("tok")
-    cfg = tokenizer_cfg(tmp, "trainer.max_epochs=2", "logger=none")
-    train(cfg)
-    ckpt = tmp / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return ckpt
-
-
 def test_tokenizer_fast_dev_run(tmp_path):
     metrics = train(tokenizer_cfg(tmp_path, "debug=fdr"))
     assert "train/loss" in metrics and torch.isfinite(torch.tensor(metrics["train/loss"]))

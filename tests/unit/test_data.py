@@ -207,6 +207,7 @@ def test_imagefolder_skips_and_counts_corrupt_files(tmp_path, caplog):
     assert all(x.shape == (3, 16, 16) for x, _ in items)
 
 
+@pytest.mark.process
 def test_imagefolder_skip_count_includes_dataloader_workers(tmp_path):
     root = _write_tree(tmp_path / "train")
     _add_corrupt_files(root)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +15,6 @@ import pytorch_lightning as L
 import torch
 from omegaconf import open_dict
 
-from tests.helpers import tiny_vae
 from tests.integration.test_configs import compose_train
 from var_lightning.data.resumable import ResumableLoader, ResumableSampler, SeededItems, mix_seed
 from var_lightning.data.synthetic import SyntheticShapes
@@ -133,22 +131,6 @@ class KillAt(L.Callback):
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
             raise Preempted(f"killed at step {self.step}")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    vae = tiny_vae(patch_nums=(1, 2, 4), ch=16, norm_groups=8)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.ckpt"
-    torch.save(
-        {
-            "var_lightning": {"stage": "tokenizer"},
-            "hyper_parameters": {"tokenizer": asdict(vae.cfg)},
-            "state_dict": {f"vae.{k}": v for k, v in vae.state_dict().items()},
-        },
-        path,
-    )
-    return path
 
 
 STAGES = {

@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import tarfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import tiny_vae
 from var_lightning.cli.make_shards import make_shards, parse_args
 from var_lightning.data.shard_writer import ShardWriter
 from var_lightning.data.shards import MANIFEST_NAME, Manifest, read_manifest
@@ -165,6 +163,7 @@ def test_datamodule_epochs_are_fixed_length_seeded_and_differ(shards):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.process
 def test_mid_epoch_resume_skips_exactly_the_consumed_batches(shards, workers):
     def stream(start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         dm = WebDatasetDataModule(
@@ -261,19 +260,8 @@ def test_errors_name_the_problem_the_key_and_the_fix(shards, tmp_path, caplog):
 
 # ---------------------------------------------------------------------------------------------- tokens
 @pytest.fixture(scope="module")
-def tokenizer_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    vae = tiny_vae(patch_nums=(1, 2, 4), ch=16, norm_groups=8)  # 8 px images
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.ckpt"
-    torch.save(
-        {
-            "var_lightning": {"stage": "tokenizer"},
-            "hyper_parameters": {"tokenizer": asdict(vae.cfg)},
-            "state_dict": {f"vae.{k}": v for k, v in vae.state_dict().items()},
-        },
-        path,
-    )
-    return path
+def tokenizer_ckpt(tokenizer_file) -> Path:
+    return tokenizer_file  # the session's untrained tiny tokenizer (8 px images; tests/conftest.py)
 
 
 def test_pretokenized_shards_hold_the_token_pyramids_and_skip_the_encoder(tree, tokenizer_ckpt, tmp_path):
