@@ -26,7 +26,8 @@ def tokenizer_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory) -> Path:
     """The micro tokenizer (cpu_micro schedule, 8 px) of the sharded, launcher and multi-rank tests."""
-    from tests.integration.test_sharded import DATA, compose_train
+    from tests.integration.test_configs import compose_train
+    from tests.integration.test_sharded import DATA
 
     out = tmp_path_factory.mktemp("tokenizer")
     cfg = compose_train(
