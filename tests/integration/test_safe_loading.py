@@ -5,10 +5,7 @@ appears, and the message names the file and the opt-in. ``trust_pickle`` loads i
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -168,14 +165,13 @@ def test_released_file_paths(evil, tmp_path):
     refused(lambda: load_models(folder / "var_d16.pth", vae_path=path), path)
 
 
-@pytest.mark.process
 def test_the_console_script_exits_with_the_message(evil, tmp_path):
+    from tests.helpers import run_command
+
     path, _ = evil
-    exe = shutil.which("var-sample") or str(Path(sys.executable).parent / "var-sample")
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    out = subprocess.run([exe, f"ckpt_path={path}", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert out.returncode != 0 and "refused to load" in out.stderr and str(path) in out.stderr
+    code, _, err = run_command("sample", [f"ckpt_path={path}", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"],
+                               cwd=str(tmp_path))  # fmt: skip
+    assert code != 0 and "refused to load" in err and str(path) in err
 
 
 def test_trust_pickle_loads_it_with_a_warning_naming_the_file(evil):
@@ -196,20 +192,18 @@ def test_the_refusal_does_not_pass_on_torchs_advice_to_allowlist_the_global(evil
     assert "add_safe_globals" not in msg and "allowlist" not in msg
 
 
-@pytest.mark.process
 def test_a_text_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
+    from tests.helpers import run_command
+
     text = tmp_path / "notes.ckpt"
     text.write_text("epoch 3 looked good\n")
-    exe = shutil.which("var-sample") or str(Path(sys.executable).parent / "var-sample")
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    out = subprocess.run([exe, f"ckpt_path={text}", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert out.returncode == 2, out.stderr[-2000:]
+    code, _, err = run_command("sample", [f"ckpt_path={text}", "device=cpu", f"hydra.run.dir={tmp_path / 'r'}"],
+                               cwd=str(tmp_path))  # fmt: skip
+    assert code == 2, err[-2000:]
     assert (
-        f"ckpt_path={text}: not a checkpoint: it is a text file (it starts with 'epoch 3 looked good"
-        in out.stderr
+        f"ckpt_path={text}: not a checkpoint: it is a text file (it starts with 'epoch 3 looked good" in err
     )
-    assert "101" not in out.stderr
+    assert "101" not in err
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="not a checkpoint: it is empty"):
