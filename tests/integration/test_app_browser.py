@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]  # a real browser: chromedriver is a process
 pytest.importorskip("gradio", reason="the app needs gradio: pip install -e '.[app]' (make test-browser)")
 pytest.importorskip("selenium", reason="the browser test needs selenium: pip install -e '.[browser-test]'")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
