@@ -35,6 +35,7 @@ def test_gpu_check_cpu_rehearsal_of_the_equality_checks(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_gpu_check_cpu_rehearsal_trains_every_stage(tmp_path):
     proc, record = _check(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

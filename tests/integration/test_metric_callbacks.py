@@ -189,6 +189,7 @@ def test_recon_metrics_in_fast_dev_run(tmp_path, caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_two_ddp_ranks_give_the_single_process_metrics(tmp_path, tokenizer_ckpt):
     """Real process group (gloo, 2 spawned CPU ranks): sharded sampling, gathers and the broadcast give
     the numbers of one process, because every sample has the same label and seed in both runs."""
