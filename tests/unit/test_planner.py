@@ -182,3 +182,12 @@ def test_every_gpu_recipe_fits_an_80gb_card_in_training_and_validation():
         r = report(cfg, "h100", None, 0.4, None, None)
         assert r["setup"]["batch_per_gpu"] * r["setup"]["gpus"] * r["setup"]["accumulate"] in (32, 768, 1024)
         assert r["per_gpu_gib"]["total"] <= 80 and r["validation_gib"]["total"] <= 80 and r["fits"], (name, r)
+
+
+def test_var_plan_names_a_batch_size_below_one(capsys):
+    from var_lightning.cli.plan import main
+
+    assert main(["experiment=var_d16_imagenet256", "data.batch_size=0"]) == 2
+    assert (
+        "data.batch_size=0: plan at least one image per GPU (key data.batch_size)" in capsys.readouterr().err
+    )

@@ -39,6 +39,10 @@ def _setup(cfg: DictConfig, gpus: int | None) -> Setup:
         strategy = "fsdp_hybrid" if s.get("replicas") == "nodes" else strategy
         ckpt = bool(s.get("activation_checkpointing", False))
     train = cfg.model.get("train") or {}
+    if int(cfg.data.batch_size) < 1:
+        raise ValueError(
+            f"data.batch_size={cfg.data.batch_size}: plan at least one image per GPU (key data.batch_size)"
+        )
     return Setup(batch_per_gpu=int(cfg.data.batch_size), gpus=gpus or devices * int(t.get("num_nodes", 1) or 1),
                  gpus_per_node=devices, precision=str(t.get("precision", "32-true")), strategy=strategy,
                  activation_checkpointing=ckpt, fused_ce=bool(train.get("fused_ce", False)),
