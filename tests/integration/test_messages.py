@@ -117,3 +117,13 @@ def test_make_app_before_make_demo_says_what_to_run(tmp_path):
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode != 0 and "does not exist" in out.stderr and "run make demo first" in out.stderr
     assert "make app APP_CKPT=" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_typo_in_a_blocks_name_gets_our_did_you_mean_not_hydras_plus_advice():
+    """``model.optimm.lr=3``: Hydra says "To append to your config use +model.optimm.lr=3"; the typo is one
+    level up, and the message names it and the block meant."""
+    msg = precheck("train", ["model.optimm.lr=3"])
+    assert msg == "unknown config key model.optimm: did you mean model.optim?"
+    assert precheck("train", ["experiment=var_tiny", "model.transformr.depth=3"]) == (
+        "unknown config key model.transformr: did you mean model.transformer?"
+    )

@@ -83,6 +83,9 @@ def _composition_hint(err: Exception, config_name: str, overrides: list[str]) ->
             return None
         parent, _, leaf = bad.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
+        while node is None and parent:  # model.optimm.lr: the typo is model.optimm, a level up
+            parent, _, leaf = parent.rpartition(".")
+            node = OmegaConf.select(base, parent) if parent else base
         if not isinstance(node, DictConfig):
             return None
         other = _other_group_options(parent, leaf, overrides)
