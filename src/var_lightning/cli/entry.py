@@ -53,29 +53,19 @@ def run(config_name: str) -> object:
     return importlib.import_module(module).main()
 
 
-def train() -> object:
-    return run("train")
+def _console_script(config_name: str):
+    def main() -> object:
+        return run(config_name)
+
+    main.__name__ = main.__qualname__ = COMMANDS[config_name][0].replace("-", "_")
+    return main
 
 
-def sample() -> object:
-    return run("sample")
-
-
-def evaluate() -> object:
-    return run("eval")
-
-
-def edit() -> object:
-    return run("edit")
-
-
-def classifier() -> object:
-    return run("classifier")
-
-
-def compare_ar() -> object:
-    return run("compare_ar")
-
-
-def app() -> object:
-    return run("app")
+# the console scripts (pyproject.toml: var-train = "var_lightning.cli.entry:train", ...)
+train = _console_script("train")
+sample = _console_script("sample")
+evaluate = _console_script("eval")
+edit = _console_script("edit")
+classifier = _console_script("classifier")
+compare_ar = _console_script("compare_ar")
+app = _console_script("app")
