@@ -226,7 +226,7 @@ def check_training(name: str, out: Path, cpu: bool) -> dict:
             [
                 sys.executable,
                 "-c",
-                f"from var_lightning.checkpoints.loading import load_models; load_models({str(ckpt)!r})",
+                f"from var_lightning.checkpoints.load import load_models; load_models({str(ckpt)!r})",
             ],
             60,
         )

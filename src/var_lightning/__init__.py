@@ -31,10 +31,10 @@ _PUBLIC = {
     "FastSampler": "var_lightning.transformer.fast_sampling",
     "edit": "var_lightning.transformer.editing",
     # model files
-    "load_models": "var_lightning.checkpoints.loading",
-    "load_pretrained": "var_lightning.checkpoints.loading",
-    "load_tokenizer": "var_lightning.checkpoints.loading",
-    "LoadedModels": "var_lightning.checkpoints.loaded",
+    "load_models": "var_lightning.checkpoints.load",
+    "load_pretrained": "var_lightning.checkpoints.load",
+    "load_tokenizer": "var_lightning.checkpoints.load",
+    "LoadedModels": "var_lightning.checkpoints.load",
     "export_official_var": "var_lightning.checkpoints.published",
     "export_official_vae": "var_lightning.checkpoints.published",
 }

@@ -34,7 +34,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 from tests.unit.test_webapp import ckpt  # noqa: E402, F401  (the fixture)
-from var_lightning.checkpoints.loading import load_models  # noqa: E402
+from var_lightning.checkpoints.load import load_models  # noqa: E402
 from var_lightning.inference.webapp import VarApp  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"

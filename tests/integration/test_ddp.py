@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from tests.helpers import tiny_vae_cfg
-from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.load import load_models
 from var_lightning.data.synthetic import SyntheticShapes
 from var_lightning.tokenizer.usage import CodebookUsage
 from var_lightning.training.objectives import next_scale_losses

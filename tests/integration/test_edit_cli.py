@@ -182,7 +182,7 @@ def test_unreadable_image_and_empty_mask(ckpt, tmp_path):
 
 
 def test_released_layout_weights_give_the_same_edit(ckpt, tmp_path):
-    from var_lightning.checkpoints.loading import load_models
+    from var_lightning.checkpoints.load import load_models
     from var_lightning.checkpoints.published import export_official_vae, export_official_var
 
     var, vae, _ = load_models(ckpt)

@@ -16,7 +16,7 @@ import torch
 
 import var_lightning
 from tests.helpers import compose_config
-from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.load import load_models
 from var_lightning.cli import classifier as classifier_cli
 from var_lightning.cli import evaluate
 from var_lightning.data import SyntheticShapes

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.integration.test_sharded import ROOT, VAR
-from var_lightning.checkpoints.files import read_checkpoint
+from var_lightning.checkpoints.reader import read_checkpoint
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
 

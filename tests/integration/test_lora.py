@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tests.integration.test_training import var_cfg
-from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.load import load_models
 from var_lightning.cli.train import build, train
 
 RANK = 4

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.integration.test_run_behaviour import cfg_for
-from var_lightning.checkpoints.files import atomic_torch_save
+from var_lightning.checkpoints.safe_io import atomic_torch_save
 from var_lightning.training.resume import (
     candidate_checkpoints,
     inspect_checkpoint,

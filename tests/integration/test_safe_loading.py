@@ -16,8 +16,9 @@ from omegaconf import open_dict
 from tests.helpers import compose_config, tiny_vae, tiny_vae_cfg
 from tests.integration.test_configs import compose_train
 from tests.unit.test_webdataset import write_tree
-from var_lightning.checkpoints.files import UnsafeCheckpointError, read_checkpoint
 from var_lightning.checkpoints.published import OfficialCheckpointError, export_official_vae
+from var_lightning.checkpoints.reader import read_checkpoint
+from var_lightning.checkpoints.safe_io import UnsafeCheckpointError
 from var_lightning.cli import convert, make_shards
 from var_lightning.cli.train import train
 from var_lightning.training.var_module import VARModule
@@ -146,7 +147,7 @@ def test_var_make_shards_tokenizer(evil, tmp_path):
 
 
 def test_released_file_paths(evil, tmp_path):
-    from var_lightning.checkpoints.loading import load_models
+    from var_lightning.checkpoints.load import load_models
 
     path, _ = evil
     folder = tmp_path / "released"
@@ -211,8 +212,8 @@ def test_a_text_file_given_as_a_checkpoint_is_named_as_such(tmp_path):
 
 
 def test_a_safetensors_weight_stored_as_integers_is_refused_by_name(tmp_path):
-    from var_lightning.checkpoints.files import CheckpointError, save_checkpoint
-    from var_lightning.checkpoints.loading import load_models
+    from var_lightning.checkpoints.load import load_models
+    from var_lightning.checkpoints.safe_io import CheckpointError, save_checkpoint
 
     torch.manual_seed(0)
     module = VARModule(

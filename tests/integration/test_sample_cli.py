@@ -19,7 +19,7 @@ from PIL import Image
 from tests.helpers import compose_config, tiny_vae_cfg
 from tests.unit.test_pretrained import COMMIT_A, add_snapshot, released_pair
 from var_lightning.checkpoints.hub import VAE_FILE
-from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.load import load_models
 from var_lightning.checkpoints.published import export_official_vae, export_official_var
 from var_lightning.cli.sample import run
 from var_lightning.training.var_module import VARModule

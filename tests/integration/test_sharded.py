@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.load import load_models
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ["data.image_size=8", "data.train_size=32", "data.val_size=32", "data.num_classes=4"]
@@ -233,7 +233,8 @@ def test_ranks_draw_their_own_random_numbers(runs):
 def test_ema_is_kept_sharded_over_the_transformer_only_and_loaded_for_sampling(runs):
     """callbacks=ema under FSDP averages the same weights as one process, holds the transformer only, and is
     what load_models (var-sample, var-eval) returns; the raw weights stay in var.* for resuming."""
-    from var_lightning.checkpoints.files import read_checkpoint, sub_state_dict
+    from var_lightning.checkpoints.build import sub_state_dict
+    from var_lightning.checkpoints.reader import read_checkpoint
 
     sharded = read_checkpoint(runs["fsdp_ema"] / "checkpoints" / "last.ckpt")["state_dict"]
     single = read_checkpoint(runs["single_ema"] / "checkpoints" / "last.ckpt")["state_dict"]
@@ -283,6 +284,6 @@ def test_a_signal_saves_a_checkpoint_and_the_relaunch_continues_exactly(
 
 
 def read_step(ckpt: Path) -> int:
-    from var_lightning.checkpoints.files import read_checkpoint
+    from var_lightning.checkpoints.reader import read_checkpoint
 
     return int(read_checkpoint(ckpt)["global_step"])

@@ -10,7 +10,7 @@ import torch
 from omegaconf import open_dict
 
 from tests.integration.test_configs import compose_train
-from var_lightning.checkpoints.loading import load_models, load_tokenizer
+from var_lightning.checkpoints.load import load_models, load_tokenizer
 from var_lightning.cli.train import train
 from var_lightning.training.resume import stored_shapes
 from var_lightning.transformer.sampling import sample

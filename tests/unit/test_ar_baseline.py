@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tests.helpers import tiny_vae, tiny_var_cfg
 from tests.unit.test_scaling import TINY_CONFIGS
-from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.load import load_models
 from var_lightning.scaling.flops import ar_flops, ar_num_params, num_params, var_flops
 from var_lightning.training.ar_module import ARModule, raster_losses
 from var_lightning.transformer.ar import ARTransformer, ar_sample, raster_tokens, raster_tokens_to_img

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from tests.helpers import tiny_vae, tiny_var
-from var_lightning.checkpoints.files import read_checkpoint
-from var_lightning.checkpoints.loading import load_models, load_tokenizer
+from var_lightning.checkpoints.load import load_models, load_tokenizer
 from var_lightning.checkpoints.published import export_official_vae, export_official_var
+from var_lightning.checkpoints.reader import read_checkpoint
 from var_lightning.cli.convert import main
 from var_lightning.transformer.sampling import sample
 

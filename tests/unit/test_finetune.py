@@ -131,7 +131,7 @@ def test_a_mapped_class_samples_like_its_source_before_training(tmp_path):
 def test_an_imagenet_folder_named_by_synset_keeps_the_released_rows(tmp_path):
     """A released-style source (the 1000 ImageNet classes, torchvision's names) fine-tuned on a folder in the
     ImageNet layout (class folders n02099601, n01440764, ...): rows match by WordNet id, and by name."""
-    from var_lightning.checkpoints.loading import imagenet_class_names, imagenet_wnids
+    from var_lightning.checkpoints.hub import imagenet_class_names, imagenet_wnids
 
     wnids = imagenet_wnids()
     assert len(wnids) == 1000 and wnids == sorted(wnids) and wnids[207] == "n02099601"

@@ -25,7 +25,8 @@ from var_lightning.checkpoints.published import (
     load_official_var,
     official_key_table,
 )
-from var_lightning.checkpoints.published_shapes import patch_nums_from_level_index, shape_fields
+from var_lightning.checkpoints.published_config import patch_nums_from_level_index
+from var_lightning.checkpoints.published_shapes import shape_fields
 from var_lightning.tokenizer.config import SCHEDULE_256, VQVAEConfig
 from var_lightning.transformer.config import SCHEDULE_512, VARConfig, preset
 from var_lightning.transformer.sampling import sample

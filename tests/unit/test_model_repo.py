@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from tests.helpers import tiny_vae_cfg
-from var_lightning.checkpoints.files import CheckpointError
-from var_lightning.checkpoints.loaded import LoadedModels
-from var_lightning.checkpoints.loading import load_models, load_tokenizer
+from var_lightning.checkpoints.load import LoadedModels, load_models, load_tokenizer
 from var_lightning.checkpoints.model_repo import REPO_FILES, push_to_hub
+from var_lightning.checkpoints.safe_io import CheckpointError
 from var_lightning.cli.convert import main as convert
 from var_lightning.transformer.sampling import sample
 

@@ -13,7 +13,7 @@ import torch
 
 from tests.helpers import TINY_PN, tiny_vae, tiny_var
 from var_lightning.checkpoints.hub import HUB_REPO, VAE_FILE, PretrainedUnavailable, resolve_pretrained
-from var_lightning.checkpoints.loading import load_models, load_pretrained, load_tokenizer
+from var_lightning.checkpoints.load import load_models, load_pretrained, load_tokenizer
 from var_lightning.checkpoints.published import export_official_vae, export_official_var
 from var_lightning.transformer.sampling import sample
 

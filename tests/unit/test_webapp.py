@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.helpers import tiny_vae_cfg
 from tests.integration.test_sample_cli import compose_sample
-from var_lightning.checkpoints.loading import load_models
+from var_lightning.checkpoints.load import load_models
 from var_lightning.inference.webapp import AppError, VarApp
 from var_lightning.training.var_module import VARModule
 

@@ -265,7 +265,7 @@ def tokenizer_ckpt(tokenizer_file) -> Path:
 
 
 def test_pretokenized_shards_hold_the_token_pyramids_and_skip_the_encoder(tree, tokenizer_ckpt, tmp_path):
-    from var_lightning.checkpoints.loading import load_tokenizer
+    from var_lightning.checkpoints.load import load_tokenizer
     from var_lightning.training.var_module import VARModule
 
     out = tmp_path / "tok"

@@ -1,7 +1,9 @@
-"""Model files and their formats, in one package: how a file is read safely (``files``: no pickled code,
-dtype and shape checks, atomic writes, safetensors; ``sharded``: DCP directories), where the released
-weights come from (``hub``), the published checkpoint layout (``published``, ``published_shapes``), and
-how any of them becomes models (``loading``: :func:`load_models`, :func:`load_pretrained`).
+"""Model files and their formats, in one package, lowest first: single files read and written safely
+(``safe_io``: no pickled code, atomic writes, safetensors), the formats (``sharded``: DCP directories;
+``model_repo``: model repositories; ``hub``: the released weights by name), the one reader that dispatches
+on what a path is (``reader``), the one builder (``build``: meta device, assignment), the published layout
+(``published``, ``published_config``, ``published_shapes``), LoRA merging (``lora``), and the one loader
+that turns any of them into models (``load``: :func:`load_models`, :func:`load_pretrained`).
 
 Import from the submodules; the names below are the ones users reach for.
 """
@@ -11,15 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 _PUBLIC = {
-    "load_models": "loading",
-    "load_pretrained": "loading",
-    "load_tokenizer": "loading",
-    "LoadedModels": "loaded",
-    "ModelInfo": "loaded",
-    "read_checkpoint": "files",
-    "save_checkpoint": "files",
-    "CheckpointError": "files",
-    "UnsafeCheckpointError": "files",
+    "load_models": "load",
+    "load_pretrained": "load",
+    "load_tokenizer": "load",
+    "LoadedModels": "load",
+    "ModelInfo": "load",
+    "read_checkpoint": "reader",
+    "save_checkpoint": "safe_io",
+    "CheckpointError": "safe_io",
+    "UnsafeCheckpointError": "safe_io",
     "export_official_var": "published",
     "export_official_vae": "published",
     "load_official_var": "published",

@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from var_lightning.checkpoints.files import atomic_torch_save
+from var_lightning.checkpoints.safe_io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

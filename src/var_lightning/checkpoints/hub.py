@@ -1,4 +1,4 @@
-"""The released VAR weights by name: ``pretrained=var_d16`` ... ``var_d36``.
+"""The released VAR weights by name (``pretrained=var_d16`` ... ``var_d36``) and their class names.
 
 The authors publish the files on the Hugging Face Hub (repository ``FoundationVision/var``): one
 transformer per depth (``var_d16.pth`` ... ``var_d36.pth``) and the tokenizer they all share
@@ -9,7 +9,7 @@ transformer per depth (``var_d16.pth`` ... ``var_d36.pth``) and the tokenizer th
 network at all.
 
 The schedule and resolution are not looked up here: the transformer file records its schedule
-(``lvl_1L``), and the loader (:mod:`var_lightning.checkpoints.loading`) reads it from there.
+(``lvl_1L``), and the loader (:mod:`var_lightning.checkpoints.load`) reads it from there.
 """
 
 from __future__ import annotations
@@ -191,3 +191,23 @@ def resolve_pretrained(
     var_path = _hub_file(spec, spec.var_file, revision, cache)
     vae = Path(vae_path).expanduser() if vae_path is not None else _hub_file(spec, VAE_FILE, revision, cache)
     return PretrainedFiles(var_path, vae, spec.name, "hub", revision)
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids (``n01440764`` ...) in the class order of :func:`imagenet_class_names`:
+    an ImageNet-layout folder names its classes by them."""
+    text = (Path(__file__).with_name("imagenet_wnids.txt")).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard (sorted synset) order the released models use,
+    from torchvision's metadata (no download)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES  # torchvision only when the names are asked for
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+def released_class_names(num_classes: int) -> list[str] | None:
+    """The class names of a released model: ImageNet's for the 1000-class models."""
+    return imagenet_class_names() if num_classes == 1000 else None

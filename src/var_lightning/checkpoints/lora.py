@@ -1,5 +1,6 @@
-"""Reading a LoRA checkpoint (``model.train.lora``, :mod:`var_lightning.training.lora`): the base weights
-come from the recorded base (``init_from``: a checkpoint, a model repository or a released name), every
+"""Merging a LoRA checkpoint (``model.train.lora``, :mod:`var_lightning.training.lora`): the base weights
+come from the recorded base (``init_from``: a checkpoint, a model repository or a released name, loaded by
+:func:`~var_lightning.checkpoints.load.load_models`, which calls this with them), every
 adapter is merged into its layer (``W + alpha / r * B A``, peft's LoRA update written out, so sampling needs
 no peft), and the result is an ordinary full checkpoint: ``load_models`` and ``init_from`` read it like any
 other, and ``var-convert to-hub`` exports the merged model.
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from var_lightning.checkpoints.files import CheckpointError
+from var_lightning.checkpoints.safe_io import CheckpointError
 
 _ADAPTER = re.compile(r"^(?P<layer>.+)\.lora_(?P<ab>[AB])\.[^.]+\.weight$")
 
@@ -22,34 +23,16 @@ def is_lora_checkpoint(ckpt: Mapping[str, Any]) -> bool:
     return isinstance((ckpt.get("var_lightning") or {}).get("lora"), Mapping)
 
 
-def _base_state(base: str, key: str, trust_pickle: bool) -> dict[str, torch.Tensor]:
-    from var_lightning.checkpoints.hub import PRETRAINED
-    from var_lightning.checkpoints.loading import load_models
-    from var_lightning.checkpoints.model_repo import is_model_repo, looks_like_repo_id
-
-    try:
-        if base in PRETRAINED or is_model_repo(base) or looks_like_repo_id(base):
-            models = load_models(pretrained=base, key=key)
-        else:
-            models = load_models(base, trust_pickle=trust_pickle, key=key)
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
-        raise CheckpointError(
-            f"{key}: this LoRA checkpoint holds adapters for the base {base} (its init_from), which cannot be "
-            f"loaded ({e}). Put the base back at that path, or export the merged model with var-convert to-hub "
-            "where the base is available"
-        ) from e
-    return models.var.state_dict()
-
-
 def merge_lora_checkpoint(
-    ckpt: Mapping[str, Any], key: str = "ckpt_path", trust_pickle: bool = False
+    ckpt: Mapping[str, Any], base_state: Mapping[str, torch.Tensor], key: str = "ckpt_path"
 ) -> dict:
-    """A LoRA checkpoint as a full one: the base's transformer weights, this run's trained tensors over them
-    (``train_also``, buffers), every adapter merged; the tokenizer as stored."""
+    """A LoRA checkpoint as a full one: the base's transformer weights (``base_state``, loaded by the caller
+    from :func:`lora_base`), this run's trained tensors over them (``train_also``, buffers), every adapter
+    merged; the tokenizer as stored."""
     meta = dict(ckpt["var_lightning"]["lora"])
     scale = float(meta["alpha"]) / int(meta["rank"])
     sd = ckpt["state_dict"]
-    full = {f"var.{k}": v for k, v in _base_state(str(meta["base"]), key, trust_pickle).items()}
+    full = {f"var.{k}": v for k, v in base_state.items()}
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in sd.items():
         m = _ADAPTER.match(k)

@@ -9,7 +9,7 @@ A repository (a local directory, or the same files on the Hugging Face Hub) hold
   hyper-parameters, so the loader rebuilds the models from this file alone;
 * ``README.md``: the model card (:mod:`var_lightning.checkpoints.model_card`), and the images it shows.
 
-Reading goes through the one loader: :func:`~var_lightning.checkpoints.files.read_checkpoint` turns a
+Reading goes through the one reader: :func:`~var_lightning.checkpoints.reader.read_checkpoint` turns a
 repository directory into the same checkpoint dict a ``.ckpt`` gives, so ``load_models(pretrained=DIR)``,
 ``pretrained=user/name``, ``ckpt_path=DIR``, ``init_from=`` and ``model.tokenizer_ckpt=`` all take one, with
 the same checks. Only safetensors is read: a repository with pickled weights (``pytorch_model.bin``) is
@@ -29,7 +29,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from var_lightning.checkpoints.files import CheckpointError, atomic_write, read_safetensors, write_safetensors
+from var_lightning import __version__
+from var_lightning.checkpoints.hub import hub_cache_dir
+from var_lightning.checkpoints.model_card import model_card, run_facts
+from var_lightning.checkpoints.safe_io import (
+    CheckpointError,
+    atomic_write,
+    read_safetensors,
+    write_safetensors,
+)
+from var_lightning.tokenizer.config import VQVAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +75,6 @@ def repo_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     the readable summary first, the full hyper-parameters and our record below it."""
     hp = dict(ckpt.get("hyper_parameters") or {})
     meta = dict(ckpt.get("var_lightning") or {})
-    from var_lightning.tokenizer.config import VQVAEConfig
-
     tok = VQVAEConfig(**dict(hp["tokenizer"])) if hp.get("tokenizer") else None
     return {
         "format": FORMAT,
@@ -147,8 +154,6 @@ def download_repo(
     online). Only the loader's files, the card and its images are fetched."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    from var_lightning.checkpoints.hub import hub_cache_dir
 
     # the cache as huggingface_hub's environment variables name it now (HF_HUB_CACHE / HF_HOME), or cache_dir
     common = dict(
@@ -261,9 +266,6 @@ def save_repo(
 ) -> Path:
     """Write loaded models as a repository with a generated card (:mod:`~var_lightning.checkpoints.model_card`):
     the facts of ``run_dir``, the ``report`` of a var-eval run, ``image`` (else the run's latest image grid)."""
-    from var_lightning import __version__
-    from var_lightning.checkpoints.model_card import model_card, run_facts
-
     grid = Path(image).expanduser() if image else run_facts(run_dir).get("grid")
     if grid is not None and not Path(grid).is_file():
         raise FileNotFoundError(f"--image {grid}: no such file")

@@ -1,26 +1,40 @@
-"""Read a model configuration off the tensors of a state_dict in the published VAR layout.
+"""What the tensors of a state_dict in the published VAR layout say: which model it is and whether it fits a
+configuration (:func:`checked_state`: every check before a published-layout file is built; the configuration
+itself is read off the tensors by :mod:`~var_lightning.checkpoints.published_config`).
 
-The released files carry no configuration, but almost all of it is written in the tensor shapes and key
-names. What the tensors cannot tell is taken from the published defaults (norm groups 32, phi ratio 0.5,
-dropout 0) or from an argument: the tokenizer's scale schedule (``patch_nums``; its weights do not depend
-on it) and, for transformers without L2-normalised attention, the number of heads.
-
-Shapes: K scales, L tokens of all scales, C width, V vocabulary, Cvae codebook dim.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from torch import nn
 
-from var_lightning.tokenizer.config import SCHEDULE_256, VQVAEConfig
-from var_lightning.transformer.config import SCHEDULE_512, SCHEDULE_1024, VARConfig
-from var_lightning.transformer.masks import level_index
+from var_lightning.checkpoints.published_config import StateDict, patch_nums_from_level_index
+from var_lightning.distributed import rank
+from var_lightning.tokenizer.config import VQVAEConfig
+from var_lightning.transformer.config import VARConfig
+from var_lightning.transformer.masks import block_causal_bias, level_index
 
-StateDict = Mapping[str, torch.Tensor]
+log = logging.getLogger(__name__)
+
+USAGE_KEY = "quantize.ema_vocab_hit_SV"  # may be recorded over another number of scales: reset, not refused
+_MAX_LISTED = 20
+KINDS = {
+    "tokenizer": (
+        "a VQVAE tokenizer state_dict (encoder.*, decoder.*, quantize.*)",
+        "load_official_vae",
+        "vae_local",
+    ),
+    "transformer": (
+        "a VAR transformer state_dict (pos_1LC, class_emb.*, blocks.*)",
+        "load_official_var",
+        "var_wo_ddp",
+    ),
+}
+
 
 _VAE_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 _VAR_PREFIXES = (
@@ -36,170 +50,6 @@ def detect_kind(state_dict: StateDict) -> str | None:
     if n_vae and n_var:
         return "mixed"
     return "tokenizer" if n_vae else "transformer" if n_var else None
-
-
-def _require(state_dict: StateDict, keys: Sequence[str], what: str) -> None:
-    missing = [k for k in keys if k not in state_dict]
-    if missing:
-        raise ValueError(
-            f"cannot infer the {what} configuration: the state_dict lacks {', '.join(missing)} "
-            f"(is it a {what} state_dict in the published VAR layout?)"
-        )
-
-
-def _indices(state_dict: StateDict, pattern: str) -> list[int]:
-    """Sorted distinct integers captured by ``pattern`` (one group) over the keys."""
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in state_dict if (m := rx.fullmatch(k))})
-
-
-def _first(state_dict: StateDict, suffix: str) -> torch.Tensor | None:
-    """The tensor of the first block key ending in ``suffix`` (any block: one may be missing)."""
-    return next((v for k, v in state_dict.items() if k.startswith("blocks.") and k.endswith(suffix)), None)
-
-
-def _count(state_dict: StateDict, pattern: str) -> int:
-    """1 + the largest index captured by ``pattern`` (gaps are left to the strict key check, which names
-    the missing keys)."""
-    idx = _indices(state_dict, pattern)
-    return idx[-1] + 1 if idx else 0
-
-
-def infer_vae_config(state_dict: StateDict, patch_nums: Sequence[int] | None = None) -> VQVAEConfig:
-    """Tokenizer configuration of a published-layout VQVAE state_dict.
-
-    From the tensors: ``ch`` and input channels (``encoder.conv_in``), ``ch_mult`` (each level's width /
-    ch), ``num_res_blocks``, ``vocab_size`` and ``z_channels`` (the codebook), attention presence,
-    ``quant_conv_ks`` and the phi sharing mode and count (key names: ``quant_resi.qresi`` = one shared,
-    ``quant_resi.qresi_ls.{i}`` = n partially shared, ``quant_resi.{i}`` = one per scale; no phi keys =
-    identity phis). ``patch_nums`` defaults to the 256px schedule.
-    """
-    _require(state_dict, ("encoder.conv_in.weight", "quantize.embedding.weight"), "tokenizer")
-    ch, in_channels = (int(s) for s in state_dict["encoder.conv_in.weight"].shape[:2])
-    n_levels = _count(state_dict, r"encoder\.down\.(\d+)\..+")
-    _require(state_dict, [f"encoder.down.{i}.block.0.conv1.weight" for i in range(n_levels)], "tokenizer")
-    if n_levels == 0:
-        raise ValueError("cannot infer the tokenizer configuration: no encoder.down.{i}.* keys")
-    widths = [int(state_dict[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) for i in range(n_levels)]
-    if any(w % ch for w in widths):
-        raise ValueError(
-            f"encoder level widths {widths} are not multiples of ch={ch} (encoder.conv_in.weight)"
-        )
-    num_res_blocks = _count(state_dict, r"encoder\.down\.0\.block\.(\d+)\..+")
-    vocab_size, z_channels = (int(s) for s in state_dict["quantize.embedding.weight"].shape)
-    qc = state_dict.get("quant_conv.weight")
-    quant_conv_ks = int(qc.shape[-1]) if qc is not None else 3
-
-    shared = any(k.startswith("quantize.quant_resi.qresi.") for k in state_dict)
-    partial = _count(state_dict, r"quantize\.quant_resi\.qresi_ls\.(\d+)\..+")
-    per_scale = _count(state_dict, r"quantize\.quant_resi\.(\d+)\..+")
-    if sum(map(bool, (shared, partial, per_scale))) > 1:
-        raise ValueError(
-            "the state_dict mixes phi layouts (quant_resi.qresi / quant_resi.qresi_ls.{i} / quant_resi.{i})"
-        )
-    patch_nums = tuple(patch_nums) if patch_nums is not None else SCHEDULE_256
-    quant_resi, share, counts = 0.5, 4, 0
-    if shared:
-        share = 1
-    elif partial:
-        share = partial
-    elif per_scale:
-        share, counts = 0, (0 if per_scale == len(patch_nums) else per_scale)
-    else:
-        quant_resi = 0.0  # identity phis have no parameters
-    return VQVAEConfig(
-        vocab_size=vocab_size,
-        z_channels=z_channels,
-        ch=ch,
-        ch_mult=tuple(w // ch for w in widths),
-        num_res_blocks=num_res_blocks,
-        attn_lowest=any(k.startswith(f"encoder.down.{n_levels - 1}.attn.") for k in state_dict),
-        attn_mid=any(k.startswith("encoder.mid.attn_1.") for k in state_dict),
-        in_channels=in_channels,
-        patch_nums=patch_nums,
-        quant_conv_ks=quant_conv_ks,
-        quant_resi=quant_resi,
-        share_quant_resi=share,
-        default_qresi_counts=counts,
-    )
-
-
-def patch_nums_from_level_index(lvl_1L: torch.Tensor) -> tuple[int, ...]:
-    """The scale schedule a ``lvl_1L`` buffer (1, L) encodes: tokens per level -> side = sqrt(count)."""
-    if lvl_1L.is_meta:
-        raise ValueError("lvl_1L is on the meta device; its values are needed to read the scale schedule")
-    d_L = lvl_1L.reshape(-1).long().cpu()
-    if d_L.numel() == 0 or int(d_L.min()) < 0:
-        raise ValueError(
-            f"lvl_1L must hold level indices 0..K-1, got min {int(d_L.min()) if d_L.numel() else None}"
-        )
-    counts = torch.bincount(d_L).tolist()
-    sides = [math.isqrt(n) for n in counts]
-    if any(s * s != n for s, n in zip(sides, counts, strict=True)):
-        raise ValueError(f"lvl_1L has per-level token counts {counts}; each must be a square (pn * pn)")
-    if not torch.equal(d_L, level_index(tuple(sides)).reshape(-1)):
-        raise ValueError(
-            "lvl_1L is not ordered coarse to fine (levels must be contiguous and non-decreasing)"
-        )
-    return tuple(sides)
-
-
-def _schedule_from_length(L: int, K: int) -> tuple[int, ...]:
-    for sched in (SCHEDULE_256, SCHEDULE_512, SCHEDULE_1024):
-        if sum(p * p for p in sched) == L and len(sched) == K:
-            return sched
-    raise ValueError(
-        f"cannot infer patch_nums: lvl_1L is missing and L={L} tokens over K={K} levels match no known schedule"
-    )
-
-
-def infer_var_config(state_dict: StateDict, num_heads: int | None = None) -> VARConfig:
-    """Transformer configuration of a published-layout VAR state_dict.
-
-    depth = number of blocks, width = ``pos_1LC``'s last dim, heads = ``scale_mul_1H11``'s second dim
-    (without L2-normalised attention the weights do not tell: ``num_heads``, default depth as in the
-    published build rule), shared AdaLN = ``shared_ada_lin.*`` present, attn_l2_norm = ``scale_mul_1H11``
-    present, patch_nums from ``lvl_1L``, num_classes = ``class_emb`` rows - 1, vocab from ``head``, cvae from
-    ``word_embed``, mlp ratio from ``ffn.fc1``.
-    """
-    _require(state_dict, ("pos_1LC", "class_emb.weight", "head.weight", "word_embed.weight"), "transformer")
-    C = int(state_dict["pos_1LC"].shape[-1])
-    L = int(state_dict["pos_1LC"].shape[1])
-    depth = _count(state_dict, r"blocks\.(\d+)\..+")
-    if depth == 0:
-        raise ValueError("cannot infer the transformer configuration: no blocks.{i}.* keys")
-    scale_mul = _first(state_dict, ".attn.scale_mul_1H11")
-    attn_l2_norm = scale_mul is not None
-    if attn_l2_norm:
-        heads = int(scale_mul.shape[1])
-        if num_heads is not None and num_heads != heads:
-            raise ValueError(f"num_heads={num_heads} disagrees with attn.scale_mul_1H11 ({heads} heads)")
-    else:
-        heads = num_heads if num_heads is not None else depth
-        if C % heads:
-            raise ValueError(
-                f"width {C} is not divisible by {heads} heads: without attn_l2_norm the heads are not stored; "
-                "pass num_heads"
-            )
-    fc1 = _first(state_dict, ".ffn.fc1.weight")
-    hidden = int(fc1.shape[0]) if fc1 is not None else 4 * C
-    if "lvl_1L" in state_dict:
-        patch_nums = patch_nums_from_level_index(state_dict["lvl_1L"])
-    else:
-        K = int(state_dict["lvl_embed.weight"].shape[0]) if "lvl_embed.weight" in state_dict else -1
-        patch_nums = _schedule_from_length(L, K)
-    return VARConfig(
-        depth=depth,
-        width=C,
-        num_heads=heads,
-        mlp_ratio=4.0 if hidden == 4 * C else hidden / C,
-        shared_aln="shared_ada_lin.1.weight" in state_dict,
-        attn_l2_norm=attn_l2_norm,
-        num_classes=int(state_dict["class_emb.weight"].shape[0]) - 1,
-        vocab_size=int(state_dict["head.weight"].shape[0]),
-        cvae=int(state_dict["word_embed.weight"].shape[1]),
-        patch_nums=patch_nums,
-    )
 
 
 VAE_SHAPE_FIELDS = (
@@ -224,3 +74,179 @@ def shape_fields(cfg: VQVAEConfig | VARConfig) -> dict[str, object]:
     if not cfg.attn_l2_norm:
         out.pop("num_heads")
     return out
+
+
+# ---------------------------------------------------------------------------------------------- checks
+class OfficialCheckpointError(ValueError):
+    """A checkpoint that is not (or does not fit) the expected published-layout state_dict."""
+
+
+def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _prefix_summary(state_dict: Mapping[str, object]) -> str:
+    counts: dict[str, int] = {}
+    for k in state_dict:
+        p = str(k).split(".", 1)[0] + "."
+        counts[p] = counts.get(p, 0) + 1
+    return ", ".join(f"{n} keys under '{p}'" for p, n in sorted(counts.items(), key=lambda x: -x[1])[:6])
+
+
+def _check_kind(sd: Mapping[str, torch.Tensor], kind: str, name: str) -> None:
+    found = detect_kind(sd)
+    if found == kind:
+        return
+    what, loader, _ = KINDS[kind]
+    if found in KINDS:
+        raise OfficialCheckpointError(
+            f"{name}: this is {KINDS[found][0]}, but {loader} expects {what}; use {KINDS[found][1]} for it"
+        )
+    if found == "mixed":
+        msg = f"{name}: the state_dict mixes tokenizer and transformer keys, expected {what} only"
+    else:
+        msg = f"{name}: no key of {what}; found {_prefix_summary(sd) or 'no keys'}"
+    prefixes = {k.split(".", 1)[0] for k in sd}
+    if len(prefixes) <= 3 and all("." in k for k in sd):
+        msg += " (if the keys carry a wrapper prefix such as 'module.' or 'var.', strip it first)"
+    raise OfficialCheckpointError(msg)
+
+
+def _describe(cfg: VQVAEConfig | VARConfig) -> str:
+    return f"{type(cfg).__name__}({', '.join(f'{k}={v!r}' for k, v in shape_fields(cfg).items())})"
+
+
+def _hint(cfg: VQVAEConfig | VARConfig, inferred: bool, infer: Callable[[], VQVAEConfig | VARConfig]) -> str:
+    if inferred:
+        return (
+            "the configuration was inferred from this file, so the file itself is incomplete or not in the published "
+            "layout (the published classes would reject it too with strict=True)"
+        )
+    try:
+        file_fields = shape_fields(infer())
+    except ValueError:
+        return "pass cfg=None to infer the configuration from the tensors"
+    ours = shape_fields(cfg)
+    diffs = [f"{k}={v!r} (cfg has {ours.get(k)!r})" for k, v in file_fields.items() if ours.get(k) != v]
+    if not diffs:
+        return (
+            "the file's shapes agree with cfg, so the file is incomplete or not in the published layout "
+            "(the published classes would reject it too with strict=True)"
+        )
+    return (
+        f"the file looks like {', '.join(diffs)}; pass cfg=None to infer the configuration from the tensors"
+    )
+
+
+def _mismatch_report(
+    sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], tolerated: set[str]
+) -> tuple[list[str], list[str], list[str]]:
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and k not in tolerated and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    return missing, unexpected, wrong
+
+
+def _raise_mismatch(
+    name: str, cfg, missing: list[str], unexpected: list[str], wrong: list[str], hint: str
+) -> None:
+    lines = [f"{name} does not fit {_describe(cfg)}:"]
+    for label, items in (("missing key", missing), ("unexpected key", unexpected), ("shape mismatch", wrong)):
+        if items:
+            plural = "es" if label.endswith("ch") else "s"
+            lines.append(f"  {len(items)} {label}{plural if len(items) != 1 else ''}: {_listing(items)}")
+    lines.append(f"Hint: {hint}")
+    raise OfficialCheckpointError("\n".join(lines))
+
+
+def _check_var_buffers(sd: Mapping[str, torch.Tensor], cfg: VARConfig, name: str) -> None:
+    """The derived buffers must be the ones the configuration implies (they define the model's masking)."""
+    problems = []
+    lvl = sd["lvl_1L"].detach().cpu()
+    if not torch.equal(lvl.long(), level_index(cfg.patch_nums)):
+        try:
+            found = f"encodes patch_nums={patch_nums_from_level_index(lvl)}"
+        except ValueError as e:
+            found = f"is not a level index ({e})"
+        problems.append(f"lvl_1L {found} but the config has patch_nums={cfg.patch_nums}")
+    if not torch.equal(sd["attn_bias_for_masking"].detach().cpu().float(), block_causal_bias(cfg.patch_nums)):
+        problems.append(
+            f"attn_bias_for_masking is not the block-causal 0/-inf mask of patch_nums={cfg.patch_nums} "
+            "(token i may attend to j iff level(i) >= level(j))"
+        )
+    nonzero = [k for k, v in sd.items() if k.endswith(".attn.zero_k_bias") and bool(v.detach().ne(0).any())]
+    if nonzero:
+        problems.append(
+            f"zero_k_bias must be all zeros (the key bias is fixed at 0), but is not in {_listing(nonzero)}"
+        )
+    if problems:
+        raise OfficialCheckpointError(f"{name}: inconsistent buffers:\n  " + "\n  ".join(problems))
+
+
+def _unwrap(obj: object, kind: str, name: str) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """The plain state_dict inside ``obj``, its name for messages, and the published trainer's ``config`` when
+    ``obj`` is one of its training checkpoints (else {})."""
+    what, _, sub = KINDS[kind]
+    if isinstance(obj, nn.Module):
+        raise OfficialCheckpointError(f"{name}: got an nn.Module; pass its state_dict() instead")
+    if not isinstance(obj, Mapping):
+        raise OfficialCheckpointError(f"{name}: found a {type(obj).__name__}, expected {what}")
+    config: dict = {}
+    trainer = obj.get("trainer")
+    if isinstance(trainer, Mapping) and ("var_wo_ddp" in trainer or "vae_local" in trainer):
+        if sub not in trainer:
+            raise OfficialCheckpointError(
+                f"{name}: a published-trainer checkpoint without trainer['{sub}'] (has {sorted(trainer)})"
+            )
+        obj, name = trainer[sub], f"{name} (trainer['{sub}'] of a published training checkpoint)"
+        config = dict(trainer.get("config") or {})
+    elif isinstance(obj.get("state_dict"), Mapping) and any(
+        k in obj for k in ("pytorch-lightning_version", "global_step", "epoch")
+    ):
+        raise OfficialCheckpointError(
+            f"{name}: found a PyTorch Lightning checkpoint (top-level keys {_listing(sorted(obj), 8)}), expected "
+            f"{what} as released by the VAR authors. Its state_dict holds {_prefix_summary(obj['state_dict'])}; "
+            "restore the LightningModule from it and export the model with export_official_vae/export_official_var"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise OfficialCheckpointError(
+            f"{name}: found a dict with non-tensor entries {_listing(sorted(map(str, bad)), 8)}, expected {what}"
+        )
+    return dict(obj), name, config
+
+
+def checked_state(
+    obj: object,
+    kind: str,
+    name: str,
+    cfg: VQVAEConfig | VARConfig | None,
+    infer: Callable[[StateDict, dict], VQVAEConfig | VARConfig],
+    expected_for: Callable[[VQVAEConfig | VARConfig], Mapping[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], VQVAEConfig | VARConfig]:
+    """(the state_dict, its configuration) once every check has passed: the kind of model, the configuration
+    (``cfg``, else inferred from the tensors), every key and shape against ``expected_for(cfg)`` (published
+    names), and a transformer's derived buffers."""
+    sd, name, trainer_config = _unwrap(obj, kind, name)
+    _check_kind(sd, kind, name)
+    inferred = cfg is None
+    if cfg is None:
+        try:
+            cfg = infer(sd, trainer_config)
+        except ValueError as e:
+            raise OfficialCheckpointError(f"{name}: {e}") from e
+        if rank() == 0:
+            log.info("%s: inferred %s", name, _describe(cfg))
+    missing, unexpected, wrong = _mismatch_report(sd, expected_for(cfg), tolerated={USAGE_KEY})
+    if missing or unexpected or wrong:
+        _raise_mismatch(
+            name, cfg, missing, unexpected, wrong, _hint(cfg, inferred, lambda: infer(sd, trainer_config))
+        )
+    if isinstance(cfg, VARConfig):
+        _check_var_buffers(sd, cfg, name)
+    return sd, cfg

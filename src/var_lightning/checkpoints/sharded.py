@@ -7,7 +7,7 @@ index, a pickle), ``__<rank>_0.distcp`` (each rank's shards of the weights and A
 Why our own reader: torch reads ``.metadata`` with a plain ``pickle.load``, which can execute code from a
 downloaded or tampered directory. Here it is read with :class:`_MetadataUnpickler`, which rebuilds only
 DCP's own metadata dataclasses, enums, dtypes, sizes and paths and refuses anything else
-(:class:`~var_lightning.checkpoints.files.UnsafeCheckpointError`, ``trust_pickle`` overrides). ``meta.pt`` is read
+(:class:`~var_lightning.checkpoints.safe_io.UnsafeCheckpointError`, ``trust_pickle`` overrides). ``meta.pt`` is read
 with ``weights_only=True``; the shard files through DCP's reader, which loads their non-tensor items with
 ``weights_only=True`` too. So ``load_models``, ``var-sample``, ``var-eval`` and ``var-convert`` accept the
 directory like a file, and ``resume=auto`` checks it (every shard file present and long enough) before
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from var_lightning.checkpoints.files import CheckpointError, UnsafeCheckpointError
+from var_lightning.checkpoints.safe_io import CheckpointError, UnsafeCheckpointError, torch_load
 
 METADATA = ".metadata"
 LIGHTNING_META = "meta.pt"
@@ -116,8 +116,6 @@ def read_sharded_meta(
     p = Path(path)
     metadata = read_metadata(p, key, trust_pickle)
     verify_shards(p, metadata, key)
-    from var_lightning.checkpoints.files import torch_load
-
     meta_file = p / LIGHTNING_META
     if not meta_file.is_file():
         raise CheckpointError(

@@ -33,15 +33,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from var_lightning import __version__
-from var_lightning.checkpoints.files import (
-    CheckpointError,
-    checkpoint_stage,
-    read_checkpoint,
-    save_checkpoint,
-)
-from var_lightning.checkpoints.hub import RELEASED_SAMPLING
-from var_lightning.checkpoints.loading import imagenet_class_names, load_models
+from var_lightning.checkpoints.hub import RELEASED_SAMPLING, imagenet_class_names
+from var_lightning.checkpoints.load import load_models
 from var_lightning.checkpoints.published import export_official_vae, export_official_var
+from var_lightning.checkpoints.reader import checkpoint_stage, read_checkpoint
+from var_lightning.checkpoints.safe_io import CheckpointError, save_checkpoint
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.training.settings import TokenizerOptim, VAROptim, VARTrain
 from var_lightning.transformer.sampling import resolve_sampling
@@ -125,7 +121,7 @@ def to_lightning(
     else:
         if vae_path is None:
             raise ValueError("give --vae (a tokenizer-only conversion), --var with --vae, or --pretrained")
-        from var_lightning.checkpoints.loading import load_tokenizer
+        from var_lightning.checkpoints.load import load_tokenizer
 
         vae = load_tokenizer(vae_path, patch_nums=patch_nums, trust_pickle=trust_pickle, key="--vae")
         if (

@@ -5,7 +5,7 @@
     var-edit ckpt_path=<run>/checkpoints/last.ckpt image=synthetic:0:3 mask=region.png mode=class-edit class=5
     var-edit pretrained=var_d36 image=photo.jpg box=[0.1,0.1,0.8,0.8] mode=class-edit class=207 cfg=3
 
-Any model file works (``var_lightning.checkpoints.loading``); cfg / top_k / top_p default to the checkpoint's own
+Any model file works (``var_lightning.checkpoints.load``); cfg / top_k / top_p default to the checkpoint's own
 sampling settings, ``more_smooth`` to true (the published editing notebook). The fast sampler is the
 default (``sampler=plain`` gives the same tokens).
 

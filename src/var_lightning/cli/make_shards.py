@@ -253,7 +253,7 @@ def token_samples(samples, order, classes, root, vae, args, image_size: int):
 
 
 def load_tokenizer_for_shards(args: argparse.Namespace):
-    from var_lightning.checkpoints.loading import load_tokenizer
+    from var_lightning.checkpoints.load import load_tokenizer
 
     patch_nums = tuple(int(x) for x in args.patch_nums.split(",")) if args.patch_nums else None
     vae = load_tokenizer(

@@ -65,7 +65,7 @@ def _models(cfg: DictConfig) -> tuple[Any, Any, str, str]:
     source = "assumed: the released tokenizer's shape (model.tokenizer_ckpt is not a file here)"
     ckpt = cfg.model.get("tokenizer_ckpt")
     if ckpt and Path(str(ckpt)).expanduser().is_file():
-        from var_lightning.checkpoints.files import read_checkpoint
+        from var_lightning.checkpoints.reader import read_checkpoint
 
         hp = read_checkpoint(str(ckpt), key="model.tokenizer_ckpt").get("hyper_parameters") or {}
         if hp.get("tokenizer"):

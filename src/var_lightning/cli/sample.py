@@ -4,7 +4,7 @@
     var-sample ckpt_path=outputs/var_tiny/runs/<run>/checkpoints/last.ckpt      # a var-train checkpoint
     var-sample ckpt_path=var_d16.pth vae_path=vae_ch160v4096z32.pth cfg=4.0 top_k=900 top_p=0.95 more_smooth=true
 
-Any model file works (``var_lightning.checkpoints.loading``). cfg / top_k / top_p / more_smooth default to the
+Any model file works (``var_lightning.checkpoints.load``). cfg / top_k / top_p / more_smooth default to the
 checkpoint's own sampling settings (the published protocol for the released weights). The fast sampler
 (static KV cache, CUDA graphs on GPU) is the default; ``sampler=plain`` gives the same tokens.
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from var_lightning.checkpoints.files import torch_load
+from var_lightning.checkpoints.safe_io import torch_load
 from var_lightning.distributed import rank
 
 _log = logging.getLogger(__name__)

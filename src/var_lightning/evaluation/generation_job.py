@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from var_lightning.checkpoints.loading import LoadedModels
+from var_lightning.checkpoints.load import LoadedModels
 from var_lightning.evaluation import npz, report
 from var_lightning.evaluation.extractors import FeatureExtractor
 from var_lightning.evaluation.fid import GaussianStats

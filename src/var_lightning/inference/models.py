@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from var_lightning.checkpoints.loading import LoadedModels, load_models
+from var_lightning.checkpoints.load import LoadedModels, load_models
 from var_lightning.transformer.fast_sampling import build_sampler
 from var_lightning.transformer.sampling import SAMPLING_KEYS, SampleOutput, check_sampling_args
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from var_lightning.checkpoints.loading import LoadedModels
+from var_lightning.checkpoints.load import LoadedModels
 from var_lightning.inference.app_inputs import AppError, _float, _int, _seed
 from var_lightning.inference.classes import check_classes, parse_class
 from var_lightning.inference.devices import autocast_context

@@ -28,21 +28,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from var_lightning.checkpoints.files import (
-    CheckpointError,
-    check_dtypes,
-    checkpoint_stage,
-    read_checkpoint,
-    sub_state_dict,
-    transformer_state_dict,
-)
-from var_lightning.checkpoints.hub import PRETRAINED, resolve_transformer
+from var_lightning.checkpoints.build import check_dtypes
+from var_lightning.checkpoints.hub import PRETRAINED, imagenet_class_names, imagenet_wnids
+from var_lightning.checkpoints.load import LoadedModels, load_models
+from var_lightning.checkpoints.model_repo import locate
+from var_lightning.checkpoints.safe_io import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +145,6 @@ def match_class_rows(old_names: Sequence[str], new_names: Sequence[str]) -> tupl
     the 1000 ImageNet classes also answers to their WordNet ids, ``n01440764``), and the
     report line: which rows were kept (by name), which are new (the mean class row), which dropped."""
     index = {_norm(n): i for i, n in enumerate(old_names)}
-    from var_lightning.checkpoints.loading import imagenet_class_names, imagenet_wnids
 
     if len(old_names) == 1000 and list(old_names) == imagenet_class_names():  # the released models' classes:
         index.update(
@@ -242,50 +236,12 @@ def adapt_var_state(
     return out
 
 
-def _released_names(num_classes: int) -> list[str] | None:
-    from var_lightning.checkpoints.loading import imagenet_class_names
-
-    return imagenet_class_names() if num_classes == 1000 else None
-
-
-def _var_source(
-    path: str, trust_pickle: bool = False
-) -> tuple[str, dict[str, torch.Tensor], tuple[int, ...], dict[str, Any], list[str] | None]:
-    """(kind, transformer state_dict, its schedule, tokenizer hparams or {}, class names or None) of a VAR
-    checkpoint, a released file (``.pth`` / ``.safetensors``; ImageNet's names) or a released model's name
-    (``var_d16`` ..., through the Hub cache)."""
+def _load_source(path: str, trust_pickle: bool) -> LoadedModels:
+    """The models of ``path`` through the one loader, or for the VAR stage's released names the released
+    transformer alone (fine-tuning needs no tokenizer file from the Hub)."""
     if not Path(path).expanduser().exists() and path in PRETRAINED:
-        from var_lightning.checkpoints.published import load_official_var
-
-        var_path = resolve_transformer(path)
-        sd = read_checkpoint(var_path, key=_KEY, trust_pickle=trust_pickle)
-        var = load_official_var(sd)
-        names = _released_names(var.num_classes)
-        return f"released {path} ({var_path})", var.state_dict(), tuple(var.patch_nums), {}, names
-    ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
-    stage = checkpoint_stage(ckpt)
-    if stage == "var":
-        hp = ckpt.get("hyper_parameters", {})
-        names = (ckpt.get("var_lightning") or {}).get("class_names")
-        return (
-            "var_lightning VAR checkpoint",
-            transformer_state_dict(ckpt["state_dict"]),
-            tuple(hp["transformer"]["patch_nums"]),
-            dict(hp.get("tokenizer") or {}),
-            list(names) if names else None,
-        )
-    if stage == "official-var":
-        from var_lightning.checkpoints.published import load_official_var
-
-        var = load_official_var(ckpt)
-        return (
-            "released VAR weights",
-            var.state_dict(),
-            tuple(var.patch_nums),
-            {},
-            _released_names(var.num_classes),
-        )
-    raise _stage_mismatch(path, stage, "var")
+        return load_models(pretrained=path, need_tokenizer=False, key=_KEY)
+    return load_models(path, trust_pickle=trust_pickle, require_var=False, need_tokenizer=False, key=_KEY)
 
 
 def init_var_module(
@@ -295,18 +251,24 @@ def init_var_module(
     name when both sides have names: ``class_names`` are this run's) and schedule. The tokenizer stays the one
     from ``model.tokenizer_ckpt``; a different one is refused."""
     path = str(path)
-    kind, sd, old_pns, tok_hp, old_names = _var_source(path, trust_pickle)
+    var, vae, info = _load_source(path, trust_pickle)
+    if info.stage != "var":
+        raise _stage_mismatch(path, info.stage, "var")
+    kinds = {"var_lightning": "var_lightning VAR checkpoint", "released": "released VAR weights"}
+    kind = f"released {path} ({info.files['var']})" if info.pretrained else kinds[info.kind]
     report = InitReport(path, kind)
-    new_sd = adapt_var_state(sd, old_pns, module.var, report, path, old_names, class_names)
+    new_sd = adapt_var_state(
+        var.state_dict(), var.patch_nums, module.var, report, path, info.class_names, class_names
+    )
     missing, unexpected = module.var.load_state_dict(new_sd, strict=False)
     buffers = set(dict(module.var.named_buffers()))
     assert not unexpected and set(missing) <= buffers, (missing, unexpected)
-    if tok_hp:
-        mine = module.vae.cfg
-        if (tok_hp.get("vocab_size"), tok_hp.get("z_channels")) != (mine.vocab_size, mine.z_channels):
+    if info.kind == "var_lightning":
+        theirs, mine = vae.cfg, module.vae.cfg
+        if (theirs.vocab_size, theirs.z_channels) != (mine.vocab_size, mine.z_channels):
             raise ValueError(
-                f"{_KEY}={path} was trained on a tokenizer with V={tok_hp.get('vocab_size')}, "
-                f"Cvae={tok_hp.get('z_channels')}, but model.tokenizer_ckpt has V={mine.vocab_size}, "
+                f"{_KEY}={path} was trained on a tokenizer with V={theirs.vocab_size}, "
+                f"Cvae={theirs.z_channels}, but model.tokenizer_ckpt has V={mine.vocab_size}, "
                 f"Cvae={mine.z_channels}; use the same tokenizer"
             )
     log.info("%s", report.summary())
@@ -320,14 +282,13 @@ def init_ar_module(module: nn.Module, path: str | Path, trust_pickle: bool = Fal
         raise FileNotFoundError(
             f"{_KEY}={path}: no such file (an AR-baseline .ckpt from var-train experiment=ar_*)"
         )
-    ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
-    stage = checkpoint_stage(ckpt)
-    if stage != "ar":
+    var, _, info = load_models(path, trust_pickle=trust_pickle, require_var=False, key=_KEY)
+    if info.stage != "ar":
         raise ValueError(
-            f"{_KEY}={path} is a {stage!r} checkpoint, but this run trains the AR baseline: start it from an AR "
-            f"checkpoint (var-train experiment=ar_*)"
+            f"{_KEY}={path} is a {info.stage!r} checkpoint, but this run trains the AR baseline: start it from an "
+            f"AR checkpoint (var-train experiment=ar_*)"
         )
-    sd = transformer_state_dict(ckpt["state_dict"])
+    sd = var.state_dict()
     mine = module.var.state_dict()
     bad = [
         f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
@@ -350,23 +311,20 @@ def init_ar_module(module: nn.Module, path: str | Path, trust_pickle: bool = Fal
 def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
     """Load autoencoder (and, from a var-train checkpoint, discriminator) weights into a TokenizerModule."""
     path = str(path)
-    ckpt = read_checkpoint(path, key=_KEY, trust_pickle=trust_pickle)
-    stage = checkpoint_stage(ckpt)
+    models = load_models(path, trust_pickle=trust_pickle, require_var=False, key=_KEY)
+    if models.info.stage != "tokenizer":
+        raise _stage_mismatch(path, models.info.stage, "tokenizer")
     disc = getattr(module.loss, "discriminator", None)
-    if stage == "tokenizer":
-        report = InitReport(path, "var_lightning tokenizer checkpoint")
-        vae_sd = sub_state_dict(ckpt["state_dict"], "vae.")
-        disc_sd = sub_state_dict(ckpt["state_dict"], "loss.discriminator.")
-    elif stage == "official-vae":
-        from var_lightning.checkpoints.published import load_official_vae
-
-        report = InitReport(path, "released tokenizer weights")
-        vae_sd = load_official_vae(ckpt, patch_nums=module.vae.patch_nums).state_dict()
-        disc_sd = {}
-    else:
-        raise _stage_mismatch(path, stage, "tokenizer")
+    released = models.info.kind == "released"
+    report = InitReport(
+        path, "released tokenizer weights" if released else "var_lightning tokenizer checkpoint"
+    )
+    own = module.vae.state_dict()  # usage statistics over another number of scales: this model's own
+    vae_sd = {k: v for k, v in models.vae.state_dict().items() if k not in own or v.shape == own[k].shape}
+    disc_sd = {k.removeprefix("loss.discriminator."): v for k, v in models.other.items()
+               if k.startswith("loss.discriminator.")}  # fmt: skip
     _check_shapes(vae_sd, module.vae, "tokenizer", path)
-    module.vae.load_state_dict(vae_sd)
+    module.vae.load_state_dict(vae_sd, strict=False)
     report.kept = sorted(vae_sd)
     if disc is not None:
         if disc_sd and all(
@@ -387,8 +345,6 @@ def init_from_checkpoint(
     file, a model repository (a folder or a Hub id, ``var-convert to-hub``), or for the VAR stage a released
     model's name (``init_from=var_d16``). ``class_names``: this run's
     classes (the data's), to match class rows by name."""
-    from var_lightning.checkpoints.model_repo import locate
-
     stage = getattr(module, "STAGE", None)
     is_var = stage == "var"
     if not (is_var and str(path) in PRETRAINED):

@@ -34,7 +34,7 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning import distributed
-from var_lightning.checkpoints.files import CheckpointError, UnsafeCheckpointError, torch_load
+from var_lightning.checkpoints.safe_io import CheckpointError, UnsafeCheckpointError, torch_load
 from var_lightning.checkpoints.sharded import (
     LIGHTNING_META,
     is_sharded_checkpoint,
@@ -184,7 +184,7 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> d
     """Check every record of a checkpoint (``verify_records``), then open it memory-mapped and return it;
     raises when the file is truncated, damaged or not a checkpoint, which is what a job killed while saving
     or a failing disk leaves behind. Loaded with ``weights_only=True``; a file that needs full unpickling
-    raises :class:`~var_lightning.checkpoints.files.UnsafeCheckpointError` unless ``trust_pickle``."""
+    raises :class:`~var_lightning.checkpoints.safe_io.UnsafeCheckpointError` unless ``trust_pickle``."""
     try:
         if is_sharded_checkpoint(path):  # the index, the shard files' sizes and meta.pt; no tensors read
             meta, index = read_sharded_meta(path, key="resume", trust_pickle=trust_pickle)
@@ -203,7 +203,7 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> d
 
 
 def _stage_of(ckpt: dict[str, Any]) -> str:
-    from var_lightning.checkpoints.files import checkpoint_stage
+    from var_lightning.checkpoints.reader import checkpoint_stage
 
     return checkpoint_stage(ckpt)
 

@@ -14,7 +14,7 @@ An ``fcntl`` lock would be simpler on one machine but is unreliable on the netwo
 keep run directories on, and says nothing about who holds it; hence the plain file.
 
 :func:`remove_stale_temp_files`: checkpoint writes go to ``.<name>.tmp-<pid>`` first and are renamed into
-place (:func:`var_lightning.checkpoints.files.atomic_write`); a kill while writing leaves the temporary file
+place (:func:`var_lightning.checkpoints.safe_io.atomic_write`); a kill while writing leaves the temporary file
 behind. With the run directory locked, no other process writes there, so every such file (or sharded
 checkpoint temp directory) below ``checkpoints/`` and the run directory is a leftover, and is removed.
 """

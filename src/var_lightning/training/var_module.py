@@ -12,7 +12,7 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-from var_lightning.checkpoints.loading import load_tokenizer
+from var_lightning.checkpoints.load import load_tokenizer
 from var_lightning.keys import settings_from
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
@@ -101,7 +101,7 @@ class VARModule(ValidationSampling, L.LightningModule):
         self._stage_step: int | None = None
         self._lora_on, self.init_from = False, None  # init_from: set by var-train, the base of LoRA adapters
 
-    # the checkpoint stage (var_lightning.checkpoints.files); the transformer is ``self.var`` in every stage
+    # the checkpoint stage (var_lightning.checkpoints.safe_io); the transformer is ``self.var`` in every stage
     STAGE = "var"
 
     def make_network(self, cfg: VARConfig) -> VAR:

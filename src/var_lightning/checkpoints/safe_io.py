@@ -1,18 +1,14 @@
-"""Reading and writing checkpoint files safely: no load path executes pickled code.
+"""The bottom of ``checkpoints/``: single files read and written safely; no load path executes pickled code.
 
 Every ``.ckpt`` / ``.pth`` is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
 plain containers. A file that needs more (a pickled class, a function) is refused with
 :class:`UnsafeCheckpointError`; ``trust_pickle=True`` loads it anyway with a warning naming the file, for
-the rare foreign file the user vouches for. ``.safetensors`` files are read with the safetensors library.
+the rare foreign file the user vouches for. ``.safetensors`` files are read with the safetensors library;
+a var_lightning checkpoint keeps its hyper-parameters and record as JSON in the header (key
+``var_lightning``). Writes are atomic (a temporary file, fsync, rename).
 
-Two kinds of content come through here:
-
-* a **var_lightning checkpoint**: a Lightning checkpoint (or a ``var-convert`` output) with
-  ``checkpoint["var_lightning"]["stage"]`` = ``"tokenizer"``, ``"var"`` or ``"ar"`` (the AR baseline), the model configs in
-  ``hyper_parameters`` and the weights in ``state_dict`` (``vae.*``, ``var.*``). As ``.safetensors`` the
-  tensors are the state_dict and the rest is JSON in the header metadata (key ``var_lightning``).
-* a **released state_dict** in the published layout (``vae_ch160v4096z32.pth``, ``var_d16.pth`` ...), or
-  the published trainer's ``ar-ckpt-*.pth``, as ``.pth`` or ``.safetensors``.
+What a path *is* (a file, a sharded directory, a model repository) is decided one floor up, in
+:mod:`var_lightning.checkpoints.reader`.
 """
 
 from __future__ import annotations
@@ -62,7 +58,7 @@ def _unpickling_reason(e: BaseException) -> str:
     return _first_line(e).split(". Please", 1)[0].split("torch.serialization", 1)[0].strip()
 
 
-def _resolve(path: str | os.PathLike, key: str) -> Path:
+def resolve_file(path: str | os.PathLike, key: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         hint = (
@@ -107,7 +103,7 @@ def torch_load(
     unless ``trust_pickle``: then it is loaded with ``weights_only=False`` after a warning. A truncated or
     corrupt file raises ``CheckpointError``.
     """
-    p = _resolve(path, key)
+    p = resolve_file(path, key)
     _check_looks_like_torch(p, key)
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
@@ -139,38 +135,13 @@ def torch_load(
         ) from e
 
 
-def _kind(dtype: torch.dtype) -> str:
-    if dtype.is_floating_point:
-        return "floating-point"
-    if dtype.is_complex:
-        return "complex"
-    return "boolean" if dtype == torch.bool else "integer"
-
-
-def check_dtypes(state_dict: Mapping[str, Any], expected: Mapping[str, torch.Tensor], what: str) -> None:
-    """Refuse a stored tensor whose dtype cannot be the model's (an integer or boolean tensor for a float
-    weight, a float for an integer buffer): a cast would load it silently as garbage. Precisions of the same
-    kind (bf16 for fp32) are fine and are cast."""
-    bad = [
-        f"{k} is {state_dict[k].dtype} but the model's is {v.dtype}"
-        for k, v in expected.items()
-        if k in state_dict and torch.is_tensor(state_dict[k]) and _kind(state_dict[k].dtype) != _kind(v.dtype)
-    ]
-    if bad:
-        raise CheckpointError(
-            f"the {what} weights hold {len(bad)} tensor(s) of the wrong kind ({'; '.join(bad[:5])}"
-            f"{' ...' if len(bad) > 5 else ''}); the file is damaged or was converted by another tool: export it "
-            f"again from its source (var-convert) or use the original file"
-        )
-
-
 # ---------------------------------------------------------------------------------------------- safetensors
 def read_safetensors(path: str | os.PathLike, key: str = "ckpt_path", device: str = "cpu") -> dict[str, Any]:
     """A ``.safetensors`` file as a checkpoint dict: a var_lightning one (metadata key ``var_lightning``)
     becomes ``{"state_dict", "hyper_parameters", "var_lightning"}``, anything else its plain state_dict."""
     from safetensors import SafetensorError, safe_open
 
-    p = _resolve(path, key)
+    p = resolve_file(path, key)
     try:
         with safe_open(str(p), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
@@ -223,31 +194,6 @@ def is_safetensors(path: str | os.PathLike) -> bool:
     return 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
 
 
-def read_checkpoint(
-    path: str | os.PathLike,
-    key: str = "ckpt_path",
-    trust_pickle: bool = False,
-    map_location: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Any checkpoint file (``.ckpt``, ``.pth``, ``.safetensors``), a sharded checkpoint directory written
-    by ``trainer=fsdp*`` (weights only), or a model repository directory (``var-convert to-hub``,
-    :mod:`~var_lightning.checkpoints.model_repo`), as a dict, loaded safely."""
-    from var_lightning.checkpoints.model_repo import is_model_repo, read_model_repo
-    from var_lightning.checkpoints.sharded import is_sharded_checkpoint, read_sharded_checkpoint
-
-    if is_model_repo(path):
-        return read_model_repo(path, key, device=str(map_location))
-    if is_sharded_checkpoint(Path(path).expanduser()):
-        return read_sharded_checkpoint(Path(path).expanduser(), key, trust_pickle)
-    p = _resolve(path, key)
-    if p.suffix == SAFETENSORS_SUFFIX or is_safetensors(p):
-        return read_safetensors(p, key, device=str(map_location))
-    obj = torch_load(p, key, trust_pickle=trust_pickle, map_location=map_location)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{key}={p}: holds a {type(obj).__name__}, not a checkpoint or state_dict")
-    return obj
-
-
 def _fsync_dir(directory: Path) -> None:
     try:  # not every file system lets a directory be opened
         fd = os.open(directory, os.O_RDONLY)
@@ -296,34 +242,3 @@ def save_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike, fmt: str |
     if fmt == "safetensors":
         return atomic_write(p, lambda tmp: write_safetensors(ckpt, tmp))
     return atomic_torch_save(dict(ckpt), p)
-
-
-# ---------------------------------------------------------------------------------------------- content
-def checkpoint_stage(ckpt: Mapping[str, Any]) -> str:
-    """'tokenizer' or 'var' for var_lightning checkpoints, 'official-vae' / 'official-var' for released
-    state_dicts (or the published trainer's checkpoints), 'unknown' otherwise."""
-    meta = ckpt.get(_META_KEY)
-    if isinstance(meta, Mapping) and "stage" in meta:
-        return str(meta["stage"])
-    if "state_dict" in ckpt and isinstance(ckpt.get("hyper_parameters"), Mapping):
-        hp = ckpt["hyper_parameters"]
-        return "var" if "transformer" in hp else ("tokenizer" if "tokenizer" in hp else "unknown")
-    if "trainer" in ckpt:
-        return "official-var"
-    keys = set(ckpt)
-    if "quantize.embedding.weight" in keys:
-        return "official-vae"
-    if "class_emb.weight" in keys and "head.weight" in keys:
-        return "official-var"
-    return "unknown"
-
-
-def sub_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def transformer_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The transformer weights to sample / evaluate / fine-tune from: the run's EMA (``var_ema.*``, written
-    with ``callbacks=ema``) when it kept one, else ``var.*``."""
-    ema = sub_state_dict(state_dict, "var_ema.")
-    return ema if ema else sub_state_dict(state_dict, "var.")
