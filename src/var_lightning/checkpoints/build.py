@@ -138,3 +138,23 @@ def transformer_from_hparams(
     if stage == "ar":
         return materialize(lambda: ARTransformer(cfg), transformer_state_dict(sd), device, "AR transformer")
     return materialize(lambda: VAR(cfg), transformer_state_dict(sd), device, "transformer")
+
+
+def models_from_checkpoint(
+    ckpt: Mapping[str, Any], stage: str, device: str | torch.device, key: str
+) -> tuple[VAR | None, MultiScaleVQVAE, dict[str, torch.Tensor]]:
+    """(transformer or None, tokenizer, the other weights) of a var_lightning checkpoint of ``stage``
+    (``var``, ``ar`` or ``tokenizer``); the other weights are those outside the models (a tokenizer run's
+    ``loss.discriminator.*``)."""
+    if not isinstance(ckpt.get("state_dict"), Mapping):
+        raise CheckpointError(f"{key}: the checkpoint has no state_dict of weights")
+    hp = ckpt.get("hyper_parameters") or {}
+    if not isinstance(hp, Mapping):
+        raise CheckpointError(
+            f"{key}: hyper_parameters is a {type(hp).__name__}, not a mapping of model configs"
+        )
+    sd = ckpt["state_dict"]
+    vae = tokenizer_from_hparams(hp, sd, device, key)
+    var = transformer_from_hparams(hp, sd, device, key, stage) if stage != "tokenizer" else None
+    other = {k: v for k, v in sd.items() if not k.startswith(("vae.", "var.", "var_ema."))}
+    return var, vae, other

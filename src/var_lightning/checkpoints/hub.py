@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from var_lightning.checkpoints.model_repo import REPO_FILES, WEIGHTS_FILE, is_model_repo, looks_like_repo_id
 from var_lightning.transformer.config import PUBLISHED_SAMPLING
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,110 @@ def resolve_pretrained(
     var_path = _hub_file(spec, spec.var_file, revision, cache)
     vae = Path(vae_path).expanduser() if vae_path is not None else _hub_file(spec, VAE_FILE, revision, cache)
     return PretrainedFiles(var_path, vae, spec.name, "hub", revision)
+
+
+# ---------------------------------------------------------------------------------------------- model repositories
+def download_repo(
+    repo_id: str,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    key: str = "pretrained",
+) -> Path:
+    """The local snapshot of a Hub repository (huggingface_hub's cache first; downloaded when missing and
+    online). Only the loader's files, the card and its images are fetched."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    # the cache as huggingface_hub's environment variables name it now (HF_HUB_CACHE / HF_HOME), or cache_dir
+    common = dict(
+        repo_id=repo_id, revision=revision, allow_patterns=REPO_FILES, cache_dir=str(hub_cache_dir(cache_dir))
+    )
+    try:
+        local = Path(snapshot_download(**common, local_files_only=True))
+        if (local / WEIGHTS_FILE).is_file():
+            return local
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError, ValueError):
+        pass
+    log.info("downloading %s from the Hugging Face Hub", repo_id)
+    try:
+        return Path(snapshot_download(**common))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError, ValueError) as e:
+        rev = f" --revision {revision}" if revision else ""
+        raise FileNotFoundError(
+            f"{key}={repo_id}: no such folder here, and the Hub repository {repo_id} is not in the cache and "
+            "cannot be downloaded "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet run "
+            f"`hf download {repo_id}{rev}` and copy the cache here (HF_HOME / HF_HUB_CACHE), or download the "
+            f"repository's files into a folder and pass {key}=<that folder>"
+        ) from e
+
+
+def locate(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    key: str = "pretrained",
+) -> Path | None:
+    """The local directory of a model repository named by path or Hub id; None for anything else (a
+    released model's name or files, which :mod:`var_lightning.checkpoints.hub` resolves)."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        return path if is_model_repo(path) else None
+    if looks_like_repo_id(text):
+        return download_repo(text, revision, cache_dir, key)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- any source
+@dataclass(frozen=True)
+class Source:
+    """What a user's ``ckpt_path`` / ``pretrained`` names, as local paths: ``path`` is read by the one reader;
+    ``vae_path`` is a released transformer's tokenizer when one is known before reading (a released name,
+    ``vae_path=``); ``name`` / ``revision`` what was asked for by name."""
+
+    path: Path
+    key: str
+    asked: str  # the path or name as given
+    vae_path: Path | None = None
+    name: str | None = None
+    revision: str | None = None
+    need_tokenizer: bool = True
+
+
+def resolve_source(
+    ckpt_path: str | os.PathLike | None,
+    pretrained: str | os.PathLike | None,
+    vae_path: str | os.PathLike | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    key: str = "ckpt_path",
+    need_tokenizer: bool = True,
+) -> Source:
+    """The local files behind exactly one of ``ckpt_path`` (a file or folder) and ``pretrained`` (a released
+    name, a model repository folder or Hub id, a released file or directory)."""
+    if (ckpt_path is None) == (pretrained is None):
+        raise ValueError(
+            f"give exactly one of ckpt_path=<checkpoint file> and pretrained=<{' | '.join(PRETRAINED)}> "
+            f"(got ckpt_path={ckpt_path}, pretrained={pretrained})"
+        )
+    vae = Path(vae_path).expanduser() if vae_path else None
+    if ckpt_path is not None:
+        path = Path(ckpt_path).expanduser()
+        if not path.exists() and (str(ckpt_path) in PRETRAINED or looks_like_repo_id(str(ckpt_path))):
+            raise FileNotFoundError(
+                f"{key}={ckpt_path}: no such file or folder; a released model or a model repository on the "
+                f"Hugging Face Hub loads with pretrained={ckpt_path}"
+            )
+        return Source(path, key, str(path), vae, need_tokenizer=need_tokenizer)
+    name = str(pretrained)
+    repo = locate(pretrained, revision, cache_dir)  # a model repository (a folder or user/name)
+    if repo is not None:
+        return Source(repo, "pretrained", name, None, name, revision)
+    if not need_tokenizer and name in PRETRAINED:  # fine-tuning: the transformer alone
+        return Source(resolve_transformer(name, revision, cache_dir), key, name, None, name, revision, False)
+    files = resolve_pretrained(pretrained, revision=revision, cache_dir=cache_dir, vae_path=vae_path)
+    return Source(files.var_path, "pretrained", name, files.vae_path, files.name, revision)
 
 
 def imagenet_wnids() -> list[str]:

@@ -14,7 +14,7 @@ Accepted, with no flag saying which is which:
 * a model repository of any stage, a folder or a Hub id (``pretrained=user/my-var``,
   :mod:`~var_lightning.checkpoints.model_repo`, written by ``var-convert to-hub``).
 
-The route is always the same: a name becomes a path (:func:`~.model_repo.locate`, :mod:`~.hub`), the path
+The route is always the same: a name becomes a path (:func:`~.hub.resolve_source`), the path
 is read by the one reader (:func:`~.reader.read_checkpoint`, no pickled code), and the models are built by
 the one builder (:mod:`~.build`; the published layout through :mod:`~.published`). :class:`ModelInfo` carries
 what the commands need besides the weights: the schedule and resolution, the class names, and the
@@ -32,27 +32,21 @@ from typing import Any
 
 import torch
 
-from var_lightning.checkpoints.build import tokenizer_from_hparams, transformer_from_hparams
+from var_lightning.checkpoints.build import models_from_checkpoint, tokenizer_from_hparams
 from var_lightning.checkpoints.hub import (
     PRETRAINED,
     RELEASED_SAMPLING,
     VAE_FILE,
-    PretrainedFiles,
+    Source,
+    locate,
     released_class_names,
-    resolve_pretrained,
+    resolve_source,
     resolve_tokenizer,
-    resolve_transformer,
 )
 from var_lightning.checkpoints.lora import is_lora_checkpoint, lora_base, merge_lora_checkpoint
-from var_lightning.checkpoints.model_repo import (
-    is_model_repo,
-    locate,
-    looks_like_repo_id,
-    push_to_hub,
-    save_repo,
-)
-from var_lightning.checkpoints.published import load_official_vae, load_official_var
-from var_lightning.checkpoints.reader import checkpoint_stage, read_checkpoint
+from var_lightning.checkpoints.model_repo import is_model_repo, looks_like_repo_id, push_to_hub, save_repo
+from var_lightning.checkpoints.published import load_official_models, load_official_vae
+from var_lightning.checkpoints.reader import Read, checkpoint_stage, read_checkpoint, read_source
 from var_lightning.checkpoints.safe_io import CheckpointError
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.transformer.sampling import resolve_sampling
@@ -126,69 +120,11 @@ class LoadedModels:
             return push_to_hub(self.save_pretrained(tmp, repo_id=repo_id, **card), repo_id, private, token)
 
 
-def _info(var: VAR | None, vae: MultiScaleVQVAE, kind: str, source: str, files: dict[str, str],
-          sampling: Mapping[str, Any] | None, class_names: Sequence[str] | None = None, **extra: Any) -> ModelInfo:  # fmt: skip
-    return ModelInfo(
-        kind=kind,
-        stage=getattr(var, "kind", "var") if var is not None else "tokenizer",
-        source=source,
-        files=files,
-        patch_nums=tuple(vae.patch_nums),
-        image_size=vae.cfg.image_size,
-        vocab_size=vae.cfg.vocab_size,
-        num_classes=var.num_classes if var is not None else None,
-        class_names=list(class_names) if class_names else None,
-        sampling=resolve_sampling(sampling, vae.cfg.vocab_size) if var is not None else {},
-        **extra,
-    )
-
-
-# ---------------------------------------------------------------------------------------------- building
-def _released(files: PretrainedFiles, device, trust_pickle: bool, source: str, key: str) -> LoadedModels:
-    var = load_official_var(read_checkpoint(files.var_path, key, trust_pickle), map_location=device)
-    vae_sd = read_checkpoint(files.vae_path, "vae_path", trust_pickle)
-    if checkpoint_stage(vae_sd) != "official-vae":
-        raise CheckpointError(
-            f"vae_path={files.vae_path} is a {checkpoint_stage(vae_sd)!r} file, not the released tokenizer "
-            f"({VAE_FILE}'s layout)"
-        )
-    vae = load_official_vae(vae_sd, map_location=device, patch_nums=var.patch_nums)
-    info = _info(var, vae, "released", source, {"var": str(files.var_path), "vae": str(files.vae_path)},
-                 RELEASED_SAMPLING, released_class_names(var.num_classes), pretrained=files.name,
-                 revision=files.revision)  # fmt: skip
-    return LoadedModels(var, vae, info)
-
-
-def _released_transformer(path: Path, device, trust_pickle: bool, source: str, key: str,
-                          name: str | None = None) -> LoadedModels:  # fmt: skip
-    """A released transformer without its tokenizer (``vae`` None): fine-tuning needs no tokenizer file."""
-    var = load_official_var(read_checkpoint(path, key, trust_pickle), map_location=device)
-    info = ModelInfo("released", "var", source, {"var": str(path)}, tuple(var.patch_nums), 16 * var.patch_nums[-1],
-                     var.cfg.vocab_size, var.num_classes, released_class_names(var.num_classes), pretrained=name)  # fmt: skip
-    return LoadedModels(var, None, info)
-
-
-def _sibling_tokenizer(var_path: Path, vae_path: str | os.PathLike | None, key: str) -> Path:
-    if vae_path:
-        return Path(vae_path).expanduser()
-    for candidate in (
-        var_path.parent / VAE_FILE,
-        var_path.parent / Path(VAE_FILE).with_suffix(".safetensors"),
-    ):
-        if candidate.is_file():
-            log.info("using the tokenizer %s found beside %s", candidate, var_path.name)
-            return candidate
-    raise CheckpointError(
-        f"{key}={var_path} is a released transformer, which needs its tokenizer: pass vae_path=/path/to/{VAE_FILE}, "
-        f"put {VAE_FILE} beside it, or use pretrained={var_path.stem if var_path.stem in PRETRAINED else 'var_d16'}"
-    )
-
-
 def _lora_base_state(ckpt: Mapping[str, Any], key: str, trust_pickle: bool) -> dict[str, torch.Tensor]:
     base = str(lora_base(ckpt))
     named = base in PRETRAINED or is_model_repo(base) or looks_like_repo_id(base)
     try:
-        models = (
+        base_models = (
             load_models(pretrained=base, key=key)
             if named
             else load_models(base, trust_pickle=trust_pickle, key=key)
@@ -199,55 +135,20 @@ def _lora_base_state(ckpt: Mapping[str, Any], key: str, trust_pickle: bool) -> d
             f"loaded ({e}). Put the base back at that path, or export the merged model with var-convert to-hub "
             "where the base is available"
         ) from e
-    return models.var.state_dict()
+    return base_models.var.state_dict()
 
 
-def _from_checkpoint(ckpt: dict[str, Any], path: Path, vae_path, device, trust_pickle: bool,
-                     require_var: bool, need_tokenizer: bool, key: str) -> LoadedModels:  # fmt: skip
-    """Models from what the reader returned for ``path``."""
-    stage = checkpoint_stage(ckpt)
-    files = {"checkpoint": str(path)}
-    if stage == "official-var" and "trainer" not in ckpt and not need_tokenizer:
-        return _released_transformer(path, device, trust_pickle, str(path), key)
-    if stage == "official-var" and "trainer" not in ckpt:  # a released transformer: the tokenizer is another file
-        released = PretrainedFiles(path, _sibling_tokenizer(path, vae_path, key), None, "local")
-        return _released(released, device, trust_pickle, str(path), key)
-    if vae_path:
-        log.warning("vae_path=%s ignored: %s carries its own tokenizer", vae_path, path)
-    if stage == "official-var":  # a published trainer checkpoint carries both models
-        var = load_official_var(ckpt, map_location=device)
-        vae = load_official_vae(ckpt, map_location=device, patch_nums=var.patch_nums)
-        return LoadedModels(var, vae, _info(var, vae, "released", str(path), files, RELEASED_SAMPLING))
-    if stage in ("tokenizer", "official-vae") and require_var:
+def _check_stage(read: Read, source: Source, require_var: bool) -> None:
+    if read.stage in ("tokenizer", "official-vae") and require_var:
         raise CheckpointError(
-            f"{key}={path} is a tokenizer checkpoint, but a transformer (VAR) is needed here: give a VAR "
-            f"checkpoint from `var-train experiment=var_*`, a released var_d*.pth, or pretrained=var_d16"
+            f"{source.key}={source.path} is a tokenizer checkpoint, but a transformer (VAR) is needed here: give a "
+            f"VAR checkpoint from `var-train experiment=var_*`, a released var_d*.pth, or pretrained=var_d16"
         )
-    if stage == "official-vae":
-        vae = load_official_vae(ckpt, map_location=device)
-        return LoadedModels(None, vae, _info(None, vae, "released", str(path), {"vae": str(path)}, None))
-    if stage not in ("var", "ar", "tokenizer"):
+    if read.stage not in ("var", "ar", "tokenizer", "official-var", "official-vae"):
         raise CheckpointError(
-            f"{key}={path} is not a model checkpoint: it has neither var_lightning metadata nor the released "
-            f"models' keys (top-level keys: {sorted(map(str, ckpt))[:6]})"
+            f"{source.key}={source.path} is not a model checkpoint: it has neither var_lightning metadata nor the "
+            f"released models' keys (top-level keys: {sorted(map(str, read.ckpt))[:6]})"
         )
-    if not isinstance(ckpt.get("state_dict"), Mapping):
-        raise CheckpointError(f"{key}={path}: the checkpoint has no state_dict of weights")
-    if is_lora_checkpoint(ckpt):  # adapters only: the base from its init_from, adapters merged
-        ckpt = merge_lora_checkpoint(ckpt, _lora_base_state(ckpt, key, trust_pickle), key)
-    hp = ckpt.get("hyper_parameters") or {}
-    if not isinstance(hp, Mapping):
-        raise CheckpointError(
-            f"{key}={path}: hyper_parameters is a {type(hp).__name__}, not a mapping of configs"
-        )
-    sd = ckpt["state_dict"]
-    vae = tokenizer_from_hparams(hp, sd, device, key)
-    var = transformer_from_hparams(hp, sd, device, key, stage) if stage != "tokenizer" else None
-    other = {k: v for k, v in sd.items() if not k.startswith(("vae.", "var.", "var_ema."))}
-    meta = ckpt.get("var_lightning") or {}
-    info = _info(var, vae, "var_lightning", str(path), files, hp.get("sampling"), meta.get("class_names"),
-                 hyper_parameters=dict(hp))  # fmt: skip
-    return LoadedModels(var, vae, info, other)
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -273,37 +174,50 @@ def load_models(
     tokenizer file (``vae`` None; fine-tuning). ``trust_pickle``: load files that need full unpickling (with
     a warning); never needed for our files.
     """
-    if (ckpt_path is None) == (pretrained is None):
-        raise ValueError(
-            f"give exactly one of ckpt_path=<checkpoint file> and pretrained=<{' | '.join(PRETRAINED)}> "
-            f"(got ckpt_path={ckpt_path}, pretrained={pretrained})"
+    source = resolve_source(ckpt_path, pretrained, vae_path, revision, cache_dir, key, need_tokenizer)
+    read = read_source(source, trust_pickle, map_location)
+    _check_stage(read, source, require_var)
+    ckpt, other, released = read.ckpt, {}, read.stage.startswith("official")
+    if released:
+        var, vae = load_official_models(ckpt, read.stage, read.tokenizer, map_location)
+        sampling, hp, meta = (
+            RELEASED_SAMPLING,
+            {},
+            {"class_names": var and released_class_names(var.num_classes)},
         )
-    if pretrained is not None:
-        repo = locate(pretrained, revision, cache_dir)  # a model repository (a folder or user/name)
-        if repo is None and not need_tokenizer and str(pretrained) in PRETRAINED:
-            var_path = resolve_transformer(str(pretrained), revision, cache_dir)
-            return _released_transformer(
-                var_path, map_location, trust_pickle, str(pretrained), key, str(pretrained)
-            )
-        if repo is None:
-            files = resolve_pretrained(pretrained, revision=revision, cache_dir=cache_dir, vae_path=vae_path)
-            return _released(files, map_location, trust_pickle, str(pretrained), "pretrained")
-        path, key = repo, "pretrained"
     else:
-        path = Path(ckpt_path).expanduser()
-        if not path.exists() and (str(ckpt_path) in PRETRAINED or looks_like_repo_id(str(ckpt_path))):
-            raise FileNotFoundError(
-                f"{key}={ckpt_path}: no such file or folder; a released model or a model repository on the "
-                f"Hugging Face Hub loads with pretrained={ckpt_path}"
-            )
-    ckpt = read_checkpoint(path, key=key, trust_pickle=trust_pickle, map_location=map_location)
-    models = _from_checkpoint(
-        ckpt, path, vae_path, map_location, trust_pickle, require_var, need_tokenizer, key
+        if is_lora_checkpoint(ckpt):  # adapters only: the base from its init_from, adapters merged
+            ckpt = merge_lora_checkpoint(ckpt, _lora_base_state(ckpt, source.key, trust_pickle), source.key)
+        var, vae, other = models_from_checkpoint(
+            ckpt, read.stage, map_location, f"{source.key}={source.path}"
+        )
+        hp, meta = dict(ckpt.get("hyper_parameters") or {}), ckpt.get("var_lightning") or {}
+        sampling = hp.get("sampling")
+    files = {"var": str(source.path), "vae": str(read.tokenizer_path)} if read.tokenizer_path else {}
+    if not files:
+        files = (
+            {"var": str(source.path)}
+            if vae is None
+            else {("vae" if var is None and released else "checkpoint"): str(source.path)}
+        )
+    patch_nums = tuple(vae.patch_nums if vae is not None else var.patch_nums)
+    vocab_size = vae.cfg.vocab_size if vae is not None else var.cfg.vocab_size
+    info = ModelInfo(
+        kind="released" if released else "var_lightning",
+        stage=getattr(var, "kind", "var") if var is not None else "tokenizer",
+        source=source.asked,
+        files=files,
+        patch_nums=patch_nums,
+        image_size=vae.cfg.image_size if vae is not None else 16 * patch_nums[-1],
+        vocab_size=vocab_size,
+        num_classes=var.num_classes if var is not None else None,
+        class_names=list(meta.get("class_names") or []) or None,
+        sampling=resolve_sampling(sampling, vocab_size) if var is not None else {},
+        pretrained=source.name,
+        revision=source.revision,
+        hyper_parameters=hp,
     )
-    if pretrained is not None:
-        models.info.source = models.info.pretrained = str(pretrained)
-        models.info.revision = revision
-    return models
+    return LoadedModels(var, vae, info, other)
 
 
 def load_pretrained(

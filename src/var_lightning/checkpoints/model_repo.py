@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from var_lightning import __version__
-from var_lightning.checkpoints.hub import hub_cache_dir
 from var_lightning.checkpoints.model_card import model_card, run_facts
 from var_lightning.checkpoints.safe_io import (
     CheckpointError,
@@ -142,58 +141,6 @@ def read_model_repo(path: str | os.PathLike, key: str = "pretrained", device: st
         "hyper_parameters": dict(config.get("hyper_parameters") or {}),
         "var_lightning": dict(config.get("var_lightning") or {}),
     }
-
-
-def download_repo(
-    repo_id: str,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    key: str = "pretrained",
-) -> Path:
-    """The local snapshot of a Hub repository (huggingface_hub's cache first; downloaded when missing and
-    online). Only the loader's files, the card and its images are fetched."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    # the cache as huggingface_hub's environment variables name it now (HF_HUB_CACHE / HF_HOME), or cache_dir
-    common = dict(
-        repo_id=repo_id, revision=revision, allow_patterns=REPO_FILES, cache_dir=str(hub_cache_dir(cache_dir))
-    )
-    try:
-        local = Path(snapshot_download(**common, local_files_only=True))
-        if (local / WEIGHTS_FILE).is_file():
-            return local
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError, ValueError):
-        pass
-    log.info("downloading %s from the Hugging Face Hub", repo_id)
-    try:
-        return Path(snapshot_download(**common))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError, ValueError) as e:
-        rev = f" --revision {revision}" if revision else ""
-        raise FileNotFoundError(
-            f"{key}={repo_id}: no such folder here, and the Hub repository {repo_id} is not in the cache and "
-            "cannot be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet run "
-            f"`hf download {repo_id}{rev}` and copy the cache here (HF_HOME / HF_HUB_CACHE), or download the "
-            f"repository's files into a folder and pass {key}=<that folder>"
-        ) from e
-
-
-def locate(
-    name_or_path: str | os.PathLike,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    key: str = "pretrained",
-) -> Path | None:
-    """The local directory of a model repository named by path or Hub id; None for anything else (a
-    released model's name or files, which :mod:`var_lightning.checkpoints.hub` resolves)."""
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    if path.exists():
-        return path if is_model_repo(path) else None
-    if looks_like_repo_id(text):
-        return download_repo(text, revision, cache_dir, key)
-    return None
 
 
 def push_to_hub(

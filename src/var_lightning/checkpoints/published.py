@@ -175,3 +175,19 @@ def load_official_var(
         return infer_var_config(sd, num_heads)
 
     return _load(src, "transformer", cfg, map_location, infer)  # type: ignore[return-value]
+
+
+def load_official_models(
+    ckpt: StateDict, stage: str, tokenizer: StateDict | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[VAR | None, MultiScaleVQVAE | None]:
+    """(transformer, tokenizer) of a published-layout checkpoint of ``stage`` (``official-var``: a released
+    transformer, its tokenizer from ``tokenizer`` when given, or a published trainer checkpoint holding both;
+    ``official-vae``: a released tokenizer alone). The tokenizer takes the transformer's schedule."""
+    if stage == "official-vae":
+        return None, load_official_vae(ckpt, map_location=map_location)
+    var = load_official_var(ckpt, map_location=map_location)
+    vae_src = ckpt if "trainer" in ckpt else tokenizer
+    vae = (
+        load_official_vae(vae_src, map_location=map_location, patch_nums=var.patch_nums) if vae_src else None
+    )
+    return var, vae

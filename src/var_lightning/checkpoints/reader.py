@@ -11,18 +11,21 @@ Two kinds of content come through here:
   published trainer's ``ar-ckpt-*.pth``, as ``.pth`` or ``.safetensors``.
 
 Names (a released model, a Hub repository id) become paths before they get here:
-:mod:`~var_lightning.checkpoints.hub`, :func:`~var_lightning.checkpoints.model_repo.locate`.
+:func:`~var_lightning.checkpoints.hub.resolve_source`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from var_lightning.checkpoints.hub import PRETRAINED, VAE_FILE, Source
 from var_lightning.checkpoints.model_repo import is_model_repo, read_model_repo
 from var_lightning.checkpoints.safe_io import (
     SAFETENSORS_SUFFIX,
@@ -35,6 +38,7 @@ from var_lightning.checkpoints.safe_io import (
 from var_lightning.checkpoints.sharded import is_sharded_checkpoint, read_sharded_checkpoint
 
 _META_KEY = "var_lightning"
+log = logging.getLogger(__name__)
 
 
 def read_checkpoint(
@@ -76,3 +80,52 @@ def checkpoint_stage(ckpt: Mapping[str, Any]) -> str:
     if "class_emb.weight" in keys and "head.weight" in keys:
         return "official-var"
     return "unknown"
+
+
+@dataclass
+class Read:
+    """What :func:`read_source` found: the checkpoint, its stage, and a released transformer's tokenizer."""
+
+    ckpt: dict[str, Any]
+    stage: str
+    tokenizer: dict[str, Any] | None = None
+    tokenizer_path: Path | None = None
+
+
+def _sibling_tokenizer(source: Source) -> Path:
+    if source.vae_path is not None:
+        return source.vae_path
+    var_path = source.path
+    for candidate in (
+        var_path.parent / VAE_FILE,
+        var_path.parent / Path(VAE_FILE).with_suffix(".safetensors"),
+    ):
+        if candidate.is_file():
+            log.info("using the tokenizer %s found beside %s", candidate, var_path.name)
+            return candidate
+    name = var_path.stem if var_path.stem in PRETRAINED else "var_d16"
+    raise CheckpointError(
+        f"{source.key}={var_path} is a released transformer, which needs its tokenizer: pass "
+        f"vae_path=/path/to/{VAE_FILE}, put {VAE_FILE} beside it, or use pretrained={name}"
+    )
+
+
+def read_source(source: Source, trust_pickle: bool = False, map_location: str | torch.device = "cpu") -> Read:
+    """Read ``source.path`` and, for a released transformer, its tokenizer file (``source.vae_path`` or the
+    released file lying beside it) unless ``source.need_tokenizer`` is False."""
+    ckpt = read_checkpoint(source.path, source.key, trust_pickle, map_location)
+    stage = checkpoint_stage(ckpt)
+    if stage != "official-var" or "trainer" in ckpt:
+        if source.vae_path is not None:
+            log.warning("vae_path=%s ignored: %s carries its own tokenizer", source.vae_path, source.path)
+        return Read(ckpt, stage)
+    if not source.need_tokenizer:
+        return Read(ckpt, stage)
+    vae_path = _sibling_tokenizer(source)
+    tokenizer = read_checkpoint(vae_path, "vae_path", trust_pickle, map_location)
+    if checkpoint_stage(tokenizer) != "official-vae":
+        raise CheckpointError(
+            f"vae_path={vae_path} is a {checkpoint_stage(tokenizer)!r} file, not the released tokenizer "
+            f"({VAE_FILE}'s layout)"
+        )
+    return Read(ckpt, stage, tokenizer, vae_path)

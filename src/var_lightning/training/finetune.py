@@ -36,7 +36,7 @@ from torch import nn
 from var_lightning.checkpoints.build import check_dtypes
 from var_lightning.checkpoints.hub import PRETRAINED, imagenet_class_names, imagenet_wnids
 from var_lightning.checkpoints.load import LoadedModels, load_models
-from var_lightning.checkpoints.model_repo import locate
+from var_lightning.checkpoints.model_repo import looks_like_repo_id
 from var_lightning.checkpoints.safe_io import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -236,26 +236,18 @@ def adapt_var_state(
     return out
 
 
-def _load_source(path: str, trust_pickle: bool) -> LoadedModels:
-    """The models of ``path`` through the one loader, or for the VAR stage's released names the released
-    transformer alone (fine-tuning needs no tokenizer file from the Hub)."""
-    if not Path(path).expanduser().exists() and path in PRETRAINED:
-        return load_models(pretrained=path, need_tokenizer=False, key=_KEY)
-    return load_models(path, trust_pickle=trust_pickle, require_var=False, need_tokenizer=False, key=_KEY)
-
-
 def init_var_module(
-    module: nn.Module, path: str | Path, trust_pickle: bool = False, class_names: Sequence[str] | None = None
+    module: nn.Module, models: LoadedModels, path: str, class_names: Sequence[str] | None = None
 ) -> InitReport:
     """Load a VAR checkpoint's transformer weights into ``module.var`` (a VARModule), adapting class rows (by
     name when both sides have names: ``class_names`` are this run's) and schedule. The tokenizer stays the one
     from ``model.tokenizer_ckpt``; a different one is refused."""
-    path = str(path)
-    var, vae, info = _load_source(path, trust_pickle)
+    var, vae, info = models
     if info.stage != "var":
         raise _stage_mismatch(path, info.stage, "var")
     kinds = {"var_lightning": "var_lightning VAR checkpoint", "released": "released VAR weights"}
-    kind = f"released {path} ({info.files['var']})" if info.pretrained else kinds[info.kind]
+    named = info.kind == "released" and info.pretrained
+    kind = f"released {path} ({info.files['var']})" if named else kinds[info.kind]
     report = InitReport(path, kind)
     new_sd = adapt_var_state(
         var.state_dict(), var.patch_nums, module.var, report, path, info.class_names, class_names
@@ -275,20 +267,15 @@ def init_var_module(
     return report
 
 
-def init_ar_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
+def init_ar_module(module: nn.Module, models: LoadedModels, path: str) -> InitReport:
     """Load an AR-baseline checkpoint's weights into an ARModule (same shape; no adaptation: the AR model is
     a baseline, not a fine-tuning target)."""
-    if not Path(str(path)).expanduser().is_file():
-        raise FileNotFoundError(
-            f"{_KEY}={path}: no such file (an AR-baseline .ckpt from var-train experiment=ar_*)"
-        )
-    var, _, info = load_models(path, trust_pickle=trust_pickle, require_var=False, key=_KEY)
-    if info.stage != "ar":
+    if models.info.stage != "ar":
         raise ValueError(
-            f"{_KEY}={path} is a {info.stage!r} checkpoint, but this run trains the AR baseline: start it from an "
-            f"AR checkpoint (var-train experiment=ar_*)"
+            f"{_KEY}={path} is a {models.info.stage!r} checkpoint, but this run trains the AR baseline: start it "
+            "from an AR checkpoint (var-train experiment=ar_*)"
         )
-    sd = var.state_dict()
+    sd = models.var.state_dict()
     mine = module.var.state_dict()
     bad = [
         f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
@@ -308,10 +295,8 @@ def init_ar_module(module: nn.Module, path: str | Path, trust_pickle: bool = Fal
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
-def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: bool = False) -> InitReport:
+def init_tokenizer_module(module: nn.Module, models: LoadedModels, path: str) -> InitReport:
     """Load autoencoder (and, from a var-train checkpoint, discriminator) weights into a TokenizerModule."""
-    path = str(path)
-    models = load_models(path, trust_pickle=trust_pickle, require_var=False, key=_KEY)
     if models.info.stage != "tokenizer":
         raise _stage_mismatch(path, models.info.stage, "tokenizer")
     disc = getattr(module.loss, "discriminator", None)
@@ -341,21 +326,24 @@ def init_tokenizer_module(module: nn.Module, path: str | Path, trust_pickle: boo
 def init_from_checkpoint(
     module: nn.Module, path: str | Path, trust_pickle: bool = False, class_names: Sequence[str] | None = None
 ) -> InitReport:
-    """Dispatch on the module's ``STAGE``: ``ar``, ``var`` (VARModule) or ``tokenizer``. ``path``: a checkpoint
-    file, a model repository (a folder or a Hub id, ``var-convert to-hub``), or for the VAR stage a released
-    model's name (``init_from=var_d16``). ``class_names``: this run's
-    classes (the data's), to match class rows by name."""
-    stage = getattr(module, "STAGE", None)
-    is_var = stage == "var"
-    if not (is_var and str(path) in PRETRAINED):
-        path = locate(path, key=_KEY) or path  # a model repository (a folder, or user/name from the Hub)
-    if stage == "ar":
-        return init_ar_module(module, path, trust_pickle)
-    if not Path(str(path)).expanduser().exists() and not (is_var and str(path) in PRETRAINED):
+    """Read ``path`` once through the one loader, then dispatch on the module's ``STAGE``: ``ar``, ``var``
+    (VARModule) or ``tokenizer``. ``path``: a checkpoint file, a model repository (a folder or a Hub id,
+    ``var-convert to-hub``), or for the VAR stage a released model's name (``init_from=var_d16``; the
+    transformer alone). ``class_names``: this run's classes (the data's), to match class rows by name."""
+    stage, path = getattr(module, "STAGE", None), str(path)
+    by_name = not Path(path).expanduser().exists() and (
+        (stage == "var" and path in PRETRAINED) or looks_like_repo_id(path)
+    )
+    if not by_name and not Path(path).expanduser().exists():
+        released = ", or a released model name: " + ", ".join(PRETRAINED) if stage == "var" else ""
         raise FileNotFoundError(
             f"{_KEY}={path}: no such file (a var-train .ckpt, a released .pth / .safetensors, a model repository "
-            f"folder or <user>/<name> on the Hub{', or a released model name: ' + ', '.join(PRETRAINED) if is_var else ''})"
+            f"folder or <user>/<name> on the Hub{released})"
         )
-    if is_var:
-        return init_var_module(module, path, trust_pickle, class_names)
-    return init_tokenizer_module(module, path, trust_pickle)
+    where = {"pretrained": path} if by_name else {"ckpt_path": path, "trust_pickle": trust_pickle}
+    models = load_models(**where, require_var=False, need_tokenizer=False, key=_KEY)
+    if stage == "ar":
+        return init_ar_module(module, models, path)
+    if stage == "var":
+        return init_var_module(module, models, path, class_names)
+    return init_tokenizer_module(module, models, path)
