@@ -23,7 +23,7 @@ from var_lightning.cli.edit import run
 from var_lightning.data.synthetic import SyntheticShapes, class_hue
 from var_lightning.inference.edit_images import mask_to_pixels, synthetic_image
 from var_lightning.training.var_module import VARModule
-from var_lightning.transformer.editing import edit_region
+from var_lightning.transformer.editing import EditRequest, edit_region
 
 CONF = Path(var_lightning.__file__).parent / "conf"
 NAMES = ["red circle", "yellow square", "green triangle", "blue ring", "magenta cross"]
@@ -289,7 +289,8 @@ def test_trained_inpainting_keeps_the_outside_close_to_the_reconstruction(traine
     vae, var = trained
     for src in range(NUM_CLASSES):
         img, _ = synthetic_image(f"synthetic:{src}:0", 16, NUM_CLASSES)
-        out = edit_region(var, vae, img, (0.25, 0.25, 0.75, 0.75), mode="inpaint", num_variations=4, seed=0)
+        request = EditRequest.of(var, vae, img, (0.25, 0.25, 0.75, 0.75), mode="inpaint")
+        out = edit_region(var, vae, request, num_variations=4, seed=0)
         keep_HW = mask_to_pixels(out.keep_mask[0], 16)
         err_N = ((out.images - out.reconstruction).abs().mean(1) * keep_HW).sum((1, 2)) / keep_HW.sum()
         assert err_N.max() < 0.06, (src, err_N)  # mean |difference| in [0, 1] units, outside the box
@@ -308,9 +309,8 @@ def test_class_edit_turns_the_region_toward_the_requested_class(trained):
             img, _ = synthetic_image(f"synthetic:{src}:{index}", 16, NUM_CLASSES)
             dist_TK = torch.zeros(NUM_CLASSES, NUM_CLASSES)  # requested class x hue of class
             for tgt in range(NUM_CLASSES):
-                out = edit_region(
-                    var, vae, img, box, mode="class-edit", label=tgt, cfg=3.0, num_variations=4, seed=0
-                )
+                request = EditRequest.of(var, vae, img, box, mode="class-edit", label=tgt)
+                out = edit_region(var, vae, request, cfg=3.0, num_variations=4, seed=0)
                 region_HW = 1 - mask_to_pixels(out.keep_mask[0], 16)
                 hue_N = region_hue(out.images, region_HW)
                 dist_TK[tgt] = torch.stack([hue_distance(hue_N, k).mean() for k in range(NUM_CLASSES)])

@@ -13,6 +13,7 @@ from PIL import Image
 from tests.helpers import TINY_PN, tiny_vae, tiny_var
 from var_lightning.inference.edit_images import edit_panel, load_image, load_mask, synthetic_image
 from var_lightning.transformer.editing import (
+    EditRequest,
     box_region,
     edit,
     edit_label,
@@ -121,10 +122,7 @@ def test_kept_tokens_equal_the_image_tokens_at_every_scale(models, image, mode, 
     out = edit_region(
         var,
         vae,
-        image,
-        box,
-        mode=mode,
-        label=label,
+        EditRequest.of(var, vae, image, box, mode=mode, label=label),
         cfg=2.0,
         top_k=20,
         top_p=0.9,
@@ -178,7 +176,8 @@ def test_kept_region_matches_the_reconstruction_away_from_the_edit():
     torch.manual_seed(0)
     vae, var = tiny_vae(patch_nums=PN6).eval(), tiny_var(patch_nums=PN6).eval()
     img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    kept = edit_region(var, vae, img, (0.75, 0.75, 1.0, 1.0), mode="inpaint", num_variations=4, seed=0)
+    request = EditRequest.of(var, vae, img, (0.75, 0.75, 1.0, 1.0), mode="inpaint")
+    kept = edit_region(var, vae, request, num_variations=4, seed=0)
     fresh = edit(var, vae, img, torch.zeros(8, 8), num_variations=4, seed=0, keep_first_scale=False)
     far = (slice(None), slice(None), slice(0, 4), slice(0, 4))
     err_kept = (kept.images - kept.reconstruction)[far].abs().mean().item()

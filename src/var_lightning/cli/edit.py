@@ -40,14 +40,13 @@ from var_lightning.inference.edit_images import (
     save_image,
     synthetic_image,
 )
-from var_lightning.inference.generate import EditRequest, run_edit
 from var_lightning.inference.models import (
     inference_sampler,
     load_for_inference,
     require_var_stage,
     sampling_settings,
 )
-from var_lightning.transformer.editing import box_region, edit_label
+from var_lightning.transformer.editing import EditRequest, box_region, edit_region
 
 log = logging.getLogger("var_lightning.edit")
 
@@ -79,9 +78,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     var, vae, class_names = models.var, models.vae, models.info.class_names
     settings = sampling_settings(cfg, models)
     size, grid = vae.cfg.image_size, var.patch_nums[-1]
-    label = edit_label(
-        cfg.mode, resolve_class(cfg.get("class"), class_names, var.num_classes), var.num_classes
-    )
+    label = resolve_class(cfg.get("class"), class_names, var.num_classes)
 
     if pil_image is None:
         # the data's class count sets the hues: the stored class names know it, else the model's
@@ -96,11 +93,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     else:
         region = box_region(list(cfg.box), grid, size)
 
+    request = EditRequest.of(var, vae, image_13HW, region, cfg.mode, label)  # checks the class for the mode
+    label = request.label
     with autocast_context(device, cfg.precision):
-        result = run_edit(
+        result = edit_region(
             var,
             vae,
-            EditRequest(image_13HW, region, cfg.mode, label),
+            request,
             settings,
             seed=cfg.seed,
             num_variations=cfg.num_variations,
@@ -127,7 +126,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "mode": cfg.mode,
         "class": label,
         "class_name": name,
-        **settings,
+        **settings.settings(),
         "sampler": cfg.sampler,
         "seed": cfg.seed,
         "num_variations": cfg.num_variations,

@@ -52,8 +52,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
     log.info(
         "sampling %d images (%d classes) with %s sampler, cfg=%g top_k=%d top_p=%g more_smooth=%s",
-        len(classes) * cfg.num_per_class, len(classes), cfg.sampler, settings["cfg"], settings["top_k"],
-        settings["top_p"], settings["more_smooth"],
+        len(classes) * cfg.num_per_class, len(classes), cfg.sampler, settings.cfg, settings.top_k,
+        settings.top_p, settings.more_smooth,
     )  # fmt: skip
     with Progress() as progress, autocast_context(device, cfg.precision):
         task = progress.add_task("sampling", total=None)
@@ -79,7 +79,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "classes": classes,
         "class_names": [class_names[c] if class_names and c < len(class_names) else None for c in classes],
         "num_per_class": int(cfg.num_per_class),
-        **settings,
+        **settings.settings(),
         "sampler": cfg.sampler,
         "seed": cfg.seed,
         "seed_rule": SEED_RULE,

@@ -81,7 +81,7 @@ def _sample_checkpoint(
 
     def generate(labels_B: torch.Tensor, seed: int) -> torch.Tensor:
         with autocast_context(ctx.device, cfg.precision):
-            out = draw(labels_B.numel(), labels=labels_B.to(ctx.device), seed=seed, **settings)
+            out = draw(labels_B.numel(), labels=labels_B.to(ctx.device), args=settings, seed=seed)
         return out.images.float()
 
     def write_pngs(images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
@@ -122,7 +122,7 @@ def _sample_checkpoint(
             "format": "png",
         },
         "sampling": {
-            **settings,
+            **settings.settings(),
             "sampler": cfg.sampler,
             "seed": cfg.seed,
             "seed_rule": SEED_RULE.replace("batch index", "global batch index"),

@@ -1,7 +1,6 @@
-"""The two inference jobs every front end runs the same way: images per class, and an edit of one image.
-
-``var-sample`` and ``var-edit`` (the commands) and ``var-app`` (the web app) call these, so the same
-settings and seed give the same images everywhere. Sampling is batched as ``var-sample`` documents: the
+"""Images per class, as every front end draws them (``var-sample``, ``var-app``, ``var-eval``'s grids), so the
+same settings and seed give the same images everywhere (an edit's one path is
+:func:`var_lightning.transformer.editing.edit_region`). Sampling is batched as ``var-sample`` documents: the
 label list is ``classes`` each repeated ``num_per_class`` times, cut into batches of ``batch_size``, batch
 ``b`` drawn with the seed ``seed * 100003 + b``.
 """
@@ -9,13 +8,11 @@ label list is ``classes`` each repeated ``num_per_class`` times, cut into batche
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from var_lightning.seeds import batch_seed
-from var_lightning.transformer.editing import EditResult, edit, edit_label, keep_mask_for, to_token_grid
+from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.sampling import SampleOutput
 
 Sampler = Callable[..., SampleOutput]
@@ -25,7 +22,7 @@ def sample_per_class(
     draw: Sampler,
     classes: Sequence[int],
     num_per_class: int,
-    settings: dict[str, Any],
+    settings: SamplingArgs,
     seed: int,
     batch_size: int,
     device: torch.device,
@@ -34,7 +31,7 @@ def sample_per_class(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 3, H, W) in [0, 1] on the CPU, labels (N,)) for ``num_per_class`` images of each class.
 
-    ``draw``: a sampler (``build_sampler``); ``settings``: cfg, top_k, top_p, more_smooth. ``on_batch(b,
+    ``draw``: a sampler (``build_sampler``); ``settings``: the sampling arguments (batch ``b`` seeded as above). ``on_batch(b,
     n_batches)`` after each batch; ``scale_hook(b, si, f_hat)`` after each scale of batch ``b``."""
     if num_per_class < 1 or batch_size < 1:
         raise ValueError(
@@ -46,47 +43,8 @@ def sample_per_class(
     for b in range(n_batches):
         lab = labels[b * batch_size : (b + 1) * batch_size]
         hook = None if scale_hook is None else (lambda si, f, b=b: scale_hook(b, si, f))
-        out = draw(len(lab), labels=lab.to(device), seed=batch_seed(seed, b), scale_hook=hook, **settings)
+        out = draw(len(lab), labels=lab.to(device), args=settings, seed=batch_seed(seed, b), scale_hook=hook)
         images.append(out.images.float().cpu())
         if on_batch is not None:
             on_batch(b, n_batches)
     return torch.cat(images), labels
-
-
-@dataclass
-class EditRequest:
-    """What an edit needs besides the models: the image at the model's resolution (1, 3, S, S) in [-1, 1]
-    and the marked region at the token grid (h, w) or pixels (S, S), 1 = marked."""
-
-    image_13HW: torch.Tensor
-    region: torch.Tensor
-    mode: str = "inpaint"
-    label: int | None = None
-
-
-def run_edit(
-    var: Any,
-    vae: Any,
-    request: EditRequest,
-    settings: dict[str, Any],
-    seed: int,
-    num_variations: int,
-    sampler: Sampler | None = None,
-    keep_first_scale: bool = True,
-) -> EditResult:
-    """In-paint, out-paint or class-edit ``request`` (the conventions of :mod:`var_lightning.transformer.editing`)."""
-    label = edit_label(request.mode, request.label, var.num_classes)
-    region_hw = to_token_grid(request.region.float(), var.patch_nums[-1])
-    keep_hw = keep_mask_for(region_hw, request.mode)
-    return edit(
-        var,
-        vae,
-        request.image_13HW,
-        keep_hw,
-        label=label,
-        seed=seed,
-        num_variations=num_variations,
-        keep_first_scale=keep_first_scale,
-        sampler=sampler,
-        **settings,
-    )

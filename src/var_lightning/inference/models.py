@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from var_lightning.checkpoints.load import LoadedModels, load_models
+from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.fast_sampling import build_sampler
 from var_lightning.transformer.sampling import SAMPLING_KEYS, SampleOutput, check_sampling_args
 
@@ -45,18 +46,14 @@ def require_var_stage(models: LoadedModels, what: str, key: str = "ckpt_path") -
         )
 
 
-def sampling_settings(overrides: Mapping[str, Any], models: LoadedModels, prefix: str = "") -> dict[str, Any]:
+def sampling_settings(overrides: Mapping[str, Any], models: LoadedModels, prefix: str = "") -> SamplingArgs:
     """The checkpoint's sampling defaults (cfg, top_k, top_p, more_smooth) with the command line's values
-    on top (null keeps the checkpoint's), checked; errors name the key as the user typed it."""
+    on top (null keeps the checkpoint's), checked; errors name the key as the user typed it. The seed is
+    the caller's (per batch)."""
     s = dict(models.info.sampling)
     s.update({k: overrides[k] for k in SAMPLING_KEYS if overrides.get(k) is not None})
     check_sampling_args(models.var, float(s["cfg"]), int(s["top_k"]), float(s["top_p"]), prefix=prefix)
-    return {
-        "cfg": float(s["cfg"]),
-        "top_k": int(s["top_k"]),
-        "top_p": float(s["top_p"]),
-        "more_smooth": bool(s["more_smooth"]),
-    }
+    return SamplingArgs(float(s["cfg"]), int(s["top_k"]), float(s["top_p"]), bool(s["more_smooth"]))
 
 
 def inference_sampler(cfg: Mapping[str, Any], models: LoadedModels) -> Callable[..., SampleOutput]:

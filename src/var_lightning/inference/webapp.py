@@ -8,7 +8,7 @@ does), mark the region with the brush or a box, choose in-painting, out-painting
 original, the mask and the results appear side by side.
 
 No sampling logic lives here: :class:`VarApp` calls :func:`var_lightning.inference.generate.sample_per_class` and
-:func:`var_lightning.inference.generate.run_edit` with the commands' sampler, so the same settings and seed give the
+:func:`var_lightning.transformer.editing.edit_region` with the commands' sampler, so the same settings and seed give the
 same images as ``var-sample`` and ``var-edit``. Every bad input raises :class:`AppError` with a message the
 page shows (``gr.Error``); the app keeps serving.
 
@@ -45,10 +45,11 @@ from var_lightning.inference.edit_images import (
     mask_to_pixels,
     save_image,
 )
-from var_lightning.inference.generate import EditRequest, run_edit, sample_per_class
+from var_lightning.inference.generate import sample_per_class
 from var_lightning.inference.grids import labelled_grid, save_pngs, to_uint8_hwc
 from var_lightning.seeds import SEED_RULE
-from var_lightning.transformer.editing import MODES, box_region
+from var_lightning.transformer.config import SamplingArgs
+from var_lightning.transformer.editing import MODES, EditRequest, box_region, edit_region
 from var_lightning.transformer.fast_sampling import build_sampler
 from var_lightning.transformer.sampling import check_sampling_args
 
@@ -93,7 +94,7 @@ class VarApp:
         except ValueError as e:
             raise AppError(str(e)) from None
 
-    def settings(self, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any) -> dict[str, Any]:
+    def settings(self, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any) -> SamplingArgs:
         """Checked sampling settings, in the commands' terms (top-p in [0, 1], 0 or 1 = off: one convention,
         :data:`~var_lightning.transformer.sampling.TOP_P_RULE`)."""
         cfg, top_p, top_k = _float(cfg, "cfg"), _float(top_p, "top-p"), _int(top_k, "top-k")
@@ -101,12 +102,7 @@ class VarApp:
             check_sampling_args(self.var, cfg, top_k, top_p, prefix="")
         except ValueError as e:
             raise AppError(re.sub(r" \(key (cfg|top_k|top_p)\)", "", str(e))) from e
-        return {
-            "cfg": cfg,
-            "top_k": top_k,
-            "top_p": top_p,
-            "more_smooth": bool(more_smooth),
-        }
+        return SamplingArgs(cfg, top_k, top_p, bool(more_smooth))
 
     def defaults(self) -> dict[str, Any]:
         """The checkpoint's own sampling settings."""
@@ -180,7 +176,7 @@ class VarApp:
                                                                  settings, seed), "done": True}  # fmt: skip
 
     def _write_samples(self, images: torch.Tensor, labels: torch.Tensor, classes: list[int], n: int,
-                       settings: dict[str, Any], seed: int) -> dict[str, Any]:  # fmt: skip
+                       settings: SamplingArgs, seed: int) -> dict[str, Any]:  # fmt: skip
         run = self.out_dir / f"sample-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         counters = dict.fromkeys(classes, 0)
         names = []
@@ -191,19 +187,19 @@ class VarApp:
         grid = labelled_grid(
             images, labels.tolist(), run / "grid.png", per_row=n, class_names=self.info.class_names
         )
-        meta = {"model": self.info.as_dict(), "classes": classes, "num_per_class": n, **settings, "seed": seed,
+        meta = {"model": self.info.as_dict(), "classes": classes, "num_per_class": n, **settings.settings(), "seed": seed,
                 "seed_rule": SEED_RULE, "batch_size": self.batch_size, "sampler": self.sampler_kind,
                 "precision": self.precision, "same as": self._command(classes, n, settings, seed)}  # fmt: skip
         (run / "settings.json").write_text(json.dumps(meta, indent=2))
         return {"grid": str(grid), "images": [str(p) for p in pngs], "files": [str(grid), str(run / "settings.json"), *map(str, pngs)],
                 "settings": meta}  # fmt: skip
 
-    def _command(self, classes: list[int], n: int, settings: dict[str, Any], seed: int) -> str:
+    def _command(self, classes: list[int], n: int, settings: SamplingArgs, seed: int) -> str:
         src = (
             f"pretrained={self.info.pretrained}" if self.info.pretrained else f"ckpt_path={self.info.source}"
         )
-        return (f"var-sample {src} classes=[{','.join(map(str, classes))}] num_per_class={n} cfg={settings['cfg']:g} "
-                f"top_k={settings['top_k']} top_p={settings['top_p']:g} more_smooth={str(settings['more_smooth']).lower()} "
+        return (f"var-sample {src} classes=[{','.join(map(str, classes))}] num_per_class={n} cfg={settings.cfg:g} "
+                f"top_k={settings.top_k} top_p={settings.top_p:g} more_smooth={str(settings.more_smooth).lower()} "
                 f"seed={seed} batch_size={self.batch_size} sampler={self.sampler_kind} precision={self.precision}")  # fmt: skip
 
     # ------------------------------------------------------------------ editing
@@ -241,7 +237,7 @@ class VarApp:
         if mode not in MODES:
             raise AppError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
         size, grid = self.vae.cfg.image_size, self.var.patch_nums[-1]
-        image_13HW = fit_image(image, size)
+        image_13HW = fit_image(image, size)  # grid: the box's token grid
         if region_source == "brush":
             if brushed is None or not brushed.any():
                 raise AppError("the brushed region is empty: paint over the part to edit, or use a box")
@@ -259,8 +255,9 @@ class VarApp:
             raise AppError(f"at most {self.max_images} variations per request")
         try:
             with self._lock, torch.no_grad(), autocast_context(self.device, self.precision):
-                result = run_edit(self.var, self.vae, EditRequest(image_13HW, region, mode, label), settings, seed, n,
-                                  sampler=self.draw)  # fmt: skip
+                request = EditRequest.of(self.var, self.vae, image_13HW, region, mode, label)
+                result = edit_region(self.var, self.vae, request, settings, seed=seed, num_variations=n,
+                                     sampler=self.draw)  # fmt: skip
         except ValueError as e:  # an empty region, a class the mode does not take, ...
             raise AppError(str(e)) from e
         run = self.out_dir / f"edit-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -274,7 +271,7 @@ class VarApp:
         if crop:
             log.info("edit: %s", crop)
         meta = {"model": self.info.as_dict(), "mode": mode, "class": label, "region": region_source,
-                "box": [float(v) for v in box] if region_source != "brush" else None, **settings, "seed": seed,
+                "box": [float(v) for v in box] if region_source != "brush" else None, **settings.settings(), "seed": seed,
                 "num_variations": n, "sampler": self.sampler_kind, "kept_token_fraction": result.kept_fraction(),
                 "input_crop": crop}  # fmt: skip
         (run / "edit.json").write_text(json.dumps(meta, indent=2))

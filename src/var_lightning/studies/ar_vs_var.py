@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from var_lightning.transformer.config import SamplingArgs
+
 log = logging.getLogger(__name__)
 
 MODELS = ("ar", "var")
@@ -232,7 +234,7 @@ def sampling_speeds(
     runs = {}
     for name, ckpt in ckpts.items():
         var, vae, info = load_models(ckpt, map_location=device)
-        settings = {k: info.sampling[k] for k in ("cfg", "top_k", "top_p", "more_smooth")}
+        settings = SamplingArgs.of(**{k: info.sampling[k] for k in ("cfg", "top_k", "top_p", "more_smooth")})
         steps = len(var.patch_nums) if info.stage == "var" else var.L
         runs[name] = (build_sampler(var, vae, "fast"), vae, var.num_classes, settings, steps)
     out = {name: {"steps": r[4], "images_per_s": {}, "decode_share": {}, "sampling": r[3],
@@ -249,11 +251,11 @@ def sampling_speeds(
             _,
         ) in runs.items():  # warm-up (allocations, CUDA graph capture)
             labels = torch.arange(B, device=device) % classes
-            last[name] = draw(B, labels=labels, seed=seed, **settings).f_hat
+            last[name] = draw(B, labels=labels, args=settings, seed=seed).f_hat
         for r in range(repeats):
             for name, (draw, vae, classes, settings, _) in runs.items():
                 labels = torch.arange(B, device=device) % classes
-                call = functools.partial(draw, B, labels=labels, seed=seed + r + 1, **settings)
+                call = functools.partial(draw, B, labels=labels, args=settings, seed=seed + r + 1)
                 times[name].append(_timed(call, device))
                 dec[name].append(_timed(functools.partial(vae.fhat_to_img, last[name]), device))
         for name in runs:

@@ -23,6 +23,7 @@ import torch
 
 from var_lightning.scaling.planner import GIB, sampling_batch
 from var_lightning.training.sharding import full_copy, is_sharded
+from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.fast_sampling import build_sampler
 
 
@@ -81,15 +82,8 @@ class ValidationSampling:
         # the one sampler chooser (the commands and the app use it too); "plain": no CUDA graphs to capture
         # while the weights change between calls; an AR baseline gets its raster sampler there
         draw = build_sampler(net, self.vae, "plain")
-        return draw(
-            labels.numel(),
-            labels=labels,
-            cfg=s["cfg"],
-            top_k=s["top_k"],
-            top_p=s["top_p"],
-            more_smooth=s["more_smooth"],
-            seed=s["seed"],
-        ).images
+        args = SamplingArgs.of(**{k: s[k] for k in ("cfg", "top_k", "top_p", "more_smooth", "seed")})
+        return draw(labels.numel(), labels=labels, args=args).images
 
     @torch.no_grad()
     def log_images(

@@ -24,12 +24,13 @@ Shapes: B batch, N = h * w tokens, n tokens of a prefix, C width, V vocabulary, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.transformer.config import VARConfig
+from var_lightning.transformer.config import SamplingArgs, VARConfig
 from var_lightning.transformer.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin, StaticKVCache
 from var_lightning.transformer.sampling import (
     SampleOutput,
@@ -155,15 +156,13 @@ def ar_sample(
     vae: MultiScaleVQVAE,
     B: int,
     labels: int | Sequence[int] | torch.Tensor | None = None,
-    cfg: float = 1.5,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    more_smooth: bool = False,
-    seed: int | None = None,
+    args: SamplingArgs | None = None,
+    *,
     generator: torch.Generator | None = None,
     edit: object | None = None,
     logits_hook: Callable[[int, torch.Tensor], None] | None = None,
     scale_hook: Callable[[int, torch.Tensor], None] | None = None,
+    **settings: Any,
 ) -> SampleOutput:
     """Generate B images token by token; the signature of VAR's ``sample`` so the commands can call either.
 
@@ -171,9 +170,11 @@ def ar_sample(
     (there is one scale). Labels are drawn as VAR's sampler draws them (one multinomial when not given).
     Editing and ``more_smooth`` are VAR features and raise here.
     """
+    a = SamplingArgs.of(args, **settings)
+    cfg, top_k, top_p, seed = a.cfg, a.top_k, a.top_p, a.seed
     if edit is not None:
         raise ValueError("zero-shot editing needs a VAR model; this is the raster-order AR baseline")
-    if more_smooth:
+    if a.more_smooth:
         raise ValueError(
             "more_smooth is a VAR sampling option (Gumbel-smoothed scales); set more_smooth=false"
         )

@@ -16,10 +16,41 @@ if TYPE_CHECKING:
     from var_lightning.tokenizer.config import VQVAEConfig
 
 
-PUBLISHED_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
-"""The published FID protocol (cfg 1.5, top-k 900 of a 4096 vocabulary, top-p 0.96, no smoothing): the
-defaults of every checkpoint's ``sampling`` block and of the released weights. The free functions of
-``transformer.sampling`` keep explicit "off" defaults (cfg and filters given by the caller)."""
+@dataclass(frozen=True)
+class SamplingArgs:
+    """The sampling arguments as one value, taken by every sampler (plain, fast, the AR baseline's), the
+    editor, the app, the callbacks and the commands.
+
+    cfg: guidance strength (``w - 1``; ramped over the scales; 0 = none). top_k / top_p: the token filters
+    (0 = off; top-p 1 keeps everything too). more_smooth: Gumbel-smoothed scales. seed: a fresh generator
+    on the model's device (None = unseeded). The defaults are the published sampler's: cfg 1.5, no filter;
+    :data:`PUBLISHED` is the published FID protocol. ``SamplingArgs.of(args, cfg=3)`` overrides fields."""
+
+    cfg: float = 1.5
+    top_k: int = 0
+    top_p: float = 0.0
+    more_smooth: bool = False
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, args: SamplingArgs | None = None, **settings: object) -> SamplingArgs:
+        """``args`` (default: the defaults) with ``settings`` over it; an unknown name is a TypeError."""
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(
+                f"unknown sampling argument(s) {unknown}: use cfg, top_k, top_p, more_smooth, seed"
+            )
+        return replace(args if args is not None else cls(), **settings)
+
+    def settings(self) -> dict[str, object]:
+        """cfg, top_k, top_p, more_smooth (the seed is per call)."""
+        return {"cfg": self.cfg, "top_k": self.top_k, "top_p": self.top_p, "more_smooth": self.more_smooth}
+
+
+PUBLISHED = SamplingArgs(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False)
+"""The published FID protocol (cfg 1.5, top-k 900 of a 4096 vocabulary, top-p 0.96, no smoothing)."""
+PUBLISHED_SAMPLING = PUBLISHED.settings()
+""":data:`PUBLISHED` as the ``sampling`` block of every checkpoint and of the released weights."""
 
 
 def _bad(key: str, value: object, why: str) -> ValueError:

@@ -39,11 +39,13 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.sampling import EditSpec, SampleOutput, check_compatible, sample, scale_masks
 from var_lightning.transformer.var import VAR
 
@@ -204,15 +206,13 @@ def edit(
     image_B3HW: torch.Tensor,
     keep_mask: torch.Tensor,
     label: int | Sequence[int] | torch.Tensor | None = None,
-    cfg: float = 1.5,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    seed: int | None = 0,
+    args: SamplingArgs | None = None,
+    *,
     num_variations: int = 1,
-    more_smooth: bool = False,
     keep_first_scale: bool = True,
     generator: torch.Generator | None = None,
     sampler: Callable[..., SampleOutput] | None = None,
+    **settings: Any,
 ) -> EditResult:
     """Regenerate the positions where ``keep_mask`` is 0 and teacher-force the image's tokens elsewhere.
 
@@ -220,8 +220,8 @@ def edit(
     (h, w) or (B, h, w) at the token grid, or at pixel resolution (reduced with ``to_token_grid``).
     label: None samples with the null class (in/out-painting); a class id makes it class-conditional
     (class-edit) for every image, a sequence or tensor of B ids gives each image its own class (None
-    entries, or ``num_classes``, are the null class). cfg / top_k / top_p / more_smooth / seed: as in
-    ``sample`` (the notebook used cfg=3, top_k=900, top_p=0.95, more_smooth=True). All
+    entries, or ``num_classes``, are the null class). args / settings: :class:`SamplingArgs` as in ``sample``
+    (seed 0 by default here; the notebook used cfg=3, top_k=900, top_p=0.95, more_smooth=True). All
     ``B * num_variations`` rows are drawn in one batch from one generator seeded with ``seed``.
     keep_first_scale: see the module docstring. sampler: a function with the signature of
     :func:`~var_lightning.transformer.sampling.sample` minus ``var, vae`` (e.g. ``FastSampler(var,
@@ -244,17 +244,8 @@ def edit(
     keep_rows = keep_Bhw.repeat_interleave(N, dim=0) if keep_Bhw.shape[0] > 1 else keep_Bhw
     spec = EditSpec(keep_idx=keep_idx, keep_mask_BHW=keep_rows, keep_first_scale=keep_first_scale)
     draw = sampler if sampler is not None else functools.partial(sample, var, vae)
-    out = draw(
-        B * N,
-        labels=label_B.repeat_interleave(N),
-        cfg=cfg,
-        top_k=top_k,
-        top_p=top_p,
-        more_smooth=more_smooth,
-        seed=seed,
-        generator=generator,
-        edit=spec,
-    )
+    a = SamplingArgs.of(args if args is not None else SamplingArgs(seed=0), **settings)
+    out = draw(B * N, labels=label_B.repeat_interleave(N), args=a, generator=generator, edit=spec)
     reconstruction = vae.idx_to_img(image_tokens).add(1).mul(0.5)
     return EditResult(
         images=out.images,
@@ -267,22 +258,45 @@ def edit(
     )
 
 
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit, resolved once: the image (B, 3, S, S) in [-1, 1] at the tokenizer's resolution, the keep mask
+    at the token grid (1 = keep), the mode and the class to sample with (None: the null class)."""
+
+    image_B3HW: torch.Tensor
+    keep_hw: torch.Tensor
+    mode: str
+    label: int | None
+
+    @classmethod
+    def of(
+        cls,
+        var: VAR,
+        vae: MultiScaleVQVAE,
+        image_B3HW: torch.Tensor,
+        region: torch.Tensor | Sequence[float],
+        mode: str = "inpaint",
+        label: int | None = None,
+    ) -> EditRequest:
+        """``region``: a box ``(x0, y0, x1, y1)`` (fractions or pixels) or a {0, 1} mask (token grid or pixels,
+        1 = marked); ``mode``: inpaint, outpaint or class-edit (which needs ``label``, checked here)."""
+        resolved = edit_label(mode, label, var.num_classes)
+        grid = var.patch_nums[-1]
+        if isinstance(region, torch.Tensor):
+            region_hw = to_token_grid(region.float(), grid)
+        else:
+            region_hw = box_region(region, grid, vae.cfg.image_size)
+        return cls(image_B3HW, keep_mask_for(region_hw, mode), mode, resolved)
+
+
 def edit_region(
     var: VAR,
     vae: MultiScaleVQVAE,
-    image_B3HW: torch.Tensor,
-    region: torch.Tensor | Sequence[float],
-    mode: str = "inpaint",
-    label: int | None = None,
-    **sampling,
+    request: EditRequest,
+    args: SamplingArgs | None = None,
+    **options: Any,
 ) -> EditResult:
-    """One call for the three modes: ``region`` is a box ``(x0, y0, x1, y1)`` (fractions or pixels) or a
-    {0, 1} mask (token grid or pixels, 1 = marked); ``mode`` is inpaint, outpaint or class-edit (which
-    needs ``label``). ``sampling``: the keyword arguments of :func:`edit`."""
-    grid, image_size = var.patch_nums[-1], vae.cfg.image_size
-    if isinstance(region, torch.Tensor):
-        region_hw = to_token_grid(region, grid)
-    else:
-        region_hw = box_region(region, grid, image_size)
-    label = edit_label(mode, label, var.num_classes)
-    return edit(var, vae, image_B3HW, keep_mask_for(region_hw, mode), label=label, **sampling)
+    """The one edit path of the commands, the app and the Python API: in-paint, out-paint or class-edit a
+    resolved :class:`EditRequest`. ``options``: :func:`edit`'s keywords (num_variations, keep_first_scale,
+    generator, sampler) and sampling fields over ``args``."""
+    return edit(var, vae, request.image_B3HW, request.keep_hw, request.label, args, **options)

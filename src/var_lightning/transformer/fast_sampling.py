@@ -27,11 +27,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.layers import StaticKVCache
 from var_lightning.transformer.sampling import (
     EditSpec,
@@ -99,8 +101,8 @@ class FastSampler:
     are kept, least recently used dropped first: one plan of d16 at B=256 with guidance holds tens of GB.
     ``release()`` drops them all.
 
-    Usage: ``sampler = FastSampler(var, vae); out = sampler.sample(64, labels, cfg=1.5, top_k=900,
-    top_p=0.96, seed=0)`` with the arguments of the plain :func:`sample`. Call it under
+    Usage: ``sampler = FastSampler(var, vae); out = sampler.sample(64, labels, PUBLISHED, seed=0)`` (or
+    ``cfg=1.5, top_k=900, top_p=0.96`` as keywords): the arguments of the plain :func:`sample`. Call it under
     ``torch.autocast`` for bf16 sampling as with the plain path.
     """
 
@@ -128,19 +130,18 @@ class FastSampler:
         self,
         B: int,
         labels: int | Sequence[int] | torch.Tensor | None = None,
-        cfg: float = 1.5,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        more_smooth: bool = False,
-        seed: int | None = None,
+        args: SamplingArgs | None = None,
+        *,
         generator: torch.Generator | None = None,
         edit: EditSpec | None = None,
         logits_hook: Callable[[int, torch.Tensor], None] | None = None,
         scale_hook: Callable[[int, torch.Tensor], None] | None = None,
+        **settings: Any,
     ) -> SampleOutput:
         """Generate B images; arguments and result as :func:`var_lightning.transformer.sampling.sample`."""
         var, vae = self.var, self.vae
-        st = start_sampling(var, vae, B, labels, cfg, top_k, top_p, seed, generator, edit)
+        a = SamplingArgs.of(args, **settings)
+        st = start_sampling(var, vae, B, labels, a, generator, edit)
         n_rows = st.x_NlC.shape[0]
         ada_B16C = [block.modulation(st.cond) for block in var.blocks]
         head_ada_B12C = var.head_nm.modulation(st.cond_BD)
@@ -148,9 +149,7 @@ class FastSampler:
             n_rows, st.x_NlC.device, st.x_NlC, ada_B16C, head_ada_B12C, st.cond_BD.dtype
         )
         with self._attached(plan):
-            f_hat, tokens = run_scales(
-                var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook, scale_hook
-            )
+            f_hat, tokens = run_scales(var, vae, st, run_scale, a, edit, logits_hook, scale_hook)
         images = self.decode(f_hat).add_(1).mul_(0.5)
         return SampleOutput(images=images, tokens=tokens, labels=st.label_B, f_hat=f_hat)
 
@@ -300,24 +299,10 @@ class FastSampler:
         return self._decoder[0], self._decoder[1]
 
 
-def sample_fast(
-    var: VAR,
-    vae: MultiScaleVQVAE,
-    B: int,
-    labels: int | Sequence[int] | torch.Tensor | None = None,
-    cfg: float = 1.5,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    more_smooth: bool = False,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    edit: EditSpec | None = None,
-    logits_hook: Callable[[int, torch.Tensor], None] | None = None,
-) -> SampleOutput:
-    """One-shot fast sampling with :func:`sample`'s signature (static cache, modulation once; no graphs,
+def sample_fast(var: VAR, vae: MultiScaleVQVAE, B: int, *call: Any, **kwargs: Any) -> SampleOutput:
+    """One-shot fast sampling with :func:`sample`'s arguments (static cache, modulation once; no graphs,
     whose capture only pays off when a :class:`FastSampler` is reused)."""
-    sampler = FastSampler(var, vae, cuda_graphs=False)
-    return sampler.sample(B, labels, cfg, top_k, top_p, more_smooth, seed, generator, edit, logits_hook)
+    return FastSampler(var, vae, cuda_graphs=False).sample(B, *call, **kwargs)
 
 
 SAMPLERS = ("fast", "plain")

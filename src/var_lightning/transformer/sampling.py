@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.transformer.config import PUBLISHED_SAMPLING  # noqa: F401 - re-exported
+from var_lightning.transformer.config import PUBLISHED_SAMPLING, SamplingArgs  # noqa: F401 - re-exported
 from var_lightning.transformer.var import VAR
 
 
@@ -237,22 +237,19 @@ def start_sampling(
     vae: MultiScaleVQVAE,
     B: int,
     labels: int | Sequence[int] | torch.Tensor | None,
-    cfg: float,
-    top_k: int,
-    top_p: float,
-    seed: int | None,
+    args: SamplingArgs,
     generator: torch.Generator | None,
     edit: EditSpec | None,
 ) -> SamplingStart:
     """Checks, the seeded generator, labels (one multinomial draw when random) and the first input."""
     check_compatible(var, vae)
-    check_sampling_args(var, cfg, top_k, top_p)
+    check_sampling_args(var, args.cfg, args.top_k, args.top_p)
     device = var.pos_1LC.device
-    if generator is None and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    if generator is None and args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
     label_B = resolve_labels(var, B, labels, generator, device)
     patch_nums = var.patch_nums
-    guided = cfg > 0  # with cfg == 0 the unconditional half cannot change the logits: skip it
+    guided = args.cfg > 0  # with cfg == 0 the unconditional half cannot change the logits: skip it
     n_rows = 2 * B if guided else B
     masks = None
     if edit is not None:
@@ -274,10 +271,7 @@ def run_scales(
     vae: MultiScaleVQVAE,
     st: SamplingStart,
     run_scale: Callable[[int, torch.Tensor], torch.Tensor],
-    cfg: float,
-    top_k: int,
-    top_p: float,
-    more_smooth: bool,
+    args: SamplingArgs,
     edit: EditSpec | None,
     logits_hook: Callable[[int, torch.Tensor], None] | None,
     scale_hook: Callable[[int, torch.Tensor], None] | None = None,
@@ -298,12 +292,12 @@ def run_scales(
         cur_L += pn * pn
         logits_BlV = run_scale(si, x_NlC)
         if st.guided:
-            t = cfg * ratio
+            t = args.cfg * ratio
             logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
         if logits_hook is not None:
             logits_hook(si, logits_BlV.clone())
-        idx_Bl = sample_tokens(logits_BlV, top_k, top_p, st.generator)
-        if more_smooth:
+        idx_Bl = sample_tokens(logits_BlV, args.top_k, args.top_p, st.generator)
+        if args.more_smooth:
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
             h_BlCv = gumbel_soft_embedding(logits_BlV.mul(1 + ratio), codebook_VC, tau, st.generator)
         else:
@@ -335,17 +329,16 @@ def sample(
     vae: MultiScaleVQVAE,
     B: int,
     labels: int | Sequence[int] | torch.Tensor | None = None,
-    cfg: float = 1.5,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    more_smooth: bool = False,
-    seed: int | None = None,
+    args: SamplingArgs | None = None,
+    *,
     generator: torch.Generator | None = None,
     edit: EditSpec | None = None,
     logits_hook: Callable[[int, torch.Tensor], None] | None = None,
     scale_hook: Callable[[int, torch.Tensor], None] | None = None,
+    **settings: Any,
 ) -> SampleOutput:
-    """Generate B images coarse to fine.
+    """Generate B images coarse to fine with ``args`` (:class:`SamplingArgs`; ``settings``: fields over it,
+    e.g. ``cfg=3, seed=0``).
 
     Guidance at scale k of K: ``t = cfg * k / (K - 1)``, ``logits = (1 + t) * cond - t * uncond`` (no
     guidance at the first scale; ``cfg`` is w - 1 in the ``u + w (c - u)`` form). ``seed`` seeds a fresh
@@ -354,7 +347,8 @@ def sample(
     ``scale_hook(si, f_hat_BCvhw)`` the cumulative latent after it (decode it with ``vae.fhat_to_img``). The result
     holds the images, the tokens of every scale, the labels and the final latent ``f_hat``.
     """
-    st = start_sampling(var, vae, B, labels, cfg, top_k, top_p, seed, generator, edit)
+    a = SamplingArgs.of(args, **settings)
+    st = start_sampling(var, vae, B, labels, a, generator, edit)
 
     def run_scale(si: int, x_NlC: torch.Tensor) -> torch.Tensor:
         h_NlC = x_NlC
@@ -364,9 +358,7 @@ def sample(
 
     var.kv_caching(True)
     try:
-        f_hat, tokens = run_scales(
-            var, vae, st, run_scale, cfg, top_k, top_p, more_smooth, edit, logits_hook, scale_hook
-        )
+        f_hat, tokens = run_scales(var, vae, st, run_scale, a, edit, logits_hook, scale_hook)
     finally:
         var.kv_caching(False)
     images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
