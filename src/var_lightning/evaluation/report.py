@@ -9,7 +9,6 @@ ones that differ between two reports (empty list: the FIDs may be compared).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from var_lightning.evaluation.extractors import FeatureExtractor
+from var_lightning.hashing import file_sha256
 
 _PACKAGES = ("var-lightning", "torch", "torch-fidelity", "torchmetrics", "numpy", "scipy", "lpips")
 
@@ -84,23 +84,6 @@ COMPARABILITY_FIELDS = (
     ("metric_settings", "kid_subsets"),
     ("metric_settings", "kid_subset_size"),
 )
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (cached by path, size and mtime: the 91 MB Inception file is hashed once)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def comparability(report: Mapping[str, Any]) -> dict[str, Any]:

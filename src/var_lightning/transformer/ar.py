@@ -23,7 +23,7 @@ Shapes: B batch, N = h * w tokens, n tokens of a prefix, C width, V vocabulary, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.transformer.config import SamplingArgs, VARConfig
 from var_lightning.transformer.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin, StaticKVCache
 from var_lightning.transformer.sampling import (
+    SampleCall,
     SampleOutput,
     check_compatible,
     check_sampling_args,
@@ -157,12 +158,7 @@ def ar_sample(
     B: int,
     labels: int | Sequence[int] | torch.Tensor | None = None,
     args: SamplingArgs | None = None,
-    *,
-    generator: torch.Generator | None = None,
-    edit: object | None = None,
-    logits_hook: Callable[[int, torch.Tensor], None] | None = None,
-    scale_hook: Callable[[int, torch.Tensor], None] | None = None,
-    **settings: Any,
+    **options: Any,
 ) -> SampleOutput:
     """Generate B images token by token; the signature of VAR's ``sample`` so the commands can call either.
 
@@ -170,9 +166,10 @@ def ar_sample(
     (there is one scale). Labels are drawn as VAR's sampler draws them (one multinomial when not given).
     Editing and ``more_smooth`` are VAR features and raise here.
     """
-    a = SamplingArgs.of(args, **settings)
+    call = SampleCall.of(args, options)  # the options of VAR's sample
+    a, generator, logits_hook, scale_hook = call.args, call.generator, call.logits_hook, call.scale_hook
     cfg, top_k, top_p, seed = a.cfg, a.top_k, a.top_p, a.seed
-    if edit is not None:
+    if call.edit is not None:
         raise ValueError("zero-shot editing needs a VAR model; this is the raster-order AR baseline")
     if a.more_smooth:
         raise ValueError(

@@ -36,7 +36,7 @@ from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.layers import StaticKVCache
 from var_lightning.transformer.sampling import (
-    EditSpec,
+    SampleCall,
     SampleOutput,
     check_compatible,
     run_scales,
@@ -131,17 +131,12 @@ class FastSampler:
         B: int,
         labels: int | Sequence[int] | torch.Tensor | None = None,
         args: SamplingArgs | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        edit: EditSpec | None = None,
-        logits_hook: Callable[[int, torch.Tensor], None] | None = None,
-        scale_hook: Callable[[int, torch.Tensor], None] | None = None,
-        **settings: Any,
+        **options: Any,
     ) -> SampleOutput:
-        """Generate B images; arguments and result as :func:`var_lightning.transformer.sampling.sample`."""
-        var, vae = self.var, self.vae
-        a = SamplingArgs.of(args, **settings)
-        st = start_sampling(var, vae, B, labels, a, generator, edit)
+        """Generate B images; arguments (``options``: :class:`SampleCall`) and result as
+        :func:`var_lightning.transformer.sampling.sample`."""
+        var, vae, call = self.var, self.vae, SampleCall.of(args, options)
+        st = start_sampling(var, vae, B, labels, call.args, call.generator, call.edit)
         n_rows = st.x_NlC.shape[0]
         ada_B16C = [block.modulation(st.cond) for block in var.blocks]
         head_ada_B12C = var.head_nm.modulation(st.cond_BD)
@@ -149,7 +144,9 @@ class FastSampler:
             n_rows, st.x_NlC.device, st.x_NlC, ada_B16C, head_ada_B12C, st.cond_BD.dtype
         )
         with self._attached(plan):
-            f_hat, tokens = run_scales(var, vae, st, run_scale, a, edit, logits_hook, scale_hook)
+            f_hat, tokens = run_scales(
+                var, vae, st, run_scale, call.args, call.edit, call.logits_hook, call.scale_hook
+            )
         images = self.decode(f_hat).add_(1).mul_(0.5)
         return SampleOutput(images=images, tokens=tokens, labels=st.label_B, f_hat=f_hat)
 

@@ -323,6 +323,24 @@ def run_scales(
     return f_hat, tokens
 
 
+@dataclass
+class SampleCall:
+    """A sampler's keyword options beside ``B`` / ``labels`` / ``args``, as :func:`sample` names them: the
+    other samplers (fast, the AR baseline's) take ``**options`` and read them here, so the signature is
+    written once."""
+
+    args: SamplingArgs
+    generator: torch.Generator | None = None
+    edit: EditSpec | None = None
+    logits_hook: Callable[[int, torch.Tensor], None] | None = None
+    scale_hook: Callable[[int, torch.Tensor], None] | None = None
+
+    @classmethod
+    def of(cls, args: SamplingArgs | None, options: dict[str, Any]) -> SampleCall:
+        own = {k: options.pop(k) for k in ("generator", "edit", "logits_hook", "scale_hook") if k in options}
+        return cls(SamplingArgs.of(args, **options), **own)
+
+
 @torch.no_grad()
 def sample(
     var: VAR,
