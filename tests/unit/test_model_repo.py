@@ -208,6 +208,30 @@ def test_pickled_weights_and_other_formats_are_refused_by_name(var_ckpt, tmp_pat
         load_models(pretrained=out2)
 
 
+def test_a_repository_reads_nothing_outside_itself(var_ckpt, tmp_path, monkeypatch):
+    """A config.json naming a LoRA base (here a file outside the repository) is refused before anything
+    outside is opened; a damaged record is named, not a Python error."""
+    out = load_models(var_ckpt).save_pretrained(tmp_path / "repo")
+    config = json.loads((out / "config.json").read_text())
+    secret = tmp_path / "outside.ckpt"
+    shutil.copyfile(var_ckpt, secret)
+    lora = {"base": "../outside.ckpt", "rank": 4, "alpha": 4}
+    (out / "config.json").write_text(
+        json.dumps({**config, "var_lightning": {**config["var_lightning"], "lora": lora}})
+    )
+    opened = []
+    real_read = __import__("var_lightning.checkpoints.reader", fromlist=["x"]).read_checkpoint
+    monkeypatch.setattr("var_lightning.checkpoints.reader.read_checkpoint",
+                        lambda p, *a, **k: opened.append(str(p)) or real_read(p, *a, **k))  # fmt: skip
+    monkeypatch.chdir(out)
+    with pytest.raises(CheckpointError, match=r"names LoRA adapters.*reads no file outside itself"):
+        load_models(pretrained=out)
+    assert str(secret) not in opened
+    (out / "config.json").write_text(json.dumps({**config, "hyper_parameters": "x"}))
+    with pytest.raises(CheckpointError, match=r"hyper_parameters is a str, not a mapping"):
+        load_models(pretrained=out)
+
+
 def test_uploads_go_through_huggingface_hub_and_fail_offline_with_the_way_out(
     var_ckpt, tmp_path, monkeypatch, capsys
 ):

@@ -136,11 +136,21 @@ def read_model_repo(path: str | os.PathLike, key: str = "pretrained", device: st
             f"{key}={path}: repository format {version!r}; this var_lightning reads {FORMAT!r}: upgrade "
             "var_lightning (pip install -U var_lightning) or export the model again with this version"
         )
-    return {
-        "state_dict": read_safetensors(weights, key, device=device),
-        "hyper_parameters": dict(config.get("hyper_parameters") or {}),
-        "var_lightning": dict(config.get("var_lightning") or {}),
-    }
+    hp, record = config.get("hyper_parameters") or {}, config.get("var_lightning") or {}
+    for name, value in (("hyper_parameters", hp), ("var_lightning", record)):
+        if not isinstance(value, dict):
+            raise CheckpointError(
+                f"{key}={path}: {CONFIG_FILE}'s {name} is a {type(value).__name__}, not a mapping; the file is "
+                "damaged: export the model again with var-convert to-hub"
+            )
+    if "lora" in record:  # a repository holds merged weights and reads nothing outside itself
+        raise CheckpointError(
+            f"{key}={path}: {CONFIG_FILE} names LoRA adapters over a base ({record['lora'].get('base') if isinstance(record['lora'], dict) else record['lora']!r}), "
+            "but a model repository holds merged weights and reads no file outside itself: export the LoRA run "
+            "with var-convert to-hub, which merges the adapters"
+        )
+    return {"state_dict": read_safetensors(weights, key, device=device), "hyper_parameters": dict(hp),
+            "var_lightning": dict(record)}  # fmt: skip
 
 
 def push_to_hub(
