@@ -180,11 +180,8 @@ def load_models(
     ckpt, other, released = read.ckpt, {}, read.stage.startswith("official")
     if released:
         var, vae = load_official_models(ckpt, read.stage, read.tokenizer, map_location)
-        sampling, hp, meta = (
-            RELEASED_SAMPLING,
-            {},
-            {"class_names": var and released_class_names(var.num_classes)},
-        )
+        names = released_class_names(var.num_classes) if var is not None else None
+        sampling, hp, meta = RELEASED_SAMPLING, {}, {"class_names": names}
     else:
         if is_lora_checkpoint(ckpt):  # adapters only: the base from its init_from, adapters merged
             ckpt = merge_lora_checkpoint(ckpt, _lora_base_state(ckpt, source.key, trust_pickle), source.key)
@@ -193,13 +190,11 @@ def load_models(
         )
         hp, meta = dict(ckpt.get("hyper_parameters") or {}), ckpt.get("var_lightning") or {}
         sampling = hp.get("sampling")
-    files = {"var": str(source.path), "vae": str(read.tokenizer_path)} if read.tokenizer_path else {}
-    if not files:
-        files = (
-            {"var": str(source.path)}
-            if vae is None
-            else {("vae" if var is None and released else "checkpoint"): str(source.path)}
-        )
+    if read.tokenizer_path:  # a released transformer and its tokenizer: two files
+        files = {"var": str(source.path), "vae": str(read.tokenizer_path)}
+    else:
+        role = "var" if vae is None else "vae" if var is None and released else "checkpoint"
+        files = {role: str(source.path)}
     patch_nums = tuple(vae.patch_nums if vae is not None else var.patch_nums)
     vocab_size = vae.cfg.vocab_size if vae is not None else var.cfg.vocab_size
     info = ModelInfo(

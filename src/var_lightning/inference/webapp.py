@@ -237,7 +237,7 @@ class VarApp:
         if mode not in MODES:
             raise AppError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
         size, grid = self.vae.cfg.image_size, self.var.patch_nums[-1]
-        image_13HW = fit_image(image, size)  # grid: the box's token grid
+        image_13HW = fit_image(image, size)
         if region_source == "brush":
             if brushed is None or not brushed.any():
                 raise AppError("the brushed region is empty: paint over the part to edit, or use a box")
