@@ -237,7 +237,7 @@ def sampling_speeds(
         settings = SamplingArgs.of(**{k: info.sampling[k] for k in ("cfg", "top_k", "top_p", "more_smooth")})
         steps = len(var.patch_nums) if info.stage == "var" else var.L
         runs[name] = (build_sampler(var, vae, "fast"), vae, var.num_classes, settings, steps)
-    out = {name: {"steps": r[4], "images_per_s": {}, "decode_share": {}, "sampling": r[3],
+    out = {name: {"steps": r[4], "images_per_s": {}, "decode_share": {}, "sampling": r[3].settings(),
                   "threads": torch.get_num_threads()} for name, r in runs.items()}  # fmt: skip
     for B in batch_sizes:
         times: dict[str, list[float]] = {name: [] for name in runs}
