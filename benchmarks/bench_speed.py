@@ -41,9 +41,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
+from var_lightning.objectives.chunked_ce import chunked_head_cross_entropy  # noqa: E402
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE  # noqa: E402
 from var_lightning.tokenizer.config import VQVAEConfig  # noqa: E402
-from var_lightning.training.chunked_ce import chunked_head_cross_entropy  # noqa: E402
 from var_lightning.training.optim import adamw, param_groups  # noqa: E402
 from var_lightning.transformer.config import SCHEDULE_256, VARConfig, preset  # noqa: E402
 from var_lightning.transformer.fast_sampling import FastSampler  # noqa: E402

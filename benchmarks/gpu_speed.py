@@ -49,7 +49,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 from bench_vs_published import build_ours, build_published, interleaved  # noqa: E402
 
-from var_lightning.training.objectives import next_scale_losses  # noqa: E402
+from var_lightning.objectives.losses import next_scale_losses  # noqa: E402
 from var_lightning.training.optim import adamw, param_groups  # noqa: E402
 from var_lightning.transformer.fast_sampling import build_sampler  # noqa: E402
 

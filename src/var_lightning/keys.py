@@ -26,10 +26,15 @@ def closest(key: str, candidates: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
-def unknown_key_message(prefix: str, key: str, valid: Iterable[str]) -> str:
+def unknown_key_message(
+    prefix: str, key: str, valid: Iterable[str], nested: Mapping[str, str] | None = None
+) -> str:
+    """The one message for an unknown ``<prefix><key>``: the closest valid sibling, else (``nested``: leaf ->
+    dotted path of the keys below the siblings) the closest nested path, else the valid keys."""
     valid = sorted(valid)
-    guess = closest(key, valid)
-    hint = f"did you mean {prefix}{guess}?" if guess else f"valid keys: {', '.join(valid)}"
+    sibling = closest(key, valid)
+    guess = f"{prefix}{sibling}" if sibling else closest_path(key, nested or {})
+    hint = f"did you mean {guess}?" if guess else f"valid keys: {', '.join(valid)}"
     return f"unknown config key {prefix}{key}: {hint}"
 
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import tiny_vae_cfg
+from var_lightning.objectives.chunked_ce import chunked_head_cross_entropy
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.training.chunked_ce import chunked_head_cross_entropy
 from var_lightning.transformer.config import SCHEDULE_256, VARConfig
 from var_lightning.transformer.fast_sampling import FastSampler
 from var_lightning.transformer.sampling import sample

@@ -65,7 +65,7 @@ def test_experiment_instantiates(name, tmp_path):
     from hydra.utils import instantiate
 
     from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers
-    from var_lightning.training.wiring import fit_data_to_model, transformer_with_data_classes
+    from var_lightning.data.fit_to_model import fit_data_to_model, transformer_with_data_classes
 
     overrides = [f"experiment={name}"]
     if name.startswith("tokenizer"):

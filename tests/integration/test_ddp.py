@@ -19,8 +19,8 @@ from hydra.utils import instantiate
 from tests.helpers import tiny_vae_cfg
 from var_lightning.checkpoints.load import load_models
 from var_lightning.data.synthetic import SyntheticShapes
+from var_lightning.objectives.losses import next_scale_losses
 from var_lightning.tokenizer.usage import CodebookUsage
-from var_lightning.training.objectives import next_scale_losses
 from var_lightning.training.tokenizer_module import TokenizerModule
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")

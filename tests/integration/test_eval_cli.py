@@ -31,9 +31,9 @@ from var_lightning.evaluation import (
     load_classifier,
     psnr,
 )
+from var_lightning.objectives.losses import next_scale_losses
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
-from var_lightning.training.objectives import next_scale_losses
 from var_lightning.training.var_module import VARModule
 
 CONF = Path(var_lightning.__file__).parent / "conf"

@@ -13,8 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tests.helpers import tiny_vae, tiny_var_cfg
 from tests.unit.test_scaling import TINY_CONFIGS
 from var_lightning.checkpoints.load import load_models
+from var_lightning.objectives.losses import raster_losses
 from var_lightning.scaling.flops import ar_flops, ar_num_params, num_params, var_flops
-from var_lightning.training.ar_module import ARModule, raster_losses
+from var_lightning.training.ar_module import ARModule
 from var_lightning.transformer.ar import ARTransformer, ar_sample, raster_tokens, raster_tokens_to_img
 from var_lightning.transformer.config import VARConfig
 from var_lightning.transformer.fast_sampling import build_sampler

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import TINY_PN, tiny_vae, tiny_vae_cfg, tiny_var, tiny_var_cfg
-from var_lightning.training.chunked_ce import chunked_head_cross_entropy
+from var_lightning.objectives.chunked_ce import chunked_head_cross_entropy
 from var_lightning.transformer.fast_sampling import FastSampler, sample_fast
 from var_lightning.transformer.layers import KVCache, StaticKVCache
 from var_lightning.transformer.sampling import EditSpec, sample

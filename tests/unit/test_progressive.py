@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import tiny_vae, tiny_var
-from var_lightning.training.objectives import next_scale_losses, tokenize
-from var_lightning.training.progressive import RAMP_FLOOR, ProgressiveSchedule, Stage, stage_at
+from var_lightning.objectives.losses import next_scale_losses, tokenize
+from var_lightning.objectives.progressive import RAMP_FLOOR, ProgressiveSchedule, Stage, stage_at
 from var_lightning.training.schedules import check_schedule, lr_factor
 
 
@@ -133,7 +133,7 @@ def test_compile_keeps_every_progressive_shape_compiled(monkeypatch):
     from torch._dynamo.testing import CompileCounter
 
     from tests.helpers import tiny_vae_cfg
-    from var_lightning.training.progressive import Stage
+    from var_lightning.objectives.progressive import Stage
     from var_lightning.training.var_module import VARModule
     from var_lightning.transformer import var as var_mod
 

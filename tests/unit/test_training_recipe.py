@@ -165,7 +165,7 @@ def progressive_module(**optim) -> VARModule:
 def test_progressive_training_follows_the_published_warmup_and_schedule_pairing():
     """50 steps, warm-up 5%: 2.5 steps. The lr rounds it (2), the stages use 2.5 (the published wp_it); the
     lr schedule is lin0.8 unless one is set."""
-    from var_lightning.training.progressive import stage_at
+    from var_lightning.objectives.progressive import stage_at
 
     m = progressive_module(warmup_fraction=0.05)
     attach(m, 8, 1, 1, steps=50)
@@ -193,7 +193,7 @@ def test_progressive_training_follows_the_published_warmup_and_schedule_pairing(
 
 def test_label_dropout_draws_its_random_numbers_at_every_rate():
     """As the published trainer: rate 0 consumes the same draw as 0.1, so the streams after it match."""
-    from var_lightning.training.objectives import drop_labels
+    from var_lightning.objectives.losses import drop_labels
 
     labels = torch.arange(8)
     torch.manual_seed(3)

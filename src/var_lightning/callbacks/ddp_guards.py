@@ -28,6 +28,8 @@ from typing import Any
 
 import pytorch_lightning as L
 
+from var_lightning.callbacks.preemption import SAVING
+
 log = logging.getLogger(__name__)
 
 
@@ -114,7 +116,6 @@ def _watch(fd: int, grace_s: float) -> None:
         if signal.SIGTERM in data:
             log.warning("SIGTERM: the run ends; exiting in %.0f s unless it stops by itself first", grace_s)
             deadline = time.monotonic() + (grace_s if math.isfinite(grace_s) else 1e9)
-            from var_lightning.callbacks.preemption import SAVING
 
             while (
                 time.monotonic() < deadline or SAVING.is_set()

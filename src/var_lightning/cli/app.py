@@ -14,8 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from var_lightning.cli.command_line import checked_main
+from var_lightning.inference.app_serving import check_serving, resolve_auth
 from var_lightning.inference.devices import resolve_device
 from var_lightning.inference.models import load_for_inference, require_var_stage
+from var_lightning.inference.webapp import VarApp
 
 log = logging.getLogger("var_lightning.app")
 
@@ -23,7 +25,6 @@ log = logging.getLogger("var_lightning.app")
 def make_app(cfg: DictConfig, out_dir: Path):
     """The :class:`~var_lightning.inference.webapp.VarApp` a config describes (models loaded, nothing served yet);
     ``out_dir`` receives the results and is the only folder served."""
-    from var_lightning.inference.webapp import VarApp
 
     device = resolve_device(cfg.device)
     models = load_for_inference(cfg, device)
@@ -35,7 +36,6 @@ def make_app(cfg: DictConfig, out_dir: Path):
 def serve(cfg: DictConfig, run_dir: Path, block: bool = True):
     """Check the serving options (port, login) before loading anything, then load and serve: results in
     ``run_dir/results``; the run folder's config and logs are blocked."""
-    from var_lightning.inference.app_serving import check_serving, resolve_auth
 
     port = check_serving(cfg.host, cfg.port)
     auth = resolve_auth(cfg.host, bool(cfg.share), bool(cfg.insecure), cfg.auth_file)

@@ -34,10 +34,13 @@ from pathlib import Path
 
 from var_lightning import __version__
 from var_lightning.checkpoints.hub import RELEASED_SAMPLING, imagenet_class_names
-from var_lightning.checkpoints.load import load_models
+from var_lightning.checkpoints.load import load_models, load_tokenizer
+from var_lightning.checkpoints.model_card import run_dir_of
+from var_lightning.checkpoints.model_repo import push_to_hub
 from var_lightning.checkpoints.published import export_official_vae, export_official_var
 from var_lightning.checkpoints.reader import checkpoint_stage, read_checkpoint
 from var_lightning.checkpoints.safe_io import CheckpointError, save_checkpoint
+from var_lightning.checkpoints.sharded import is_sharded_checkpoint
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.training.settings import TokenizerOptim, VAROptim, VARTrain
 from var_lightning.transformer.sampling import resolve_sampling
@@ -121,7 +124,6 @@ def to_lightning(
     else:
         if vae_path is None:
             raise ValueError("give --vae (a tokenizer-only conversion), --var with --vae, or --pretrained")
-        from var_lightning.checkpoints.load import load_tokenizer
 
         vae = load_tokenizer(vae_path, patch_nums=patch_nums, trust_pickle=trust_pickle, key="--vae")
         if (
@@ -166,7 +168,6 @@ def consolidate(ckpt_path: str, out: str, fmt: str | None = None, trust_pickle: 
     """A sharded checkpoint directory (``trainer=fsdp*``) -> one file with the full weights, the run's
     hyper-parameters and our ``var_lightning`` record (no optimizer state: it is for sampling, evaluation,
     ``init_from`` and sharing; resume from the directory itself)."""
-    from var_lightning.checkpoints.sharded import is_sharded_checkpoint
 
     if not is_sharded_checkpoint(ckpt_path):
         raise ValueError(
@@ -202,9 +203,6 @@ def to_hub(
     """A checkpoint of any stage (the EMA weights when the run kept them) -> a model repository in ``out_dir``
     with a card generated from the run; uploaded to ``repo_id`` when given."""
     import json
-
-    from var_lightning.checkpoints.model_card import run_dir_of
-    from var_lightning.checkpoints.model_repo import push_to_hub
 
     models = load_models(ckpt_path, trust_pickle=trust_pickle, require_var=False, key="ckpt")
     raw = read_checkpoint(ckpt_path, key="ckpt", trust_pickle=trust_pickle)

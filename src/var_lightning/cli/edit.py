@@ -39,12 +39,7 @@ from var_lightning.inference.edit_images import (
     save_image,
     synthetic_image,
 )
-from var_lightning.inference.models import (
-    inference_sampler,
-    load_for_inference,
-    require_var_stage,
-    sampling_settings,
-)
+from var_lightning.inference.models import load_for_inference, require_var_stage, sampling_for
 from var_lightning.transformer.editing import EditRequest, edit_region
 
 log = logging.getLogger("var_lightning.edit")
@@ -68,7 +63,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     models = load_for_inference(cfg, device)
     require_var_stage(models, "zero-shot editing")
     var, vae, class_names = models.var, models.vae, models.info.class_names
-    settings = sampling_settings(cfg, models)
+    settings, draw = sampling_for(cfg, models)
     size, grid = vae.cfg.image_size, var.patch_nums[-1]
     klass = cfg.get("class")  # an id or one of the checkpoint's class names
     label = None if klass is None else parse_class(klass, class_names, var.num_classes, key="class")
@@ -96,7 +91,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             settings,
             seed=cfg.seed,
             num_variations=cfg.num_variations,
-            sampler=inference_sampler(cfg, models),
+            sampler=draw,
             keep_first_scale=cfg.keep_first_scale,
         )
     images = result.images.float().cpu()

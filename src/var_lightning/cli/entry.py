@@ -39,6 +39,7 @@ _ANSWERED_BY_HYDRA = {
 
 def run(config_name: str) -> object:
     prog, module = COMMANDS[config_name]
+    # lazy: start time; this table of console scripts imports nothing (Hydra, OmegaConf) until a command runs
     from var_lightning.cli.command_line import prechecked_command_line
 
     prechecked_command_line(config_name, prog)  # exits 2 with one line on a bad command line

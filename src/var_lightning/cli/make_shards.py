@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from var_lightning.checkpoints.load import load_tokenizer
+from var_lightning.data.imagefolder import SafeImageFolder
 from var_lightning.data.shard_reader import tokenizer_fingerprint
 from var_lightning.data.shard_writer import prepare_output, shuffled_order, write_shards
 from var_lightning.data.shards import (
@@ -37,7 +39,7 @@ from var_lightning.data.shards import (
     read_manifest,
     tokens_dtype,
 )
-from var_lightning.data.transforms import to_rgb
+from var_lightning.data.transforms import build_transform, to_rgb
 
 log = logging.getLogger("var_lightning.make_shards")
 
@@ -182,7 +184,6 @@ class _CropDataset:
     """Centre crops (3, S, S) in [-1, 1] of the listed files in the given order; unreadable -> None."""
 
     def __init__(self, items: list[tuple[int, str, int]], image_size: int, mid_reso: float) -> None:
-        from var_lightning.data.transforms import build_transform
 
         self.items, self.tf = items, build_transform(image_size, mid_reso, train=False)
 
@@ -253,7 +254,6 @@ def token_samples(samples, order, classes, root, vae, args, image_size: int):
 
 
 def load_tokenizer_for_shards(args: argparse.Namespace):
-    from var_lightning.checkpoints.load import load_tokenizer
 
     patch_nums = tuple(int(x) for x in args.patch_nums.split(",")) if args.patch_nums else None
     vae = load_tokenizer(
@@ -270,7 +270,6 @@ def load_tokenizer_for_shards(args: argparse.Namespace):
 # ---------------------------------------------------------------------------------------------- main
 def make_shards(args: argparse.Namespace) -> Manifest:
     """Write (or finish writing) the shards described by ``args``; returns the complete manifest."""
-    from var_lightning.data.imagefolder import SafeImageFolder
 
     root = str(Path(args.source).expanduser())
     classes = read_manifest(args.classes_from, "--classes-from").classes if args.classes_from else None

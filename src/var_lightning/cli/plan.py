@@ -22,7 +22,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from var_lightning.cli.command_line import _compose, accept_target_arguments, precheck
+from var_lightning.scaling.flops import model_num_params
 from var_lightning.scaling.planner import GIB, GPUS, Setup, largest_batch, plan, throughput, validation_plan
+from var_lightning.tokenizer.config import VQVAEConfig
+from var_lightning.transformer.config import build_var_config
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -52,8 +55,6 @@ def _setup(cfg: DictConfig, gpus: int | None) -> Setup:
 def _models(cfg: DictConfig) -> tuple[Any, Any, str, str]:
     """(transformer config, tokenizer config, kind) of the composed run, without loading weights: the
     tokenizer's config from its checkpoint when the file is here, else the released tokenizer's."""
-    from var_lightning.tokenizer.config import VQVAEConfig
-    from var_lightning.transformer.config import build_var_config
 
     target = str(cfg.model.get("_target_", ""))
     if "TokenizerModule" in target:
@@ -65,6 +66,7 @@ def _models(cfg: DictConfig) -> tuple[Any, Any, str, str]:
     source = "assumed: the released tokenizer's shape (model.tokenizer_ckpt is not a file here)"
     ckpt = cfg.model.get("tokenizer_ckpt")
     if ckpt and Path(str(ckpt)).expanduser().is_file():
+        # lazy: start time; torch loads only when var-plan reads a tokenizer file
         from var_lightning.checkpoints.reader import read_checkpoint
 
         hp = read_checkpoint(str(ckpt), key="model.tokenizer_ckpt").get("hyper_parameters") or {}
@@ -107,7 +109,6 @@ def report(
     parts = plan(var_cfg, vae_cfg, setup, kind)
     budget = float((cfg.model.get("train") or {}).get("sample_memory_gib", 8.0))
     val = validation_plan(var_cfg, vae_cfg, setup, budget * GIB, kind)
-    from var_lightning.scaling.flops import model_num_params
 
     if images is None and _imagenet(cfg):
         images = IMAGENET_TRAIN

@@ -24,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from var_lightning.cli.command_line import checked_main
 from var_lightning.inference.classes import check_classes
 from var_lightning.inference.devices import autocast_context, resolve_device
-from var_lightning.inference.generate import sample_per_class
+from var_lightning.inference.generate import check_counts, sample_per_class
 from var_lightning.inference.grids import labelled_grid, save_pngs
-from var_lightning.inference.models import inference_sampler, load_for_inference, sampling_settings
+from var_lightning.inference.models import load_for_inference, sampling_for
 from var_lightning.seeds import SEED_RULE
 
 log = logging.getLogger("var_lightning.sample")
@@ -34,20 +34,15 @@ log = logging.getLogger("var_lightning.sample")
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
-    if cfg.num_per_class < 1 or cfg.batch_size < 1:
-        raise ValueError(
-            f"num_per_class={cfg.num_per_class} and batch_size={cfg.batch_size} must be >= 1 "
-            "(keys num_per_class, batch_size)"
-        )
+    check_counts(int(cfg.num_per_class), int(cfg.batch_size))  # before the model loads
     models = load_for_inference(cfg, device)
     var, info = models.var, models.info
-    settings = sampling_settings(cfg, models)
+    settings, draw = sampling_for(cfg, models)
     classes = (
         list(range(var.num_classes))
         if cfg.classes is None
         else check_classes(cfg.classes, var.num_classes, class_names=info.class_names)
     )
-    draw = inference_sampler(cfg, models)
     from rich.progress import Progress
 
     log.info(

@@ -29,20 +29,23 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from var_lightning.callbacks.batch_size import GlobalBatchFinder
 from var_lightning.callbacks.preemption import Preempted
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
 from var_lightning.cli.command_line import checked_main
 from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers, set_matmul_precision
 from var_lightning.cli.validate import OUR_TRAINER_KEYS
+from var_lightning.data.fit_to_model import fit_data_to_model, transformer_with_data_classes
+from var_lightning.data.shard_reader import tokenizer_fingerprint
 from var_lightning.distributed import launch_rank
+from var_lightning.training.finetune import init_from_checkpoint
 from var_lightning.training.resume import (
     candidate_checkpoints,
     check_resume_fits,
     resolve_resume,
 )
 from var_lightning.training.run_dir import RunLock, remove_stale_temp_files
-from var_lightning.training.wiring import fit_data_to_model, transformer_with_data_classes
 
 log = logging.getLogger("var_lightning.train")
 
@@ -64,7 +67,6 @@ def check_pretokenized(model: L.LightningModule, datamodule: L.LightningDataModu
     meta = datamodule.tokenizer_meta
     if meta is None:
         return
-    from var_lightning.data.shard_reader import tokenizer_fingerprint
 
     vae = model.vae
     theirs = (tuple(meta["patch_nums"]), int(meta["vocab_size"]))
@@ -156,8 +158,6 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     if cfg.trainer.get("auto_batch_size", False):  # the largest per-device batch that fits, global batch kept
-        from var_lightning.callbacks.batch_size import GlobalBatchFinder
-
         callbacks.append(GlobalBatchFinder())
     set_matmul_precision(cfg.trainer.get("matmul_precision"))
     ours = {k: cfg.trainer[k] for k in OUR_TRAINER_KEYS if k in cfg.trainer}
@@ -272,8 +272,6 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 getattr(getattr(model, "train_cfg", None), "lora", None) and model.train_cfg.lora.rank
             )
             if ckpt_path is None or lora:  # a LoRA checkpoint holds no frozen base: resuming reloads it
-                from var_lightning.training.finetune import init_from_checkpoint
-
                 names = getattr(datamodule, "class_names", None)
                 init_from_checkpoint(model, cfg.init_from, bool(cfg.get("trust_pickle", False)), names)
             else:

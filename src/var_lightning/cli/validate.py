@@ -26,9 +26,13 @@ from typing import Any
 import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from var_lightning.cli.signatures import signature
 from var_lightning.distributed import rank_log_suffix
-from var_lightning.keys import ConfigKeyError, closest, closest_path
+from var_lightning.keys import ConfigKeyError, unknown_key_message
+from var_lightning.seeds import check_seed
+from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.settings import SamplingDefaults, TokenizerOptim, VAROptim, VARTrain
+from var_lightning.transformer.config import VARConfig
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not OmegaConf.has_resolver("var_rank_suffix"):  # the per-process log file name (conf/hydra/default.yaml)
@@ -47,8 +51,6 @@ _SKIP_GROUPS = {"hydra", "experiment", "sweep", "debug"}
 
 
 def _settings_schema() -> dict[str, dict[str, Any]]:
-    from var_lightning.tokenizer.config import VQVAEConfig
-    from var_lightning.transformer.config import VARConfig
 
     transformer_stage = {
         "transformer": (VARConfig, {"preset"}),
@@ -90,14 +92,11 @@ def unknown_key_error(node: Any, key: str, valid: set[str], prefix: str) -> Conf
     """The error for ``<prefix><key>``: the closest valid key among its siblings or, failing that, among the
     keys nested below them (``model.depht`` -> ``model.transformer.depth``)."""
     shown = sorted(k for k in valid if not k.startswith("_"))
-    candidates = {k: f"{prefix}{k}" for k in shown}
+    nested = {k: f"{prefix}{k}" for k in shown}
     for path in _all_keys(node, prefix):
         if path != f"{prefix}{key}" and not path.startswith(f"{prefix}{key}."):  # not the typo itself
-            candidates.setdefault(path.rsplit(".", 1)[-1], path)
-    sibling = closest(key, shown)
-    guess = f"{prefix}{sibling}" if sibling else closest_path(key, candidates)  # a sibling, or a full path
-    hint = f"did you mean {guess}?" if guess else f"valid keys: {', '.join(shown)}"
-    return ConfigKeyError(f"unknown config key {prefix}{key}: {hint}")
+            nested.setdefault(path.rsplit(".", 1)[-1], path)
+    return ConfigKeyError(unknown_key_message(prefix, key, shown, nested))
 
 
 def _check_keys(node: Any, valid: set[str], prefix: str) -> None:
@@ -187,7 +186,6 @@ def _check_block(node: Any, schema: Any, prefix: str) -> None:
 def target_signature(path: str) -> dict[str, Any] | None:
     """``{"params": [...], "var_kw": bool}`` of a ``_target_``: from the shipped cache when it matches the
     installed packages (no import: :mod:`var_lightning.cli.signatures`), else by importing it."""
-    from var_lightning.cli.signatures import signature
 
     return signature(path)
 
@@ -244,8 +242,6 @@ def validate_config(cfg: DictConfig, config_name: str) -> None:
     own = {k for k in ref if k != "defaults"}
     _check_keys(cfg, own | groups | {"hydra"}, "")
     if "seed" in cfg and config_name != "train" and cfg.seed is not None:
-        from var_lightning.seeds import check_seed
-
         check_seed(cfg.seed, "seed")
     for key in cfg:
         value = cfg._get_node(key)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from var_lightning.evaluation.extractors import FeatureExtractor, InceptionTF, register_extractor
+from var_lightning.evaluation.fid import frechet_distance
 
 EXTRA_FD = {"sfid": "inception-tf-spatial", "fd_dinov2": "dinov2-vit-l-14"}
 SFID_CHANNELS = 7
@@ -125,7 +126,6 @@ class TeeEvaluator:
 
 def extra_distances(gathered: dict[str, Any], refs: dict[str, Any]) -> dict[str, float]:
     """{name: Fréchet distance} of each extra feature space against its reference statistics."""
-    from var_lightning.evaluation.fid import frechet_distance
 
     out = {}
     for name, g in gathered.items():

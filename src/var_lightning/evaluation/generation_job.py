@@ -11,8 +11,16 @@ from typing import Any
 import torch
 
 from var_lightning.checkpoints.load import LoadedModels
+from var_lightning.data.fit_to_model import fit_data_to_model
 from var_lightning.evaluation import npz, report
-from var_lightning.evaluation.extractors import FeatureExtractor
+from var_lightning.evaluation.extra_fd import (
+    EXTRA_FD,
+    InceptionSpatial,
+    TeeEvaluator,
+    check_names,
+    extra_distances,
+)
+from var_lightning.evaluation.extractors import FeatureExtractor, InceptionTF, build_extractor
 from var_lightning.evaluation.fid import GaussianStats
 from var_lightning.evaluation.generation import (
     GenerationEvaluator,
@@ -42,9 +50,8 @@ from var_lightning.evaluation.sharding import (
 from var_lightning.evaluation.splits import dataset_split
 from var_lightning.inference.devices import autocast_context
 from var_lightning.inference.grids import save_pngs
-from var_lightning.inference.models import inference_sampler, load_for_inference, sampling_settings
+from var_lightning.inference.models import load_for_inference, sampling_for
 from var_lightning.seeds import SEED_RULE
-from var_lightning.training.wiring import fit_data_to_model
 
 
 def cfg_values(generation: Any) -> list[float | None]:
@@ -66,8 +73,7 @@ def _sample_checkpoint(
     g = cfg.generation
     var, info = models.var, models.info
     given = {k: g.get(k) for k in ("cfg", "top_k", "top_p", "more_smooth")}
-    settings = sampling_settings({**given, "cfg": cfg_value}, models, prefix="generation.")
-    draw = inference_sampler(cfg, models)
+    settings, draw = sampling_for(cfg, models, {**given, "cfg": cfg_value}, prefix="generation.")
     classes = list(range(var.num_classes)) if g.classes is None else [int(c) for c in g.classes]
     bad = [c for c in classes if not 0 <= c < var.num_classes]
     if bad:
@@ -175,7 +181,6 @@ def _real_baseline(
 ) -> dict | None:
     """Held-out real images scored exactly like the samples (the extra distances too): what "as good as real
     data" reads as."""
-    from var_lightning.evaluation.extra_fd import TeeEvaluator, extra_distances
 
     if not split:
         return None
@@ -237,8 +242,6 @@ def check_disjoint_splits(dm: Any, reference_split: str, baseline_split: str) ->
 
 def _extra_extractors(cfg: Any, ctx: Context, main: FeatureExtractor) -> dict[str, FeatureExtractor]:
     """metrics.extra_fd's extractors; sFID reads the FID Inception's own network when that is the main one."""
-    from var_lightning.evaluation.extra_fd import EXTRA_FD, InceptionSpatial, check_names
-    from var_lightning.evaluation.extractors import InceptionTF, build_extractor
 
     out: dict[str, FeatureExtractor] = {}
     for name in check_names(list(cfg.metrics.get("extra_fd") or [])):
@@ -254,7 +257,6 @@ def _extra_extractors(cfg: Any, ctx: Context, main: FeatureExtractor) -> dict[st
 
 
 def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
-    from var_lightning.evaluation.extra_fd import TeeEvaluator, extra_distances
 
     extractor = _extractor(cfg, ctx)
     extras = _extra_extractors(cfg, ctx, extractor)  # before sampling: a missing network fails now, not after

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from var_lightning.data.fit_to_model import fit_data_to_model
 from var_lightning.evaluation import report
 from var_lightning.evaluation.generation_job import run_generation
 from var_lightning.evaluation.jobs import MODES, Context, _datamodule, _extractor, _loader, _require
@@ -24,9 +25,7 @@ from var_lightning.evaluation.splits import dataset_split
 from var_lightning.evaluation.token_metrics import accumulate_token_metrics
 from var_lightning.inference.devices import autocast_context, resolve_device
 from var_lightning.inference.models import load_for_inference
-from var_lightning.training.ar_module import raster_losses
-from var_lightning.training.objectives import next_scale_losses
-from var_lightning.training.wiring import fit_data_to_model
+from var_lightning.objectives.losses import next_scale_losses, raster_losses
 
 
 def run_loss(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:

@@ -20,6 +20,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from var_lightning.distributed import all_reduce_sum
 from var_lightning.evaluation.extractors import FeatureExtractor
 from var_lightning.evaluation.fid import FeatureStats, frechet_distance
+from var_lightning.tokenizer.perceptual import build_perceptual
 
 _log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ def build_lpips(spec: Mapping[str, Any] | None, config_key: str = "lpips") -> LP
     ``random_backbone`` runs without weights and is NOT LPIPS (tests, smoke runs): it is logged."""
     if spec is None or not spec.get("enabled", True):
         return None
-    from var_lightning.tokenizer.perceptual import build_perceptual
 
     net = spec.get("net", "vgg")
     random_backbone = bool(spec.get("random_backbone", False))

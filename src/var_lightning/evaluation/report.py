@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from var_lightning import __version__
 from var_lightning.evaluation.extractors import FeatureExtractor
 from var_lightning.hashing import file_sha256
 
@@ -40,7 +41,6 @@ def versions() -> dict[str, str | None]:
 
 def implementation() -> str:
     """``var_lightning <version>``: the code that computed the numbers."""
-    from var_lightning import __version__
 
     return f"var_lightning {__version__}"
 

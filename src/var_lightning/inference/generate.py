@@ -18,6 +18,14 @@ from var_lightning.transformer.sampling import SampleOutput
 Sampler = Callable[..., SampleOutput]
 
 
+def check_counts(num_per_class: int, batch_size: int) -> None:
+    """The one check of the image counts (``var-sample`` runs it before loading a model)."""
+    if num_per_class < 1 or batch_size < 1:
+        raise ValueError(
+            f"num_per_class={num_per_class} and batch_size={batch_size} must be >= 1 (keys num_per_class, batch_size)"
+        )
+
+
 def sample_per_class(
     draw: Sampler,
     classes: Sequence[int],
@@ -33,10 +41,7 @@ def sample_per_class(
 
     ``draw``: a sampler (``build_sampler``); ``settings``: the sampling arguments (batch ``b`` seeded as above). ``on_batch(b,
     n_batches)`` after each batch; ``scale_hook(b, si, f_hat)`` after each scale of batch ``b``."""
-    if num_per_class < 1 or batch_size < 1:
-        raise ValueError(
-            f"num_per_class={num_per_class} and batch_size={batch_size} must be >= 1 (keys num_per_class, batch_size)"
-        )
+    check_counts(num_per_class, batch_size)
     labels = torch.tensor([int(c) for c in classes]).repeat_interleave(int(num_per_class))
     n_batches = (len(labels) + batch_size - 1) // batch_size
     images = []

@@ -46,16 +46,16 @@ def require_var_stage(models: LoadedModels, what: str, key: str = "ckpt_path") -
         )
 
 
-def sampling_settings(overrides: Mapping[str, Any], models: LoadedModels, prefix: str = "") -> SamplingArgs:
-    """The checkpoint's sampling defaults (cfg, top_k, top_p, more_smooth) with the command line's values
-    on top (null keeps the checkpoint's), checked; errors name the key as the user typed it. The seed is
-    the caller's (per batch)."""
+def sampling_for(
+    cfg: Mapping[str, Any], models: LoadedModels, overrides: Mapping[str, Any] | None = None, prefix: str = ""
+) -> tuple[SamplingArgs, Callable[..., SampleOutput]]:
+    """What a command samples with: the checkpoint's sampling defaults (cfg, top_k, top_p, more_smooth) with
+    the command line's values on top (``overrides``, default ``cfg``; null keeps the checkpoint's), checked
+    (errors name the key as the user typed it, after ``prefix``), and ``cfg.sampler`` (fast by default, plain
+    to opt out) built for the loaded models. The seed is the caller's (per batch)."""
+    given = cfg if overrides is None else overrides
     s = dict(models.info.sampling)
-    s.update({k: overrides[k] for k in SAMPLING_KEYS if overrides.get(k) is not None})
+    s.update({k: given[k] for k in SAMPLING_KEYS if given.get(k) is not None})
     check_sampling_args(models.var, float(s["cfg"]), int(s["top_k"]), float(s["top_p"]), prefix=prefix)
-    return SamplingArgs(float(s["cfg"]), int(s["top_k"]), float(s["top_p"]), bool(s["more_smooth"]))
-
-
-def inference_sampler(cfg: Mapping[str, Any], models: LoadedModels) -> Callable[..., SampleOutput]:
-    """``cfg.sampler`` (fast by default, plain to opt out) for the loaded models."""
-    return build_sampler(models.var, models.vae, str(cfg.get("sampler") or "fast"))
+    args = SamplingArgs(float(s["cfg"]), int(s["top_k"]), float(s["top_p"]), bool(s["more_smooth"]))
+    return args, build_sampler(models.var, models.vae, str(cfg.get("sampler") or "fast"))

@@ -35,6 +35,7 @@ from PIL import Image
 
 from var_lightning.checkpoints.load import LoadedModels
 from var_lightning.inference.app_inputs import AppError, _float, _int, _seed
+from var_lightning.inference.app_page import build_page
 from var_lightning.inference.classes import check_classes, parse_class
 from var_lightning.inference.devices import autocast_context
 from var_lightning.inference.edit_images import (
@@ -293,7 +294,6 @@ class VarApp:
     ) -> Any:  # fmt: skip
         """Serve the page. Files: only ``out_dir`` (the results); ``blocked_paths`` are refused even when
         Gradio would otherwise serve them (the run folder's config and log beside the results)."""
-        from var_lightning.inference.app_page import build_page
 
         demo = build_page(self)
         demo.queue(default_concurrency_limit=1)

@@ -34,6 +34,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from var_lightning.scaling.flops import ar_seq_len, model_flops, model_num_params
+
 GIB = 1024**3
 BLOCK_SAVED = 24  # elements per token per block, in units of the width C (see the module docstring)
 TRUNK_SAVED = 4  # embeddings, the final AdaLN and the head's input, in units of C per token
@@ -82,7 +84,6 @@ def _act_bytes(low: bool) -> float:
 
 def activations_per_image(cfg: Any, setup: Setup, kind: str = "var") -> float:
     """Bytes of activations saved for backward per training image (see the module docstring)."""
-    from var_lightning.scaling.flops import ar_seq_len
 
     L = ar_seq_len(cfg) if kind == "ar" else sum(p * p for p in cfg.patch_nums)
     C, depth, V = cfg.width, cfg.depth, cfg.vocab_size
@@ -97,6 +98,7 @@ def tokenizer_bytes(vae_cfg: Any, batch: int) -> float:
     """The frozen tokenizer's fp32 weights and the encoder's largest maps for ``batch`` images (no grad)."""
     import torch
 
+    # lazy: start time; the planner imports torch only to size a tokenizer on the meta device
     from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 
     with torch.device("meta"):
@@ -107,7 +109,6 @@ def tokenizer_bytes(vae_cfg: Any, batch: int) -> float:
 
 def plan(cfg: Any, vae_cfg: Any, setup: Setup, kind: str = "var") -> dict[str, float]:
     """Per-GPU bytes of each part and the total (see the module docstring)."""
-    from var_lightning.scaling.flops import model_num_params
 
     N = float(model_num_params(cfg, kind))
     W = setup.shard_ranks
@@ -137,7 +138,6 @@ def sampling_bytes_per_image(cfg: Any, vae_cfg: Any, dtype_bytes: float, kind: s
     """Working memory of one sampled image with classifier-free guidance (two rows: conditional and not),
     activations at ``dtype_bytes`` (2 for bf16 weights or autocast, 4 for fp32): the KV cache of every block
     over all L tokens, the last step's attention scores and logits (fp32), and the tokenizer's decode."""
-    from var_lightning.scaling.flops import ar_seq_len
 
     guided = 2
     if kind == "ar":
@@ -163,7 +163,6 @@ def validation_plan(
 ) -> dict[str, float]:
     """Per-GPU bytes while validation samples (see the module docstring): the training states that stay
     resident, the gathered full copy of a sharded transformer, one sampling call, and the total."""
-    from var_lightning.scaling.flops import model_num_params
 
     N = float(model_num_params(cfg, kind))
     sharded = setup.strategy.startswith("fsdp")
@@ -201,7 +200,6 @@ def throughput(
     cfg: Any, setup: Setup, peak_flops: float, mfu: float, images: int | None, kind: str = "var"
 ) -> dict[str, float]:
     """Tokens and training FLOPs per optimizer step, and seconds per step and per epoch at ``mfu``."""
-    from var_lightning.scaling.flops import ar_seq_len, model_flops
 
     global_batch = setup.batch_per_gpu * setup.gpus * setup.accumulate
     L = ar_seq_len(cfg) if kind == "ar" else sum(p * p for p in cfg.patch_nums)

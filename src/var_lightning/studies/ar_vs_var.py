@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from var_lightning.checkpoints.load import load_models, load_tokenizer
+from var_lightning.data.fit_to_model import fit_data_to_model
+from var_lightning.evaluation.splits import dataset_split
+from var_lightning.scaling.flops import model_flops, model_num_params
+from var_lightning.transformer.ar import raster_tokens, raster_tokens_to_img
 from var_lightning.transformer.config import SamplingArgs
+from var_lightning.transformer.fast_sampling import build_sampler
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +181,6 @@ def reconstruction_sets(s: Settings, datamodule: Any, count: int) -> dict[str, A
     grid), and return their pixel MSE (images in [-1, 1]) and the count. Reused when the files exist."""
     from types import SimpleNamespace
 
-    from var_lightning.checkpoints.load import load_tokenizer
-    from var_lightning.evaluation.splits import dataset_split
-    from var_lightning.training.wiring import fit_data_to_model
-    from var_lightning.transformer.ar import raster_tokens, raster_tokens_to_img
-
     out = s.run_dir("reconstructions")
     mse_file = out / "mse.json"
     if mse_file.is_file() and all((out / f"{k}.npz").is_file() for k in ("multi_scale", "one_scale")):
@@ -228,8 +229,6 @@ def sampling_speeds(
     one warm-up call each, ``repeats`` rounds in which the models take turns (so drifting machine load hits
     both alike), the median per model; labels spread over the classes. Also the tokenizer decoder's share of
     the time (timed alone on the final latents), the same work for AR and VAR."""
-    from var_lightning.checkpoints.load import load_models
-    from var_lightning.transformer.fast_sampling import build_sampler
 
     runs = {}
     for name, ckpt in ckpts.items():
@@ -270,8 +269,6 @@ def sampling_speeds(
 def model_facts(ckpt: Path) -> dict[str, Any]:
     """Parameters (counted on the module and by the analytic model), training FLOPs, the run's steps and
     images seen, and the final validation losses of a training run."""
-    from var_lightning.checkpoints.load import load_models
-    from var_lightning.scaling.flops import model_flops, model_num_params
 
     var, _, info = load_models(ckpt)
     run = ckpt.parent.parent

@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from var_lightning.training.optim import decayed_names
+
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +80,6 @@ def apply_to_module(module: Any, settings: Any, init_from: str | None, sharded: 
         )
     if getattr(module, "var_ema", None) is not None:
         raise ValueError("model.train.lora with callbacks=ema is not supported: drop ema from callbacks")
-    from var_lightning.training.optim import decayed_names
 
     inject(module.var, settings)
     module.decayed = decayed_names(

@@ -34,10 +34,12 @@ import pytorch_lightning as L
 import torch
 
 from var_lightning import distributed
+from var_lightning.checkpoints.reader import checkpoint_stage
 from var_lightning.checkpoints.safe_io import CheckpointError, UnsafeCheckpointError, torch_load
 from var_lightning.checkpoints.sharded import (
     LIGHTNING_META,
     is_sharded_checkpoint,
+    read_metadata,
     read_sharded_meta,
     stored_keys,
 )
@@ -203,7 +205,6 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> d
 
 
 def _stage_of(ckpt: dict[str, Any]) -> str:
-    from var_lightning.checkpoints.reader import checkpoint_stage
 
     return checkpoint_stage(ckpt)
 
@@ -298,8 +299,6 @@ def stored_shapes(path: str | os.PathLike, trust_pickle: bool = False) -> dict[s
     """{name: shape} of a resume checkpoint's ``state_dict`` (file: memory-mapped; sharded directory: its
     index), without reading the tensors."""
     if is_sharded_checkpoint(path):
-        from var_lightning.checkpoints.sharded import read_metadata
-
         index = read_metadata(Path(path), "resume", trust_pickle)
         prefix = "state_dict."
         return {

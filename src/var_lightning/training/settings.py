@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from var_lightning.keys import bad_value, check_number, settings_from
+from var_lightning.training.schedules import check_schedule
 from var_lightning.transformer.config import PUBLISHED_SAMPLING
 
 LR_SCHEDULES = ("lin0", "lin", "cos", "const")
@@ -56,7 +57,6 @@ class VAROptim:
             raise bad_value(
                 prefix, "warmup_steps", self.warmup_steps, "must be a non-negative integer or null"
             )
-        from var_lightning.training.schedules import check_schedule
 
         if self.schedule is not None:
             check_schedule(str(self.schedule), f"{prefix}schedule")
@@ -74,7 +74,7 @@ class VAROptim:
 @dataclass
 class ProgressiveTraining:
     """Coarse-to-fine training as the published trainer does it (``pg``, ``pg0``, ``pgwp``); see
-    :mod:`var_lightning.training.progressive`. until: fraction of training during which the trained prefix
+    :mod:`var_lightning.objectives.progressive`. until: fraction of training during which the trained prefix
     grows (0 = off, the published default). start_scale: index of the first trained scale (``pg0``).
     warmup_epochs: per stage, the newest scale's loss weight ramps from 0.01 to 1 over this many epochs
     (None = epochs / 300, the published default)."""

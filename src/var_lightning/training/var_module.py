@@ -14,12 +14,12 @@ import torch
 
 from var_lightning.checkpoints.load import load_tokenizer
 from var_lightning.keys import settings_from
+from var_lightning.objectives.losses import next_scale_losses, tokenize
+from var_lightning.objectives.progressive import ProgressiveSchedule, Stage
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.training.lora import apply_to_module, strip_frozen_base
-from var_lightning.training.objectives import next_scale_losses, tokenize
 from var_lightning.training.optim import adamw, decayed_names, param_groups
-from var_lightning.training.progressive import ProgressiveSchedule, Stage
 from var_lightning.training.schedules import SchedulePlan, lr_factor, weight_decay_at
 from var_lightning.training.settings import SamplingDefaults, VAROptim, VARTrain
 from var_lightning.training.sharding import (

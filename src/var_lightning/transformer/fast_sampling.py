@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
+from var_lightning.transformer.ar import ar_sample
 from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.layers import StaticKVCache
 from var_lightning.transformer.sampling import (
@@ -316,8 +317,6 @@ def build_sampler(
     An AR baseline model (:mod:`var_lightning.transformer.ar`) gets :func:`~var_lightning.transformer.ar.ar_sample`.
     """
     if getattr(var, "kind", "var") == "ar":  # the raster-order baseline has one sampler (static KV cache)
-        from var_lightning.transformer.ar import ar_sample
-
         if kind not in SAMPLERS:
             raise ValueError(f"{key}={kind!r}: choose one of {', '.join(SAMPLERS)}")
         return functools.partial(ar_sample, var, vae)

@@ -157,6 +157,7 @@ class SelfAttention(nn.Module):
             k, v = self.kv_cache.update(k, v)
         dropout_p = self.attn_drop if self.training else 0.0
         if block_mask is not None:
+            # lazy: optional dependency; FlexAttention needs torch >= 2.5 and attn_impl='flex'
             from var_lightning.transformer.flex import flex_attention_call
 
             o_BHLc = flex_attention_call(q, k, v, block_mask, self.scale)

@@ -5,7 +5,7 @@ condition. Every token gets a learned absolute position embedding and its scale'
 A block-causal mask lets each token see its own scale and all coarser ones: a dense additive mask for
 SDPA, or (``attn_impl="flex"`` on CUDA) a FlexAttention block mask that skips the masked tiles.
 ``forward_hidden`` stops before the head so a loss can apply the head chunk by chunk
-(:mod:`var_lightning.training.chunked_ce`), and ``compile=True`` runs the blocks through ``torch.compile``.
+(:mod:`var_lightning.objectives.chunked_ce`), and ``compile=True`` runs the blocks through ``torch.compile``.
 
 Shapes: B batch, K scales, L tokens of all scales, l tokens of one scale, C width, D condition width,
 V vocabulary, Cv tokenizer codebook dim (Cvae).
@@ -198,6 +198,7 @@ class VAR(nn.Module):
                     self.cfg.attn_drop,
                 )
             else:
+                # lazy: optional dependency; FlexAttention needs torch >= 2.5 and attn_impl='flex'
                 from var_lightning.transformer.flex import get_block_mask
 
                 return None, get_block_mask(self, end, device)

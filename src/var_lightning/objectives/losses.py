@@ -1,5 +1,6 @@
-"""Training objectives shared by the VAR and AR-baseline LightningModules: the frozen tokenizer's tokens, label
-dropout for classifier-free guidance, the per-token head loss and the next-scale objective.
+"""The objectives (plain torch): the frozen tokenizer's tokens, label dropout for classifier-free guidance, the
+per-token head loss, the next-scale objective (VAR) and the raster next-token objective (the AR baseline).
+Trained by the LightningModules of :mod:`var_lightning.training`, measured on held-out data by ``var-eval``.
 
 Shapes: B batch, L tokens of all scales, V vocabulary, Cv tokenizer codebook dim, C width, D condition width.
 """
@@ -11,9 +12,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from var_lightning.objectives.chunked_ce import chunked_head_cross_entropy
+from var_lightning.objectives.progressive import Stage
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.training.chunked_ce import chunked_head_cross_entropy
-from var_lightning.training.progressive import Stage
+from var_lightning.transformer.ar import ARTransformer, raster_tokens
 from var_lightning.transformer.var import VAR
 
 
@@ -90,7 +92,7 @@ def next_scale_losses(
     published), the last scale's loss, token error rates (all scales / last) and per-scale loss and
     accuracy. ``cond_drop_rate`` replaces that fraction of labels with the null class (training only).
 
-    ``stage`` (progressive training, :mod:`var_lightning.training.progressive`): feed only the tokens of
+    ``stage`` (progressive training, :mod:`var_lightning.objectives.progressive`): feed only the tokens of
     scales ``0..stage.scale``; the loss is the published weighted sum (1/L per token, the newest scale x
     ``stage.ramp``) and the metrics of untrained scales (the last scale's among them) are left out."""
     img, label_B = batch
@@ -121,3 +123,30 @@ def next_scale_losses(
         out[f"scale/loss_s{si}"] = loss_BL[:, a:b].mean().detach()
         out[f"scale/acc_s{si}"] = 1 - err_BL[:, a:b].mean()
     return out
+
+
+def raster_losses(
+    model: ARTransformer,
+    vae: MultiScaleVQVAE,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    cond_drop_rate: float = 0.0,
+    label_smoothing: float = 0.0,
+    fused_ce: bool = False,
+    ce_chunk_tokens: int = 8192,
+    compile: bool | str = False,
+) -> dict[str, torch.Tensor]:
+    """The AR objective of one batch of images: mean next-token cross-entropy over the h * w raster tokens,
+    and the token error rate. Every AR token is a last-scale token, so ``loss_last`` / ``token_err_last``
+    equal ``loss`` / ``token_err_avg`` (named so for side-by-side tables with VAR)."""
+    img, label_B = batch
+    if img.ndim == 2 and not img.is_floating_point():
+        raise ValueError(
+            "the AR baseline needs images: pre-tokenized shards hold VAR's multi-scale token pyramid, not the "
+            "one-scale raster tokens (use data=webdataset or an image dataset, not data=webdataset_tokens)"
+        )
+    gt_BN = raster_tokens(vae, img)
+    label_B = drop_labels(label_B, cond_drop_rate, model.num_classes)
+    h_BNC, cond_BD = model.forward_hidden(label_B, gt_BN, compile=compile)
+    loss_BN, err_BN = token_losses(model, h_BNC, cond_BD, gt_BN, label_smoothing, fused_ce, ce_chunk_tokens)
+    loss, err = loss_BN.mean(), err_BN.mean()
+    return {"loss": loss, "loss_last": loss.detach(), "token_err_avg": err, "token_err_last": err.detach()}

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from var_lightning.data.sizing import schedule_hint
+
 log = logging.getLogger(__name__)
 
 
@@ -17,8 +19,6 @@ def fit_data_to_model(model: Any, datamodule: Any, check_classes: bool = True) -
     transformer's is an error naming both numbers (``check_class_count``)."""
     vae = getattr(model, "vae", None)
     if vae is not None and getattr(datamodule, "image_size", "absent") != "absent":
-        from var_lightning.data.sizing import schedule_hint
-
         why = (f"its scale schedule ends at {vae.patch_nums[-1]} (schedule.patch_nums=[{','.join(map(str, vae.patch_nums))}]) and "
                f"the tokenizer downsamples {vae.cfg.downsample}x")  # fmt: skip
         asked = datamodule.image_size
