@@ -235,3 +235,112 @@ def test_a_safetensors_weight_stored_as_integers_is_refused_by_name(tmp_path):
     released["head.weight"] = released["head.weight"].to(torch.int32)
     with pytest.raises(CheckpointError, match=r"head.weight is torch.int32"):
         load_official_var(released)
+
+
+# ------------------------------------------------------------------------------------------ DCP directories
+def write_dcp(path: Path, state_dict: dict, optimizer: dict | None = None, meta: dict | None = None) -> Path:
+    """A sharded checkpoint directory as ``trainer=fsdp*`` writes it (``.metadata``, ``__0_0.distcp``,
+    ``meta.pt``), written in one process; non-tensor values become DCP's pickled "bytes" entries."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    state = {"state_dict": state_dict, **({"optimizer_0": optimizer} if optimizer is not None else {})}
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(path))
+    torch.save(
+        meta or {"hyper_parameters": {}, "var_lightning": {"stage": "var"}, "loops": {}}, path / "meta.pt"
+    )
+    return path
+
+
+@pytest.fixture()
+def evil_dir(tmp_path) -> tuple[Path, Path]:
+    """A sharded checkpoint directory whose index and meta.pt are clean and whose shard file holds a
+    pickled bytes entry that would create the marker (torch's DCP reader unpickles those fully)."""
+    marker = tmp_path / "PWNED"
+    path = write_dcp(tmp_path / "last.ckpt", {"var.x": torch.zeros(2), "var.extra": Payload(marker)})
+    yield path, marker
+    assert not marker.exists(), "the payload in the shard file ran"
+
+
+def test_a_clean_sharded_directory_with_plain_bytes_entries_reads_without_trust(tmp_path):
+    """What our sharded checkpoints store as bytes entries (AdamW's param groups: numbers, tuples, bools)
+    passes the check, and the weights come back."""
+    from var_lightning.checkpoints.sharded import check_byte_entries, read_metadata
+
+    groups = [{"lr": 1e-4, "betas": (0.9, 0.95), "weight_decay": 0.05, "foreach": None, "params": [0, 1]}]
+    path = write_dcp(tmp_path / "ok.ckpt", {"var.x": torch.arange(3.0)}, {"param_groups": groups, "step": 7})
+    metadata = read_metadata(path)
+    kinds = {type(m).__name__ for m in metadata.state_dict_metadata.values()}
+    assert "BytesStorageMetadata" in kinds  # the check has something to look at
+    check_byte_entries(path, metadata)
+    assert torch.equal(read_checkpoint(path)["state_dict"]["var.x"], torch.arange(3.0))
+
+
+def test_a_pickled_bytes_entry_in_a_shard_file_is_refused_with_the_file_and_entry_named(evil_dir):
+    path, marker = evil_dir
+    msg = refused(lambda: read_checkpoint(path), path)
+    assert "shard file __0_0.distcp, entry state_dict.var.extra" in msg and ".open" in msg
+    assert "add_safe_globals" not in msg and "weights_only=False" not in msg
+
+
+def test_every_command_refuses_the_sharded_directory(evil_dir, tmp_path, capsys):
+    """The nine ways a user hands one over: var-sample, var-edit, var-eval, var-app, var-convert
+    consolidate / to-hub, init_from=, model.tokenizer_ckpt=, resume (auto and by path)."""
+    from var_lightning.cli import app, edit, evaluate, sample
+
+    path, _ = evil_dir
+    refused(
+        lambda: sample.run(compose_config("sample", [f"ckpt_path={path}", "device=cpu"]), tmp_path / "s"),
+        path,
+    )
+    cfg = compose_config(
+        "edit", [f"ckpt_path={path}", "device=cpu", "image=synthetic:0:0", "box=[0.2,0.2,0.8,0.8]"]
+    )
+    refused(lambda: edit.run(cfg, tmp_path / "e"), path)
+    cfg = compose_config(
+        "eval", ["mode=loss", f"ckpt_path={path}", "device=cpu", "data=synthetic", "data.val_size=8"]
+    )
+    refused(lambda: evaluate.run(cfg, tmp_path / "out"), path)
+    refused(
+        lambda: app.make_app(compose_config("app", [f"ckpt_path={path}", "device=cpu"]), tmp_path / "a"), path
+    )
+    for key in ("init_from", "resume"):
+        refused(lambda key=key: train(compose_train([*TINY_TOK, f"{key}={path}"], tmp_path / key)), path)
+    cfg = compose_train(
+        ["experiment=var_tiny", f"model.tokenizer_ckpt={path}", "logger=none"], tmp_path / "tok"
+    )
+    refused(lambda: train(cfg), path)
+    run_dir = tmp_path / "auto"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(path, run_dir / "checkpoints" / "last.ckpt")
+    refused(
+        lambda: train(compose_train([*TINY_TOK, "resume=auto"], run_dir)),
+        run_dir / "checkpoints" / "last.ckpt",
+    )
+    assert convert.main(["consolidate", str(path), "--out", str(tmp_path / "c.ckpt")]) == 2
+    assert convert.main(["to-hub", str(path), "--out-dir", str(tmp_path / "hub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("refused to load") == 2 and "entry state_dict.var.extra" in err
+
+
+def test_trust_pickle_reads_the_sharded_directory(evil_dir):
+    path, marker = evil_dir
+    ckpt = read_checkpoint(path, trust_pickle=True)
+    assert torch.equal(ckpt["state_dict"]["var.x"], torch.zeros(2)) and marker.exists()
+    marker.unlink()  # the fixture checks that nothing else ran it
+
+
+def test_loads_under_the_guard_never_unpickle_code_whatever_the_caller_asks(evil_dir, tmp_path):
+    """What the sharded resume relies on (Lightning's DCP read asks torch for weights_only=False)."""
+    import pickle
+
+    from var_lightning.checkpoints.safe_io import weights_only_loads
+
+    _, marker = evil_dir
+    torch.save({"x": Payload(marker)}, tmp_path / "p.pt")
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "p.pt", weights_only=False)
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in __import__("os").environ

@@ -13,6 +13,7 @@ What a path *is* (a file, a sharded directory, a model repository) is decided on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _unpickling_reason(e: BaseException) -> str:
+def unpickling_reason(e: BaseException) -> str:
     """What torch's weights-only refusal met (a global's name, an opcode), without terminal colours and
     without torch's advice to allowlist that global (which would let exactly this file's code run)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
@@ -56,6 +57,24 @@ def _unpickling_reason(e: BaseException) -> str:
     if m:
         return f"it uses the pickle operation {m.group(1)}"
     return _first_line(e).split(". Please", 1)[0].split("torch.serialization", 1)[0].strip()
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside runs with ``weights_only=True`` whatever its caller asks (torch's
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``). For code we do not own that unpickles with ``weights_only=False``:
+    torch's DCP reader loads the bytes entries of ``.distcp`` files so, for our one-process reader and for
+    Lightning's sharded resume alike. Process-wide while it lasts; the previous value is restored."""
+    name = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def resolve_file(path: str | os.PathLike, key: str) -> Path:
@@ -111,7 +130,7 @@ def torch_load(
         if not trust_pickle:
             raise UnsafeCheckpointError(
                 f"{key}={p}: refused to load: the file holds pickled Python objects beyond tensors and plain "
-                f"containers ({_unpickling_reason(e)}), and unpickling them can execute code. var_lightning and the "
+                f"containers ({unpickling_reason(e)}), and unpickling them can execute code. var_lightning and the "
                 f"released VAR checkpoints never need this. If you trust the file's origin, pass "
                 f"trust_pickle=true (command line) / trust_pickle=True (Python) to load it anyway"
             ) from e

@@ -8,14 +8,18 @@ Why our own reader: torch reads ``.metadata`` with a plain ``pickle.load``, whic
 downloaded or tampered directory. Here it is read with :class:`_MetadataUnpickler`, which rebuilds only
 DCP's own metadata dataclasses, enums, dtypes, sizes and paths and refuses anything else
 (:class:`~var_lightning.checkpoints.safe_io.UnsafeCheckpointError`, ``trust_pickle`` overrides). ``meta.pt`` is read
-with ``weights_only=True``; the shard files through DCP's reader, which loads their non-tensor items with
-``weights_only=True`` too. So ``load_models``, ``var-sample``, ``var-eval`` and ``var-convert`` accept the
+with ``weights_only=True``. The shard files' non-tensor ("bytes") entries are pickles that DCP's reader loads with
+``weights_only=False``: :func:`check_byte_entries` reads each one first with ``weights_only=True`` (what our
+checkpoints store there, optimizer settings and plain values, passes) and refuses any other with the file and
+entry named, and the tensors are then read under :func:`~var_lightning.checkpoints.safe_io.weights_only_loads`,
+so nothing in the directory is unpickled beyond tensors and plain values without ``trust_pickle``. So ``load_models``, ``var-sample``, ``var-eval`` and ``var-convert`` accept the
 directory like a file, and ``resume=auto`` checks it (every shard file present and long enough) before
 Lightning reads it (Lightning's own read repeats torch's pickle load, of the bytes checked here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib
@@ -28,7 +32,13 @@ from typing import Any
 
 import torch
 
-from var_lightning.checkpoints.safe_io import CheckpointError, UnsafeCheckpointError, torch_load
+from var_lightning.checkpoints.safe_io import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    torch_load,
+    unpickling_reason,
+    weights_only_loads,
+)
 
 METADATA = ".metadata"
 LIGHTNING_META = "meta.pt"
@@ -109,6 +119,40 @@ def verify_shards(path: str | os.PathLike, metadata: Any, key: str = "ckpt_path"
             )
 
 
+def check_byte_entries(path: str | os.PathLike, metadata: Any, key: str = "ckpt_path") -> None:
+    """Every non-tensor entry of the shard files unpickles with ``weights_only=True`` (tensors, plain
+    containers and values); anything else is refused before DCP's reader, which would load it with full
+    unpickling, sees it."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    entries = getattr(metadata, "state_dict_metadata", None) or {}
+    for index, info in (getattr(metadata, "storage_data", None) or {}).items():
+        fqn = getattr(index, "fqn", None)
+        if not isinstance(entries.get(fqn), BytesStorageMetadata):
+            continue
+        rel, offset, length = str(info.relative_path), int(info.offset), int(info.length)
+        where = f"{key}={path}: shard file {rel}, entry {fqn}"
+        if getattr(info, "transform_descriptors", None):
+            raise UnsafeCheckpointError(
+                f"{where}: refused to load: the entry is stored with transforms "
+                f"({list(info.transform_descriptors)}) this reader cannot check; if you trust the directory's "
+                f"origin, pass trust_pickle=true"
+            )
+        with open(Path(path) / rel, "rb") as f:
+            f.seek(offset)
+            blob = f.read(length)
+        try:
+            torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"{where}: refused to load: the entry holds pickled Python objects beyond tensors and plain "
+                f"values ({unpickling_reason(e)}), and unpickling them can execute code. var-train's sharded "
+                f"checkpoints never need this. If you trust the directory's origin, pass trust_pickle=true"
+            ) from e
+        except Exception as e:  # noqa: BLE001 - a damaged entry: name it rather than let DCP fail later
+            raise CheckpointError(f"{where}: cannot read the entry ({type(e).__name__}: {e})") from e
+
+
 def read_sharded_meta(
     path: str | os.PathLike, key: str = "ckpt_path", trust_pickle: bool = False
 ) -> tuple[dict[str, Any], Any]:
@@ -116,6 +160,8 @@ def read_sharded_meta(
     p = Path(path)
     metadata = read_metadata(p, key, trust_pickle)
     verify_shards(p, metadata, key)
+    if not trust_pickle:
+        check_byte_entries(p, metadata, key)
     meta_file = p / LIGHTNING_META
     if not meta_file.is_file():
         raise CheckpointError(
@@ -157,8 +203,9 @@ def read_sharded_checkpoint(
     meta, metadata = read_sharded_meta(p, key, trust_pickle)
     if not stored_keys(metadata, "state_dict"):
         raise CheckpointError(f"{key}={p}: the sharded checkpoint holds no model weights (state_dict)")
+    safe = contextlib.nullcontext() if trust_pickle else weights_only_loads()
     try:
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        with warnings.catch_warnings(), safe:  # "assuming the intent is to load in a single process": it is
             warnings.filterwarnings("ignore", message=".*single process.*")
             loaded = _load_state_dict_from_keys({"state_dict"}, storage_reader=_SafeReader(p, metadata))
     except Exception as e:  # noqa: BLE001 - DCP wraps reader errors in its own types

@@ -16,6 +16,7 @@ have the keys of an unsharded run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from var_lightning.checkpoints.safe_io import weights_only_loads
 from var_lightning.checkpoints.sharded import is_sharded_checkpoint, read_metadata
 
 log = logging.getLogger(__name__)
@@ -141,9 +143,15 @@ class ShardedStrategy(ModelParallelStrategy):
         ``var_ema.*``; here the average is left out of the read and then starts from the restored weights (as
         a single-file resume does). The opposite case (an average in the checkpoint, none in the run) needs
         nothing: DCP reads only what is asked for."""
+        # DCP unpickles the shard files' bytes entries with weights_only=False; resume=auto checked them
+        # (sharded.check_byte_entries), and here nothing beyond tensors and plain values is unpickled unless
+        # trust_pickle=true (Lightning's weights_only=False)
+        with contextlib.nullcontext() if weights_only is False else weights_only_loads():
+            return self._load_checkpoint(Path(self.broadcast(str(checkpoint_path))), weights_only)
+
+    def _load_checkpoint(self, path: Path, weights_only: bool | None) -> dict[str, Any]:
         module = self.lightning_module
         ema = getattr(module, "var_ema", None)
-        path = Path(self.broadcast(str(checkpoint_path)))
         if ema is None or not is_sharded_checkpoint(path) or _stores(path, "state_dict.var_ema."):
             return super().load_checkpoint(path, weights_only)
         del module.var_ema
