@@ -57,11 +57,15 @@ def test_a_second_run_in_the_same_directory_stops_and_sigterm_saves_the_first(tm
         wait_for(run / "at_step", a)
         lock = json.loads((run / LOCK_NAME).read_text())
         assert lock["pid"] == a.pid and lock["host"] == socket.gethostname()
-        b = launch(run)
+        written = {p: p.read_bytes() for p in [*(run / ".hydra").iterdir(), *run.glob("*.log")]}
+        assert len(written) >= 4  # config.yaml, hydra.yaml, overrides.yaml and the log
+        b = launch(run, "trainer.max_epochs=3", "seed=7")  # another experiment, same folder
         _, b_err = b.communicate(timeout=180)
         assert b.returncode == 2 and "var-train: error: " in b_err, b_err[-3000:]
         assert f"is in use by another var-train run (pid {a.pid} on host {socket.gethostname()}" in b_err
         assert "hydra.run.dir=" in b_err and not (run / "checkpoints" / "last-v1.ckpt").exists()
+        # refused before Hydra wrote anything: A's config, overrides and log are as A left them
+        assert {p: p.read_bytes() for p in written} == written
         os.kill(a.pid, signal.SIGTERM)
         (run / "go").write_text("")
         out, err = a.communicate(timeout=180)
@@ -170,3 +174,20 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_start(tmp_path)
     assert not any(p.exists() for p in leftovers) and not (ckpts / ".preempted.ckpt.tmp-5").exists()
     assert (ckpts / "notes.tmp-1").exists() and (ckpts / "last.ckpt").exists()
     assert remove_stale_temp_files(tmp_path) == []
+
+
+def test_the_run_directory_a_command_line_fixes_before_hydra_starts(tmp_path, monkeypatch):
+    """What var-train locks before Hydra writes: a given hydra.run.dir (relative to the working directory,
+    interpolations resolved); nothing for the default (a new folder named by the time) or a multirun."""
+    from var_lightning.cli.command_line import fixed_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VAR_ROOT", str(tmp_path / "root"))
+    assert (
+        fixed_run_dir("train", ["experiment=tokenizer_tiny", "hydra.run.dir=runs/a"])
+        == tmp_path / "runs" / "a"
+    )
+    assert fixed_run_dir("train", ["hydra.run.dir=${paths.log_dir}/b"]) == tmp_path / "root" / "outputs" / "b"
+    assert fixed_run_dir("train", ["experiment=tokenizer_tiny"]) is None
+    assert fixed_run_dir("train", ["-m", "seed=1,2", "hydra.run.dir=runs/c"]) is None
+    assert fixed_run_dir("train", ["hydra.run.dir=runs/${now:%H}"]) is None

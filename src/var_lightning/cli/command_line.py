@@ -299,8 +299,40 @@ def prechecked_command_line(config_name: str, prog: str) -> None:
     _PRECHECKED_ARGV.append(list(sys.argv[1:]))
 
 
-def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """``@checked_main("train", "var-train")`` instead of ``@hydra.main(...)`` (see the module docstring)."""
+def fixed_run_dir(config_name: str, argv: list[str]) -> Path | None:
+    """The run directory a single run's command line fixes before Hydra starts (``hydra.run.dir=...``,
+    interpolations resolved); None for a multirun or a directory named by the time (``${now:...}``: each
+    launch gets its own), or one that resolves only inside Hydra."""
+    parsed = _overrides(argv)
+    if parsed is None or parsed[1]:
+        return None
+    given = [o.lstrip("+~").partition("=")[2].strip("'\"") for o in parsed[0]
+             if o.lstrip("+~").partition("=")[0] == "hydra.run.dir"]  # fmt: skip
+    if not given or "now:" in given[-1]:
+        return None
+    value = given[-1]
+    if "${" in value:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose(config_name, list(parsed[0]), return_hydra_config=True)
+            value = str(OmegaConf.select(cfg, "hydra.run.dir"))
+        except Exception:  # noqa: BLE001 - resolvable only inside Hydra (its runtime values): the run locks later
+            return None
+        finally:
+            GlobalHydra.instance().clear()
+    return Path(value).expanduser().absolute()
+
+
+def checked_main(
+    config_name: str, prog: str, before_run: Callable[[list[str]], str | None] | None = None
+) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``@checked_main("train", "var-train")`` instead of ``@hydra.main(...)`` (see the module docstring).
+    ``before_run(argv)`` runs after the check and before Hydra creates or writes anything; a message it
+    returns ends the command (exit status 2)."""
     import hydra
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
@@ -323,6 +355,10 @@ def checked_main(config_name: str, prog: str) -> Callable[[Callable[[DictConfig]
         def main() -> Any:
             if _PRECHECKED_ARGV[-1:] != [sys.argv[1:]]:  # not yet checked by the console script (cli.entry)
                 prechecked_command_line(config_name, prog)
+            problem = before_run(sys.argv[1:]) if before_run is not None else None
+            if problem is not None:
+                print(f"{prog}: error: {problem}", file=sys.stderr)
+                sys.exit(2)
             return hydra_main()
 
         return main

@@ -33,7 +33,7 @@ from var_lightning.callbacks.batch_size import GlobalBatchFinder
 from var_lightning.callbacks.preemption import Preempted
 from var_lightning.callbacks.teardown import ProcessGroupTeardown
 from var_lightning.checkpoints.atomic_plugin import AtomicCheckpointIO
-from var_lightning.cli.command_line import checked_main
+from var_lightning.cli.command_line import checked_main, fixed_run_dir
 from var_lightning.cli.instantiate import instantiate_callbacks, instantiate_loggers, set_matmul_precision
 from var_lightning.cli.validate import OUR_TRAINER_KEYS
 from var_lightning.data.fit_to_model import fit_data_to_model, transformer_with_data_classes
@@ -45,7 +45,7 @@ from var_lightning.training.resume import (
     check_resume_fits,
     resolve_resume,
 )
-from var_lightning.training.run_dir import RunLock, remove_stale_temp_files
+from var_lightning.training.run_dir import RunDirLocked, lock_run_dir, remove_stale_temp_files
 
 log = logging.getLogger("var_lightning.train")
 
@@ -234,12 +234,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``cfg`` is a validated config (``var-train`` validates it before Hydra runs; a caller composing its own
     runs :func:`~var_lightning.cli.validate.validate_config` first).
 
-    The run directory is locked for the whole run (:class:`RunLock`, rank 0 of the launch). A run stopped by
+    The run directory is locked for the whole run (:class:`~var_lightning.training.run_dir.RunLock`, rank 0 of
+    the launch; ``var-train`` takes it before Hydra writes there). A run stopped by
     SIGTERM / SIGINT / SIGUSR1 saves a checkpoint, logs the command that continues it and exits with
     ``128 + signal`` (``SystemExit``)."""
-    lock = RunLock(cfg.paths.output_dir) if launch_rank() == 0 else None
+    lock = (
+        lock_run_dir(cfg.paths.output_dir) if launch_rank() == 0 else None
+    )  # held already from the command line
     if lock is not None:
-        lock.acquire()
         remove_stale_temp_files(cfg.paths.output_dir)
     try:
         return _train(cfg)
@@ -295,7 +297,21 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@checked_main("train", "var-train")
+def lock_before_hydra(argv: list[str]) -> str | None:
+    """Take the run directory's lock from the command line, before Hydra writes ``.hydra/`` and its log into
+    the folder: a second run launched into a busy directory is refused having written nothing there. (A
+    directory named by the time, the default, is locked when the run starts.)"""
+    run_dir = fixed_run_dir("train", argv) if launch_rank() == 0 else None
+    if run_dir is None:
+        return None
+    try:
+        lock_run_dir(run_dir)
+    except RunDirLocked as err:
+        return str(err)
+    return None
+
+
+@checked_main("train", "var-train", before_run=lock_before_hydra)
 def main(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = launch_rank()

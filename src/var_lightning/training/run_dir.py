@@ -158,6 +158,21 @@ class RunLock:
         self.release()
 
 
+_HELD: dict[Path, RunLock] = {}
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> RunLock:
+    """The lock of ``run_dir`` for this process: taken now, or the one this process already holds
+    (``var-train`` takes it before Hydra writes ``.hydra/`` into the folder, and the run keeps it)."""
+    path = Path(run_dir).expanduser().absolute()
+    lock = _HELD.get(path)
+    if lock is None or not lock.held:
+        lock = RunLock(path)
+        lock.acquire()
+        _HELD[path] = lock
+    return lock
+
+
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     """Remove the ``.<name>.tmp-<pid>`` files and directories that interrupted checkpoint writes left in the
     run directory and its ``checkpoints/`` (call it holding the run's lock); returns what was removed."""
