@@ -191,3 +191,35 @@ def test_the_run_directory_a_command_line_fixes_before_hydra_starts(tmp_path, mo
     assert fixed_run_dir("train", ["experiment=tokenizer_tiny"]) is None
     assert fixed_run_dir("train", ["-m", "seed=1,2", "hydra.run.dir=runs/c"]) is None
     assert fixed_run_dir("train", ["hydra.run.dir=runs/${now:%H}"]) is None
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130), ("SIGUSR1", 138)])
+def test_a_signal_to_the_whole_process_group_saves_like_one_to_the_main_process(tmp_path, signame, code):
+    """How clusters, `timeout` and `kill -- -PGID` stop a job: every process of the group is signalled, the
+    data-loader workers too. The workers leave it to the main process, which saves preempted.ckpt, prints
+    the command that continues the run and exits 128 + signal; no process of the group is left."""
+    run = tmp_path / "run"
+    run.mkdir()
+    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=2",
+            f"+callbacks.hold.out_dir={run}", "data.num_workers=2", "data.train_size=64"]  # fmt: skip
+    a = launch(run, *hold)
+    try:
+        wait_for(run / "at_step", a)
+        workers = subprocess.run(["pgrep", "-g", str(a.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) >= 3, workers  # the main process and its two workers
+        os.killpg(a.pid, getattr(signal, signame))
+        (run / "go").write_text("")
+        out, err = a.communicate(timeout=180)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+    err = out + err
+    assert a.returncode == code, err[-3000:]
+    assert "is killed by signal" not in err and f"stopped by {signame} at step 2" in err
+    assert "to continue this run: var-train" in err
+    assert torch.load(run / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 2
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-g", str(a.pid)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "a process of the run's group is still alive"
+        time.sleep(0.2)

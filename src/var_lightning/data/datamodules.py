@@ -21,6 +21,7 @@ from var_lightning.data.resumable import ResumableLoader
 from var_lightning.data.sizing import ImageSizeMixin, check_image_size, resolve_num_workers
 from var_lightning.data.synthetic import SyntheticShapes, synthetic_class_names
 from var_lightning.data.transforms import build_transform
+from var_lightning.data.workers import worker_init
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class _LoaderMixin:
         persistent = workers > 0 and (self.persistent_workers is None or self.persistent_workers)
         common = dict(
             num_workers=workers,
+            worker_init_fn=worker_init if workers > 0 else None,  # stop signals go to the main process
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=persistent,
         )

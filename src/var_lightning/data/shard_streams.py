@@ -200,8 +200,11 @@ class ShardLoader(ProgressAwareLoader):
         num_workers: int = 0,
         pin_memory: bool = False,
         trainer: L.Trainer | None = None,
+        worker_init_fn: Any = None,
     ) -> None:
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(
+            dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init_fn
+        )
         self.attach(trainer)
         self._epochs = 0
 

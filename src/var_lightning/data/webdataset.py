@@ -38,6 +38,7 @@ from var_lightning.data.shard_reader import ImageDecoder, TokenDecoder, check_re
 from var_lightning.data.shard_streams import EvalStream, ShardLoader, TrainStream
 from var_lightning.data.shards import Manifest
 from var_lightning.data.sizing import ImageSizeMixin, check_image_size, resolve_num_workers
+from var_lightning.data.workers import worker_init
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,7 @@ class WebDatasetDataModule(ImageSizeMixin, L.LightningDataModule):
         return ShardLoader(
             self.train_stream,
             num_workers=workers,
+            worker_init_fn=worker_init if workers > 0 else None,  # stop signals go to the main process
             trainer=self._trainer_or_none(),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
         )
@@ -292,6 +294,7 @@ class WebDatasetDataModule(ImageSizeMixin, L.LightningDataModule):
             self.val_stream,
             batch_size=None,
             num_workers=self.num_workers,
+            worker_init_fn=worker_init if self.num_workers > 0 else None,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
         )
 
