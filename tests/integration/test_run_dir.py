@@ -223,3 +223,68 @@ def test_a_signal_to_the_whole_process_group_saves_like_one_to_the_main_process(
     while subprocess.run(["pgrep", "-g", str(a.pid)], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "a process of the run's group is still alive"
         time.sleep(0.2)
+
+
+def _validations(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics_history.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k.startswith("val/") or k in ("epoch", "step")} for r in rows]
+
+
+def _finish_and_compare(run: Path, ref: Path, *extra: str) -> None:
+    """Continue ``run`` with resume=auto, train the reference uninterrupted, and compare what a user sees:
+    every validation (both epochs), the checkpoint files, the final weights."""
+    resumed = launch(run, *extra, "resume=auto")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    ref.mkdir()
+    b = launch(ref, *extra)
+    _, err = b.communicate(timeout=300)
+    assert b.returncode == 0, err[-3000:]
+    assert _validations(run) == _validations(ref) and [v["epoch"] for v in _validations(ref)] == [0, 1]
+    names = lambda d: sorted(p.name for p in (d / "checkpoints").glob("*.ckpt") if p.name != "preempted.ckpt")  # noqa: E731
+    assert names(run) == names(ref)
+    a_sd = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    r_sd = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert max((a_sd[k].float() - r_sd[k].float()).abs().max().item() for k in r_sd) < 1e-6
+
+
+@pytest.mark.process
+def test_a_kill_at_the_last_step_of_an_epoch_resumes_to_the_uninterrupted_run(tmp_path):
+    """kill -9 at an epoch's last step, where a periodic save is due: that save waits for the epoch's
+    validation (a checkpoint between the two would resume into the next epoch and skip the validation, its
+    last.ckpt and best-k), so resume=auto continues from the step-2 save and replays the epoch's end."""
+    every = ["callbacks.periodic_checkpoint.every_n_steps=2"]  # 32 images, batches of 8: 4 steps an epoch
+    run = tmp_path / "run"
+    run.mkdir()
+    kill = ["+callbacks.kill._target_=tests.integration.probes.KillAt", "+callbacks.kill.step=4"]
+    a = launch(run, *every, *kill)
+    _, err = a.communicate(timeout=300)
+    assert a.returncode == -signal.SIGKILL, err[-3000:]
+    assert torch.load(run / "checkpoints" / "periodic.ckpt", weights_only=True)["global_step"] == 2
+    assert not (run / "checkpoints" / "last.ckpt").exists()  # killed before the epoch's validation
+    _finish_and_compare(run, tmp_path / "ref", *every)
+
+
+@pytest.mark.process
+def test_a_signal_at_the_last_step_of_an_epoch_saves_after_its_validation(tmp_path):
+    """SIGTERM landing on an epoch's last step: the epoch validates, then preempted.ckpt is written and the
+    run exits 143; resume=auto gives the uninterrupted run's validations, files and weights."""
+    run = tmp_path / "run"
+    run.mkdir()
+    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=4",
+            f"+callbacks.hold.out_dir={run}"]  # fmt: skip
+    a = launch(run, *hold)
+    try:
+        wait_for(run / "at_step", a)
+        os.kill(a.pid, signal.SIGTERM)
+        (run / "go").write_text("")
+        out, err = a.communicate(timeout=180)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+    assert a.returncode == 143, (out + err)[-3000:]
+    assert "saving after this epoch's validation" in out + err
+    assert [v["epoch"] for v in _validations(run)] == [0]
+    assert torch.load(run / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 4
+    (run / "at_step").unlink()
+    _finish_and_compare(run, tmp_path / "ref")

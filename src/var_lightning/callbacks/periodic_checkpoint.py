@@ -9,6 +9,8 @@ every ``check_every_n_steps`` optimizer steps (a broadcast is a host sync; at ev
 GPU queue), one process looks at its clock at every step without any collective; step-based saves need no
 agreement at all. The file, ``<dirpath>/periodic.ckpt`` by default,
 is replaced each time; ``resume=auto`` picks the newest checkpoint of the run, whichever callback wrote it.
+A save due at an epoch's last step is written at the epoch's end, after its validation
+(:func:`~var_lightning.callbacks.preemption.at_epoch_end`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as L
+
+from var_lightning.callbacks.preemption import at_epoch_end
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class PeriodicCheckpoint(L.Callback):
         self.every_n_steps = every_n_steps
         self._last_time = time.monotonic()
         self._last_step = -1
+        self._pending = False  # due at an epoch's last step: written at the epoch's end
         self.saved: list[int] = []  # steps saved at (tests read it)
 
     def path(self, trainer: L.Trainer) -> Path:
@@ -75,6 +80,18 @@ class PeriodicCheckpoint(L.Callback):
                 due = bool(trainer.strategy.broadcast(time.monotonic() - self._last_time >= self.interval_s))
         if not due:
             return
+        if at_epoch_end(trainer):  # after this epoch's validation (see at_epoch_end)
+            self._pending, self._last_step = True, step
+            return
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending:
+            self._pending = False
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        step = trainer.global_step
         path = self.path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the full training state (and no "not set" line)
         self._last_time, self._last_step = time.monotonic(), step

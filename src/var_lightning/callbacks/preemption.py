@@ -15,6 +15,10 @@ model trains (from ``on_train_start``, after Lightning has set its own, until th
    directory) and exits with ``128 + signal`` (143 for SIGTERM, 130 for Ctrl-C, 138 for SIGUSR1), the
    status a shell or scheduler expects of a process ended by that signal, never 0.
 
+At an epoch's last step the save waits for that epoch's validation (it is written at the epoch's end): a
+checkpoint written between the last step and the validation would resume into the next epoch and skip it
+(Lightning restarts a finished epoch's loop without its validation), see :func:`at_epoch_end`.
+
 A second Ctrl-C stops at once (no checkpoint). Under ``trainer=slurm`` (Lightning's SLURM environment with
 ``auto_requeue``) SIGUSR1 stays Lightning's: it saves ``hpc_ckpt_<n>.ckpt`` and requeues the job, and
 ``resume=auto`` picks that file up; the SIGTERM SLURM sends afterwards is handled here. Signals are only
@@ -37,6 +41,13 @@ log = logging.getLogger(__name__)
 SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 # a save in progress: the SIGTERM watchdog of multi-process runs (ddp_guards) waits for it to finish
 SAVING = threading.Event()
+
+
+def at_epoch_end(trainer: L.Trainer) -> bool:
+    """Whether this optimizer step ends the epoch (its validation and epoch-end hooks come next). A
+    checkpoint a callback writes here resumes into the next epoch without this epoch's validation, last.ckpt
+    and best-k; the periodic and pre-emption saves therefore wait for ``on_train_epoch_end``."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
 class Preempted(Exception):
@@ -63,6 +74,7 @@ class PreemptionCheckpoint(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._last_step = -1
+        self._pending: int | None = None  # a signal seen at an epoch's last step: saved at the epoch's end
 
     # ------------------------------------------------------------------ handlers
     def _handle(self, signum: int, frame: Any) -> None:
@@ -135,6 +147,21 @@ class PreemptionCheckpoint(L.Callback):
         signum = self._any_rank_received(trainer)
         if not signum:
             return
+        if at_epoch_end(trainer):
+            self._pending = signum
+            if trainer.is_global_zero:
+                log.warning("%s at the epoch's last step: saving after this epoch's validation",
+                            signal.Signals(signum).name)  # fmt: skip
+            return
+        self._save_and_stop(trainer, signum)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            self._save_and_stop(trainer, signum)
+
+    def _save_and_stop(self, trainer: L.Trainer, signum: int) -> None:
+        step = trainer.global_step
         path = Path(trainer.default_root_dir) / "checkpoints" / f"{self.filename}.ckpt"
         SAVING.set()
         try:
