@@ -163,3 +163,61 @@ def test_bad_values_through_the_api_get_a_message(ckpt, tmp_path, monkeypatch): 
         assert kind == "complete" and "done: 1 images" in payload
     finally:
         demo.close()
+
+
+def declared_png(path: Path, width: int, height: int) -> Path:
+    """A PNG file whose header declares ``width`` x ``height`` pixels (what a decompression bomb shows the
+    decoder first); a few dozen bytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_upload_too_large_to_decode_is_refused_before_decoding(ckpt, tmp_path, monkeypatch):  # noqa: F811
+    """A 12000 x 12000 PNG (a small file that decodes to gigabytes) and a 21 MB upload get our message from
+    the upload's header and size; nothing is decoded. The server refuses larger uploads itself."""
+    from PIL import Image
+
+    from var_lightning.inference.app_inputs import MAX_UPLOAD_MB, checked_editor
+
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self, *a: decoded.append(self.size))
+    editor = checked_editor(gr, type="pil")
+    bomb = declared_png(tmp_path / "bomb.png", 12000, 12000)
+    payload = editor.data_model(background={"path": str(bomb)}, layers=[], composite={"path": str(bomb)})
+    with pytest.raises(gr.Error) as err:
+        editor.preprocess(payload)
+    assert "12000 x 12000 pixels (144 megapixels); the app takes at most 40 megapixels" in str(
+        err.value.message
+    )
+    assert decoded == []
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate((MAX_UPLOAD_MB + 1) * 1_000_000)  # sparse: no 21 MB written
+    payload = editor.data_model(background={"path": str(big)}, layers=[], composite=None)
+    with pytest.raises(
+        gr.Error, match=f"the upload is 21 MB; the app takes images of at most {MAX_UPLOAD_MB} MB"
+    ):
+        editor.preprocess(payload)
+
+
+def test_the_server_refuses_an_upload_over_the_limit(ckpt, tmp_path, monkeypatch):  # noqa: F811
+    from var_lightning.inference.app_inputs import MAX_UPLOAD_MB
+
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    port = free_port()
+    demo = serve(compose_app([f"ckpt_path={ckpt}", f"port={port}", "device=cpu"]), run_folder(tmp_path),
+                 block=False)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/gradio_api/upload"
+        small = httpx.post(url, files={"files": ("a.png", b"x" * 1000)}, timeout=60)
+        big = httpx.post(url, files={"files": ("b.png", b"x" * (MAX_UPLOAD_MB * 1_000_000 + 1))}, timeout=60)
+        assert small.status_code == 200 and big.status_code == 413, (small.status_code, big.status_code)
+    finally:
+        demo.close()

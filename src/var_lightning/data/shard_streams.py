@@ -203,7 +203,11 @@ class ShardLoader(ProgressAwareLoader):
         worker_init_fn: Any = None,
     ) -> None:
         super().__init__(
-            dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init_fn
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            worker_init_fn=worker_init_fn,
         )
         self.attach(trainer)
         self._epochs = 0

@@ -1,5 +1,7 @@
 """The web app's inputs, checked: numbers (finite, whole where they must be, seeds in range) and uploads
-(decodable images), each failure an :class:`AppError` or a ``gr.Error`` whose message the page shows."""
+(decodable images, at most :data:`MAX_UPLOAD_MB` megabytes and :data:`MAX_MEGAPIXELS` megapixels, read from
+the header before anything is decoded), each failure an :class:`AppError` or a ``gr.Error`` whose message
+the page shows."""
 
 from __future__ import annotations
 
@@ -8,6 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from var_lightning.seeds import MAX_SEED
+
+MAX_UPLOAD_MB = 20
+"""The largest upload the server accepts (Gradio's ``max_file_size``): a photo, not an archive."""
+MAX_MEGAPIXELS = 40
+"""The largest image the app decodes (about 6300 x 6300). The model works at 256 or 512 pixels; a small PNG
+can declare 12000 x 12000 pixels and take gigabytes once decoded, so the size is read from the header first."""
 
 
 class AppError(ValueError):
@@ -40,21 +48,86 @@ def upload_error(err: Exception) -> str:
     )
 
 
+def check_image_size(width: int, height: int) -> None:
+    """Refuse an image of more than :data:`MAX_MEGAPIXELS` megapixels, by its size."""
+    if width * height > MAX_MEGAPIXELS * 1_000_000:
+        raise AppError(
+            f"the image is {width} x {height} pixels ({width * height / 1e6:.0f} megapixels); the app takes at most "
+            f"{MAX_MEGAPIXELS} megapixels. The model works at a few hundred pixels: downscale it first (e.g. to "
+            f"2048 pixels on the longer side)"
+        )
+
+
+def _upload_files(payload: Any, blobs: Any = None) -> list[Any]:
+    """The uploaded images of an ImageEditor payload: file paths, or bytes held in the component's store."""
+    if payload is None:
+        return []
+    source = payload
+    if getattr(payload, "id", None) is not None and blobs is not None:
+        source = blobs.get(payload.id) or payload
+    items = [getattr(source, "background", None), *(getattr(source, "layers", None) or []),
+             getattr(source, "composite", None)]  # fmt: skip
+    out = []
+    for item in items:
+        path = item.get("path") if isinstance(item, dict) else getattr(item, "path", None)
+        if isinstance(item, bytes | bytearray):
+            out.append(item)
+        elif path:
+            out.append(str(path))
+    return out
+
+
+def check_upload(payload: Any, blobs: Any = None) -> None:
+    """Each uploaded image's bytes and pixel count, before it is decoded (PIL reads only the header)."""
+    import io
+    import os
+
+    from PIL import Image
+
+    for item in _upload_files(payload, blobs):
+        size = len(item) if isinstance(item, bytes | bytearray) else os.path.getsize(item)
+        if size > MAX_UPLOAD_MB * 1_000_000:
+            raise AppError(
+                f"the upload is {size / 1e6:.0f} MB; the app takes images of at most {MAX_UPLOAD_MB} MB"
+            )
+        try:
+            with Image.open(io.BytesIO(item) if isinstance(item, bytes | bytearray) else item) as im:
+                width, height = im.size
+        except Exception:  # noqa: BLE001 - not an image: the decoder's own message follows (upload_error)
+            continue
+        check_image_size(width, height)
+
+
 def checked_editor(gr: Any, **kwargs: Any) -> Any:
-    """A ``gr.ImageEditor`` whose upload decoding errors reach the page as :func:`upload_error`'s message."""
-    return checked_input(gr, gr.ImageEditor(**kwargs), upload_error)
+    """A ``gr.ImageEditor`` whose uploads are checked for size first (:func:`check_upload`) and whose decoding
+    errors reach the page as :func:`upload_error`'s message."""
+    editor = gr.ImageEditor(**kwargs)
+    return checked_input(
+        gr, editor, upload_error, guard=lambda p: check_upload(p, getattr(editor, "blob_storage", None))
+    )
 
 
-def checked_input(gr: Any, component: Any, message: Callable[[Exception], str] | None = None) -> Any:
+def checked_input(
+    gr: Any,
+    component: Any,
+    message: Callable[[Exception], str] | None = None,
+    guard: Callable[[Any], None] | None = None,
+) -> Any:
     """``component`` with its input conversion errors shown as a message. Gradio converts an input in the
     component's ``preprocess`` (decoding an upload, rounding a number) before any callback of ours runs, and
     reports a failure there as ``{"error": null}`` (Infinity for a whole number through the API); so the
     check wraps that method of this one instance (a subclass would make Gradio write a .pyi stub into the
-    installed package). Everything else is Gradio's own component."""
+    installed package). ``guard(payload)`` runs first; an :class:`AppError` it raises is the message.
+    Everything else is Gradio's own component."""
     convert = component.preprocess
     label = getattr(component, "label", None) or type(component).__name__
 
     def preprocess(payload: Any) -> Any:
+        if guard is not None:
+            try:
+                guard(payload)
+            except AppError as err:
+                raise gr.Error(str(err)) from None
         try:
             return convert(payload)
         except Exception as err:  # noqa: BLE001 - PIL and Gradio raise several kinds

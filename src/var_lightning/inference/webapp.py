@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from var_lightning.checkpoints.load import LoadedModels
-from var_lightning.inference.app_inputs import AppError, _float, _int, _seed
+from var_lightning.inference.app_inputs import MAX_UPLOAD_MB, AppError, _float, _int, _seed, check_image_size
 from var_lightning.inference.app_page import build_page
 from var_lightning.inference.classes import check_classes, parse_class
 from var_lightning.inference.devices import autocast_context
@@ -235,6 +235,7 @@ class VarApp:
         image, brushed = self.region_from_editor(editor)
         if image is None:
             raise AppError("upload an image first (the Edit tab's left panel)")
+        check_image_size(*image.size)  # the page checks before decoding; this covers Python callers
         if mode not in MODES:
             raise AppError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
         size, grid = self.vae.cfg.image_size, self.var.patch_nums[-1]
@@ -300,7 +301,8 @@ class VarApp:
         try:
             demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                         allowed_paths=[str(self.out_dir)], blocked_paths=[str(p) for p in blocked_paths],
-                        auth=auth, auth_message="var-app: log in", quiet=not block)  # fmt: skip
+                        auth=auth, auth_message="var-app: log in", quiet=not block,
+                        max_file_size=MAX_UPLOAD_MB * 1_000_000)  # fmt: skip
         except OSError as e:
             raise AppError(
                 f"cannot serve on {host}:{port} ({e}): the port is in use or the host is not this machine's; "
