@@ -37,7 +37,7 @@ def test_experiment_composes_and_validates(name, tmp_path):
 
     cfg = compose_train(
         [f"experiment={name}", "model.tokenizer_ckpt=/nonexistent.ckpt"]
-        if name.startswith(("var", "scaling"))
+        if name.startswith(("var", "scaling", "ar_"))
         else [f"experiment={name}"],
         tmp_path,
     )
@@ -198,7 +198,13 @@ def test_typos_on_the_other_commands_and_in_experiment_files():
     assert "generation.cfgg: did you mean generation.cfg?" in precheck("eval", ["+generation.cfgg=1"])
     assert "extractor" not in (precheck("eval", ["extractor=tiny-random"]) or "")
     assert precheck("train", ["experiment=var_tiny", "model.tokenizer_ckpt=x"]) is None
-    assert precheck("train", ["-m", "experiment=scaling_tiny", "model.transformer.depth=1,2"]) is None
+    assert (
+        precheck(
+            "train",
+            ["-m", "experiment=scaling_tiny", "model.transformer.depth=1,2", "model.tokenizer_ckpt=t"],
+        )
+        is None
+    )
     # a misspelled key inside an experiment file (simulated on the composed config) is caught too
     cfg = compose_config("train", ["experiment=var_tiny"])
     OmegaConf.set_struct(cfg, False)

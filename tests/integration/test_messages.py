@@ -67,6 +67,9 @@ def test_the_folder_layout_hint_shows_the_split_level(tmp_path):
         ),
         ("model.transformer.depth=2.5", "model.transformer.depth=2.5 must be an integer"),
         ("model.optim.base_lr=fast", "model.optim.base_lr='fast' must be a number (key model.optim.base_lr)"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' must be an integer (key trainer.max_epochs)"),
+        ("trainer.accumulate_grad_batches=1.5", "trainer.accumulate_grad_batches=1.5 must be an integer"),
+        ("trainer.limit_val_batches=all", "trainer.limit_val_batches='all' must be a number"),
     ],
 )
 def test_a_value_of_the_wrong_type_names_its_key(override, message):
@@ -127,3 +130,19 @@ def test_a_typo_in_a_blocks_name_gets_our_did_you_mean_not_hydras_plus_advice():
     assert precheck("train", ["experiment=var_tiny", "model.transformr.depth=3"]) == (
         "unknown config key model.transformr: did you mean model.transformer?"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("train", ["experiment=var_tiny"], "model.tokenizer_ckpt is required and not set: the VAR (and AR) stage trains on "
+                                           "a frozen tokenizer: give a tokenizer checkpoint, e.g. model.tokenizer_ckpt="),
+        ("edit", ["pretrained=var_d16"], "image is required and not set: give the image to edit: image=photo.jpg"),
+        ("eval", ["ckpt_path=x.ckpt", "extractor=classifier"], "extractor.path is required and not set: give the "
+                                                               "classifier var-classifier wrote"),
+    ],
+)  # fmt: skip
+def test_a_required_value_left_unset_is_named_with_what_to_give(command, args, message):
+    """Not omegaconf's MissingMandatoryValue traceback from deep inside the run."""
+    assert message in (precheck(command, args) or "")
+    assert precheck("train", ["experiment=var_tiny", "model.tokenizer_ckpt=tok.ckpt"]) is None

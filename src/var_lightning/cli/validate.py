@@ -45,6 +45,44 @@ _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # keys var-train reads from a _target_ node and removes before instantiating it:
 # keys of the trainer node that var-train applies itself (not Lightning's): the batch-size finder, TF32
 OUR_TRAINER_KEYS = ("auto_batch_size", "matmul_precision")
+# The Trainer arguments users type most, with the types of Lightning's signature (the signature cache holds
+# names only, and reading the annotations would import Lightning before the command line is answered)
+TRAINER_TYPES: dict[str, Any] = {
+    **dict.fromkeys(("max_epochs", "min_epochs", "check_val_every_n_epoch"), int | None),
+    **dict.fromkeys(
+        (
+            "max_steps",
+            "min_steps",
+            "num_nodes",
+            "accumulate_grad_batches",
+            "log_every_n_steps",
+            "num_sanity_val_steps",
+        ),
+        int,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "limit_train_batches",
+            "limit_val_batches",
+            "limit_test_batches",
+            "val_check_interval",
+            "gradient_clip_val",
+        ),
+        float | None,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        ("deterministic", "benchmark", "enable_progress_bar", "enable_checkpointing"), bool | None
+    ),
+    "fast_dev_run": int | bool,
+}
+# what to give for a required value (``???`` in the YAML) that the command line left unset
+MISSING_HINTS = {
+    "model.tokenizer_ckpt": "the VAR (and AR) stage trains on a frozen tokenizer: give a tokenizer checkpoint, e.g. "
+    "model.tokenizer_ckpt=<tokenizer run>/checkpoints/last.ckpt (train one with var-train "
+    "experiment=tokenizer_tiny), or model.tokenizer_ckpt=vae_ch160v4096z32.pth for the released one",
+    "image": "give the image to edit: image=photo.jpg (any size) or image=synthetic:<class>:<index>",
+    "extractor.path": "give the classifier var-classifier wrote: extractor.path=<run>/classifier.pt",
+}
 _OUR_KEYS = {"pytorch_lightning.Trainer": set(OUR_TRAINER_KEYS)}
 # groups whose nodes are free-form (their files set keys of other nodes, or Hydra's own)
 _SKIP_GROUPS = {"hydra", "experiment", "sweep", "debug"}
@@ -157,6 +195,10 @@ def _check_types(node: DictConfig, schema: Any, prefix: str) -> None:
         hints = typing.get_type_hints(schema)
     except Exception:  # noqa: BLE001 - an annotation this Python cannot evaluate: skip the check
         return
+    _check_values(node, hints, prefix)
+
+
+def _check_values(node: DictConfig, hints: dict[str, Any], prefix: str) -> None:
     for key in node:
         if key not in hints or OmegaConf.is_missing(node, key):
             continue
@@ -200,6 +242,8 @@ def check_target_node(node: DictConfig, prefix: str) -> None:
     if sig is not None and not sig["var_kw"]:
         valid = set(sig["params"]) | _HYDRA_KEYS | _OUR_KEYS.get(target, set())
         _check_keys(node, valid, prefix)
+    if target == "pytorch_lightning.Trainer":
+        _check_values(node, TRAINER_TYPES, prefix)
     blocks = _settings_schema().get(target, {})
     for key in node:
         value = node._get_node(key)  # no interpolation resolution
@@ -236,8 +280,28 @@ def _check_plain(node: DictConfig, ref: DictConfig, prefix: str) -> None:
             _check_plain(value, sub_ref, f"{prefix}{key}.")
 
 
+def _missing(node: Any, prefix: str = "") -> Iterator[str]:
+    """The dotted keys of required values (``???``) left unset."""
+    if isinstance(node, DictConfig):
+        for k in node:
+            if k == "hydra":
+                continue
+            if OmegaConf.is_missing(node, k):
+                yield f"{prefix}{k}"
+            else:
+                yield from _missing(node._get_node(k), f"{prefix}{k}.")
+
+
 def validate_config(cfg: DictConfig, config_name: str) -> None:
-    """Raise :class:`ConfigKeyError` for the first unknown key of ``cfg`` (see the module docstring)."""
+    """Raise :class:`ConfigKeyError` for the first unknown key of ``cfg``, or a ``ValueError`` for a
+    required value left unset (see the module docstring)."""
+    _check_config(cfg, config_name)
+    for key in _missing(cfg):  # after the keys: a typo names itself first
+        hint = MISSING_HINTS.get(key, f"set {key}=... on the command line")
+        raise ValueError(f"{key} is required and not set: {hint}")
+
+
+def _check_config(cfg: DictConfig, config_name: str) -> None:
     ref, groups = _root_reference(config_name)
     own = {k for k in ref if k != "defaults"}
     _check_keys(cfg, own | groups | {"hydra"}, "")
