@@ -120,3 +120,21 @@ def test_a_missing_tracker_package_names_the_pip_command(tmp_path, tokenizer_ckp
     ):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wandb_online_without_a_login_stops_before_the_run_naming_the_fixes(
+    tmp_path, tokenizer_ckpt, monkeypatch
+):
+    """Not wandb's UsageError traceback once the run has started: login, the key, or offline."""
+    pytest.importorskip("wandb")
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    cfg = var_cfg(tmp_path / "run", tokenizer_ckpt, "debug=fdr", "logger=[csv,wandb]")
+    with pytest.raises(ValueError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert msg.startswith("logger=wandb: W&B has no login on this machine: run `wandb login`")
+    assert "logger.wandb.offline=true" in msg and "WANDB_MODE=offline" in msg
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -30,8 +30,9 @@ TRACKER_PACKAGES = {
 
 
 def _check_tracker(name: str, node: DictConfig) -> None:
-    """A missing tracker package stops the run before it starts, naming the pip command; an MLflow file
-    store (the default: ``<run dir>/mlruns``) is allowed explicitly, since MLflow 3 asks for it."""
+    """A missing tracker package, or W&B without a login (online), stops the run before it starts, naming the
+    fix; an MLflow file store (the default: ``<run dir>/mlruns``) is allowed explicitly, since MLflow 3 asks
+    for it."""
     import importlib.util
 
     cls = str(node.get("_target_", "")).rsplit(".", 1)[-1]
@@ -42,6 +43,20 @@ def _check_tracker(name: str, node: DictConfig) -> None:
                 f"logger={name} needs the {module} package, which is not installed: pip install "
                 f"'var_lightning[{extra}]' (in a clone: pip install -e '.[{extra}]', or make install-trackers), "
                 f"or drop it from the command line (logger=csv)"
+            )
+    offline = node.get("offline") or os.environ.get("WANDB_MODE", "").lower() in (
+        "offline",
+        "disabled",
+        "dryrun",
+    )
+    if cls == "WandbLogger" and not offline:
+        import wandb
+
+        if not wandb.login(prompt=False, verify=False):  # the key from WANDB_API_KEY or ~/.netrc; no network
+            raise ValueError(
+                f"logger={name}: W&B has no login on this machine: run `wandb login` (or set WANDB_API_KEY), or log "
+                f"offline with logger.{name}.offline=true (or WANDB_MODE=offline) and upload later with "
+                f"`wandb sync <run dir>/wandb/offline-run-*`"
             )
     if cls == "MLFlowLogger" and str(node.get("tracking_uri") or "").startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
