@@ -125,9 +125,10 @@ def test_an_upload_that_is_not_an_image_gets_our_message(ckpt, tmp_path):  # noq
     assert message.endswith("upload a PNG, JPEG or WebP image")
 
 
-def test_bad_values_through_the_api_get_a_message(ckpt, tmp_path, monkeypatch):  # noqa: F811
-    """The page's own HTTP API (what scripts call, with JSON's NaN / Infinity literals): NaN, Infinity and a
-    seed of 2**70 come back as our messages (not ``{"error": null}``), and the app keeps serving."""
+def test_bad_values_through_the_api_get_a_message(ckpt, tmp_path, monkeypatch, capfd):  # noqa: F811
+    """The page's own HTTP API (what scripts call, with JSON's NaN / Infinity literals): NaN, Infinity, a cfg
+    of 1e308 and a seed of 2**70 come back as our messages (not ``{"error": null}`` or an "unexpected error"),
+    the server log gets no traceback for them, and the app keeps serving."""
     import json
 
     monkeypatch.delenv(AUTH_ENV, raising=False)
@@ -156,11 +157,14 @@ def test_bad_values_through_the_api_get_a_message(ckpt, tmp_path, monkeypatch): 
                 (["1"], 1, 1.5, 0, 1.0, False, 2**70),
                 "seed must be in 0..4294967295, got 1180591620717411303424",
             ),
+            ((["1"], 1, 1e308, 0, 1.0, False, 0), "cfg=1e+308 is too large: guidance above 100 overflows"),
         ]:
             kind, payload = call(*data)
             assert kind == "error" and message in (json.loads(payload).get("error") or ""), payload
         kind, payload = call(["1: green"], 1, 1.5, 0, 1.0, False, 0)  # still serving
         assert kind == "complete" and "done: 1 images" in payload
+        logged = capfd.readouterr()
+        assert "Traceback" not in logged.err + logged.out
     finally:
         demo.close()
 

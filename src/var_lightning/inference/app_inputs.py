@@ -127,12 +127,12 @@ def checked_input(
             try:
                 guard(payload)
             except AppError as err:
-                raise gr.Error(str(err)) from None
+                raise gr.Error(str(err), print_exception=False) from None
         try:
             return convert(payload)
         except Exception as err:  # noqa: BLE001 - PIL and Gradio raise several kinds
             text = message(err) if message else f"{label}: {payload!r} is not a finite number"
-            raise gr.Error(text) from None
+            raise gr.Error(text, print_exception=False) from None
 
     component.preprocess = preprocess
     return component

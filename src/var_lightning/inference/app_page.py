@@ -27,11 +27,13 @@ def build_page(self: VarApp) -> Any:
         def run(*args: Any) -> Any:
             try:
                 return fn(*args)
-            except AppError as e:
-                raise gr.Error(str(e)) from None
+            except AppError as e:  # the user's input: a message in the page, no traceback in the server log
+                raise gr.Error(str(e), print_exception=False) from None
             except Exception as e:  # noqa: BLE001 - the page gets a message, the log the traceback
                 log.exception("var-app: unexpected error")
-                raise gr.Error(f"unexpected error ({type(e).__name__}: {e}); see the server log") from None
+                raise gr.Error(
+                    f"unexpected error ({type(e).__name__}: {e}); see the server log", print_exception=False
+                ) from None
 
         return run
 
@@ -44,10 +46,12 @@ def build_page(self: VarApp) -> Any:
                     yield (u["progression"], u["grid"], u["files"],
                            f"done: {len(u['images'])} images. The same with the command line:\n\n`{u['settings']['same as']}`")  # fmt: skip
         except AppError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(str(e), print_exception=False) from None
         except Exception as e:  # noqa: BLE001
             log.exception("var-app: unexpected error")
-            raise gr.Error(f"unexpected error ({type(e).__name__}: {e}); see the server log") from None
+            raise gr.Error(
+                f"unexpected error ({type(e).__name__}: {e}); see the server log", print_exception=False
+            ) from None
 
     def edit_ui(editor, source, x0, y0, x1, y1, mode, klass, cfg, top_k, top_p, more_smooth, seed, n):
         out = self.edit(

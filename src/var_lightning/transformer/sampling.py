@@ -85,12 +85,22 @@ TOP_P_RULE = "top-p keeps the smallest set of tokens holding that probability ma
 and 1 (all the mass) filter nothing and draw the same tokens."""
 
 
+MAX_CFG = 100.0
+"""The largest guidance strength the samplers take: beyond it ``(1 + w) * cond - w * uncond`` leaves the
+range of the logits' dtype (inf, then NaN probabilities)."""
+
+
 def check_sampling_args(var: VAR, cfg: float, top_k: int, top_p: float, prefix: str = "sampling.") -> None:
     """Raise a clear error for settings the sampler cannot use; ``prefix`` is prepended to the key names in
     the messages (``""`` for a command whose keys are plain ``cfg`` / ``top_k`` / ``top_p``)."""
     if cfg < 0:
         raise ValueError(
             f"cfg={cfg} is negative; guidance strength must be >= 0 (0 = no guidance) (key {prefix}cfg)"
+        )
+    if not cfg <= MAX_CFG:  # NaN too
+        raise ValueError(
+            f"cfg={cfg:g} is too large: guidance above {MAX_CFG:g} overflows the logits (the paper samples with "
+            f"1.5 to 4) (key {prefix}cfg)"
         )
     if top_k < 0 or top_k > var.V:
         raise ValueError(
