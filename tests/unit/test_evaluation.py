@@ -608,3 +608,14 @@ def test_extra_distances_have_the_known_answers():
     d = extra_distances(gathered, refs)
     assert d["sfid"] == pytest.approx(0.0, abs=1e-6)
     assert d["fd_dinov2"] == pytest.approx(float((shift**2).sum()), rel=1e-6)
+
+
+def test_the_sample_count_note_says_what_a_small_fid_can_support():
+    from var_lightning.evaluation.scores import sample_count_note
+
+    assert sample_count_note(50_000, 2048) is None and sample_count_note(0, 2048) is None
+    assert "rank-deficient" in sample_count_note(
+        10, 2048
+    ) and "generation.num_samples=10000" in sample_count_note(10, 2048)
+    mid = sample_count_note(5000, 2048)
+    assert mid.startswith("FID from 5000 samples: biased upward") and "rank-deficient" not in mid

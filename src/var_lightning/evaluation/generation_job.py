@@ -40,7 +40,7 @@ from var_lightning.evaluation.jobs import (
     seeded_subset,
 )
 from var_lightning.evaluation.reference import iter_uint8_batches, source_length
-from var_lightning.evaluation.scores import is_split_rule, resolve_kid_subset
+from var_lightning.evaluation.scores import is_split_rule, resolve_kid_subset, sample_count_note
 from var_lightning.evaluation.sharding import (
     barrier,
     broadcast_object,
@@ -296,6 +296,8 @@ def run_generation(cfg: Any, out_dir: Path, ctx: Context) -> dict | None:
             settings, kid=kid_size is not None, kid_subset_size=kid_size or settings.kid_subset_size
         )
         notes += [kid_note] if kid_note else []
+    count_note = sample_count_note(_expected_samples(cfg, models), extractor.feature_dim)
+    notes += [count_note] if count_note else []
     for note in notes if ctx.rank == 0 else []:
         log.warning(note)
     values = cfg_values(cfg.generation) if models is not None else [None]

@@ -123,5 +123,7 @@ def run(cfg: Any, out_dir: Path, ctx: Context | None = None) -> dict | None:
     Console().print(report.metrics_table(table, title=f"var-eval {cfg.mode}"))
     for metric, why in (result.get("skipped_metrics") or {}).items():  # a missing row is never silent
         print(f"not computed: {metric}: {why}")
+    for note in result.get("notes") or []:  # what limits the numbers above, where the reader looks
+        print(f"note: {note}")
     print(f"report: {path}")
     return result

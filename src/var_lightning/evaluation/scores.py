@@ -99,6 +99,28 @@ KID_DEFAULT_SUBSET = 1000
 """torch-fidelity's KID subset size; ``kid_subset_size: null`` uses it, or fewer on a smaller set."""
 
 
+PUBLISHED_FID_SAMPLES = 50_000
+
+
+def sample_count_note(n_fake: int, feature_dim: int) -> str | None:
+    """What a Frechet distance from ``n_fake`` samples can say, when it is less than the published protocol's
+    (50,000 samples): below the feature dimension the samples' covariance is rank-deficient and the
+    distance is dominated by that, above it still biased upward (it shrinks as 1/N)."""
+    if n_fake <= 0 or n_fake >= PUBLISHED_FID_SAMPLES:  # 0: a source that does not say its length
+        return None
+    if n_fake < feature_dim:
+        return (
+            f"FID from {n_fake} samples: fewer images than the {feature_dim} features, so their covariance is "
+            f"rank-deficient and the distance is inflated far beyond the model's quality; compare it only with "
+            f"runs of the same count. Published FIDs use {PUBLISHED_FID_SAMPLES:,} samples (at least 10,000 "
+            f"for a rough figure: generation.num_samples=10000)"
+        )
+    return (
+        f"FID from {n_fake} samples: biased upward against the published protocol's {PUBLISHED_FID_SAMPLES:,} "
+        f"(the bias shrinks as 1/N); compare it with runs of the same count"
+    )
+
+
 def resolve_kid_subset(
     configured: int | None, n_fake: int, n_real: int | None, key: str = "metrics.kid_subset_size"
 ) -> tuple[int | None, str | None]:
