@@ -260,3 +260,24 @@ def test_uploads_go_through_huggingface_hub_and_fail_offline_with_the_way_out(
     assert load_models(pretrained=out).info.stage == "var"  # nothing lost: upload it later
     with pytest.raises(ValueError, match="not a Hub repository id"):
         push_to_hub(out, "no-slash")
+
+
+def test_a_damaged_config_json_is_named_not_taken_for_another_layout(var_ckpt, tmp_path, capsys):
+    """Invalid JSON (was "holds no released transformer"), and a field this version does not know (was a
+    TypeError), each named with the file and the way out; var-convert to-hub says the same."""
+    from var_lightning.cli import convert
+
+    out = load_models(var_ckpt).save_pretrained(tmp_path / "repo")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match=r"config.json is not valid JSON \(.*\); the file is damaged"):
+        load_models(pretrained=out)
+    assert convert.main(["to-hub", str(out), "--out-dir", str(tmp_path / "again")]) == 2
+    assert "config.json is not valid JSON" in capsys.readouterr().err
+    for block, field in (("tokenizer", "chanels"), ("transformer", "dept")):
+        hp = {**config["hyper_parameters"], block: {**config["hyper_parameters"][block], field: 3}}
+        (out / "config.json").write_text(json.dumps({**config, "hyper_parameters": hp}))
+        with pytest.raises(
+            CheckpointError, match=rf"{block} config has unknown field\(s\) \['{field}'\].*export it again"
+        ):
+            load_models(pretrained=out)

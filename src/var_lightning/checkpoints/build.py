@@ -6,6 +6,7 @@ missing, unexpected, misshaped and wrongly typed tensors. :mod:`~var_lightning.c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from var_lightning.checkpoints.safe_io import CheckpointError
+from var_lightning.keys import closest
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
 from var_lightning.tokenizer.config import VQVAEConfig
 from var_lightning.transformer.ar import ARTransformer
@@ -117,13 +119,31 @@ def transformer_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     return ema if ema else sub_state_dict(state_dict, "var.")
 
 
+def config_from_hparams(cls: type, values: Mapping[str, Any], key: str, block: str) -> Any:
+    """``cls(**values)`` for a checkpoint's stored ``block`` config, with errors that name the file and the
+    field (a file written by another version, or edited) instead of a TypeError."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        guess = closest(unknown[0], names)
+        raise CheckpointError(
+            f"{key}: the checkpoint's {block} config has unknown field(s) {unknown}"
+            f"{f' (did you mean {guess}?)' if guess else ''}; it was written by another var_lightning version or "
+            f"edited: export it again with this version (var-convert to-hub), or upgrade var_lightning"
+        )
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{key}: the checkpoint's {block} config is invalid ({e})") from e
+
+
 def tokenizer_from_hparams(
     hp: Mapping[str, Any], sd: Mapping[str, torch.Tensor], device: str | torch.device, key: str
 ) -> MultiScaleVQVAE:
     """The tokenizer of a var_lightning checkpoint (``hyper_parameters['tokenizer']``, weights ``vae.*``)."""
     if not isinstance(hp.get("tokenizer"), Mapping):
         raise CheckpointError(f"{key}: the checkpoint's hyper_parameters have no 'tokenizer' config")
-    cfg = VQVAEConfig(**dict(hp["tokenizer"]))
+    cfg = config_from_hparams(VQVAEConfig, dict(hp["tokenizer"]), key, "tokenizer")
     return materialize(lambda: MultiScaleVQVAE(cfg), sub_state_dict(sd, "vae."), device, "tokenizer")
 
 
@@ -134,7 +154,7 @@ def transformer_from_hparams(
     an ``ar`` one."""
     if not isinstance(hp.get("transformer"), Mapping):
         raise CheckpointError(f"{key}: the checkpoint's hyper_parameters have no 'transformer' config")
-    cfg = VARConfig(**dict(hp["transformer"]))
+    cfg = config_from_hparams(VARConfig, dict(hp["transformer"]), key, "transformer")
     if stage == "ar":
         return materialize(lambda: ARTransformer(cfg), transformer_state_dict(sd), device, "AR transformer")
     return materialize(lambda: VAR(cfg), transformer_state_dict(sd), device, "transformer")

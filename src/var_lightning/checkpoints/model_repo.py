@@ -52,14 +52,15 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_model_repo(path: str | os.PathLike) -> bool:
-    """A directory whose ``config.json`` says it is a var_lightning model repository."""
+    """A directory whose ``config.json`` says it is a var_lightning model repository, or one holding
+    ``model.safetensors`` beside a ``config.json`` that does not read (the reader then names the damage)."""
     config = Path(path).expanduser() / CONFIG_FILE
     if not config.is_file():
         return False
     try:
         return str(json.loads(config.read_text()).get("format", "")).startswith(f"{LIBRARY}/")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+        return (config.parent / WEIGHTS_FILE).is_file()
 
 
 def looks_like_repo_id(text: str) -> bool:
@@ -128,8 +129,13 @@ def read_model_repo(path: str | os.PathLike, key: str = "pretrained", device: st
         raise CheckpointError(f"{key}={path}: the model repository has no {WEIGHTS_FILE}{extra}")
     try:
         config = json.loads((repo / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{key}={path}: {CONFIG_FILE} is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{key}={path}: {CONFIG_FILE} is not valid JSON ({e}); the file is damaged: export the model again "
+            "with var-convert to-hub"
+        ) from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{key}={path}: {CONFIG_FILE} holds a {type(config).__name__}, not a mapping")
     version = str(config.get("format", ""))
     if version != FORMAT:
         raise CheckpointError(
