@@ -254,6 +254,13 @@ def test_weights_path_loads_torchvision_state_dict(offline_hub, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="model.loss.perceptual_weights_path"):
         build_perceptual("squeeze", weights_path=tmp_path / "missing.pth")
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"args": __import__("argparse").Namespace(lr=1.0)}, pickled)  # needs a class unpickled
+    with pytest.raises(
+        ValueError, match=r"refused to read .*pickled objects|refused to read .*pickled Python"
+    ) as err:
+        build_perceptual("squeeze", weights_path=pickled)
+    assert "model.loss.perceptual_weights_path" in str(err.value) and "weights_only" not in str(err.value)
     with pytest.raises(ValueError, match="'alex' backbone"):
         build_perceptual("alex", weights_path=file_a)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import pickle
 import threading
 import warnings
 import zipfile
@@ -38,6 +39,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from var_lightning.checkpoints.safe_io import unpickling_reason
 from var_lightning.distributed import rank
 from var_lightning.hashing import file_sha256
 
@@ -235,7 +237,13 @@ def read_inception_weights(path: Path) -> dict[str, torch.Tensor]:
         return from_fid_helper(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+    except pickle.UnpicklingError as err:  # torch's text advises weights_only=False: not quoted
+        raise ValueError(
+            f"refused to read Inception weights {path}: the file holds pickled Python objects beyond tensors "
+            f"({unpickling_reason(err)}), and unpickling them can execute code; give torch-fidelity's "
+            f"{INCEPTION_WEIGHTS_FILE} or {FID_HELPER}"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
         raise ValueError(
             f"cannot read Inception weights {path} as plain tensors ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); give torch-fidelity's {INCEPTION_WEIGHTS_FILE} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -170,9 +171,16 @@ def build_perceptual(
         model = _construct(net, random_backbone=True)
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in several types
+        except pickle.UnpicklingError as e:  # torch's text advises weights_only=False: not quoted
             raise ValueError(
-                f"cannot read {path} as a torch state_dict (config key model.loss.perceptual_weights_path): {e}"
+                f"refused to read {path} (config key model.loss.perceptual_weights_path): the file holds pickled "
+                "Python objects beyond tensors, and unpickling them can execute code; give torchvision's VGG16 "
+                f"weights ({backbone_path(net).name}) or a state_dict saved with torch.save(model.state_dict())"
+            ) from e
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"cannot read {path} as a torch state_dict (config key model.loss.perceptual_weights_path): {first}"
             ) from e
         load_backbone_state_dict(model, state_dict, net, source=path)
         return FrozenLPIPS(model)
