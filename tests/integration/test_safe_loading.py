@@ -18,7 +18,7 @@ from tests.integration.test_configs import compose_train
 from tests.unit.test_webdataset import write_tree
 from var_lightning.checkpoints.published import OfficialCheckpointError, export_official_vae
 from var_lightning.checkpoints.reader import read_checkpoint
-from var_lightning.checkpoints.safe_io import UnsafeCheckpointError
+from var_lightning.checkpoints.safe_io import CheckpointError, UnsafeCheckpointError
 from var_lightning.cli import convert, make_shards
 from var_lightning.cli.train import train
 from var_lightning.training.var_module import VARModule
@@ -344,3 +344,25 @@ def test_loads_under_the_guard_never_unpickle_code_whatever_the_caller_asks(evil
     with weights_only_loads(), pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "p.pt", weights_only=False)
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in __import__("os").environ
+
+
+def test_a_bit_flipped_checkpoint_is_named_by_every_loader_not_sampled(tmp_path):
+    """var-sample (any loader) on a .ckpt damaged inside a tensor record: the CRC check names the record
+    and the file; before, only resume checked and sampling ran on the damaged weights."""
+    from tests.integration.test_lose_no_work import damage_a_tensor_record
+    from var_lightning.cli import sample
+
+    module = VARModule(
+        transformer=dict(depth=1, width=32, num_heads=1, num_classes=3), tokenizer=asdict(tiny_vae_cfg())
+    )
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "var_lightning": {"stage": "var"}}, good)  # fmt: skip
+    bad = tmp_path / "bad.ckpt"
+    record = damage_a_tensor_record(good, bad)
+    with pytest.raises(CheckpointError, match=f"bad.ckpt: record {record} fails its CRC check"):
+        read_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="fails its CRC check.*copy it again"):
+        sample.run(compose_config("sample", [f"ckpt_path={bad}", "device=cpu"]), tmp_path / "s")
+    assert not (tmp_path / "s" / "samples").exists()
+    read_checkpoint(good)  # the intact file reads

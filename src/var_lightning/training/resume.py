@@ -25,7 +25,6 @@ import os
 import random
 import warnings
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,12 @@ import torch
 
 from var_lightning import distributed
 from var_lightning.checkpoints.reader import checkpoint_stage
-from var_lightning.checkpoints.safe_io import CheckpointError, UnsafeCheckpointError, torch_load
+from var_lightning.checkpoints.safe_io import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    check_records,
+    torch_load,
+)
 from var_lightning.checkpoints.sharded import (
     LIGHTNING_META,
     is_sharded_checkpoint,
@@ -165,21 +169,17 @@ def _written_at(path: Path) -> int:
 
 
 def verify_records(path: str | os.PathLike) -> None:
-    """Read every record of a checkpoint and check it against its CRC-32 (torch's zip format stores one per
-    tensor record), so a file damaged in the middle is caught here rather than inside Lightning's load.
-    Reads the file once without unpickling or allocating tensors; the legacy (non-zip) format is read fully
-    by ``torch.load`` instead."""
+    """Read every record of a checkpoint and check it against its CRC-32 (``safe_io.check_records``), so a
+    file damaged in the middle is caught here rather than inside Lightning's load; the legacy (non-zip)
+    format is read fully by ``torch.load`` instead."""
     p = Path(path)
     if not zipfile.is_zipfile(p):
         torch_load(p, key="resume", mmap=False)  # legacy format: a full load is the only full check
         return
     try:
-        with zipfile.ZipFile(p) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, zlib.error) as e:
-        raise RuntimeError(f"damaged zip structure ({type(e).__name__}: {e})") from e
-    if bad is not None:
-        raise RuntimeError(f"record {bad} fails its CRC check (the file was damaged or only partly written)")
+        check_records(p, key="resume")
+    except CheckpointError as e:
+        raise RuntimeError(str(e).split(": ", 1)[-1]) from e
 
 
 def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
@@ -192,8 +192,8 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> d
             meta, index = read_sharded_meta(path, key="resume", trust_pickle=trust_pickle)
             return {**meta, "state_dict": stored_keys(index, "state_dict"),
                     "optimizer_states": stored_keys(index, "optimizer_0")}  # fmt: skip
-        if Path(path).is_file():
-            verify_records(path)
+        if Path(path).is_file() and not zipfile.is_zipfile(path):
+            verify_records(path)  # the legacy format: a full load (torch_load checks a zip's CRCs itself)
         ckpt = torch_load(path, key="resume", trust_pickle=trust_pickle, mmap=True)
     except UnsafeCheckpointError:
         raise
