@@ -304,3 +304,26 @@ def test_loader_warns_when_resumed_with_other_data_settings():
     ResumableLoader(ds, batch_size=4, seed=1).load_state_dict(state)  # same settings: silent
     with pytest.warns(UserWarning, match=r"batch_size.*differs from an uninterrupted run"):
         ResumableLoader(ds, batch_size=8, seed=1).load_state_dict(state)
+
+
+def test_resuming_a_deeper_checkpoint_is_refused_before_fitting(tmp_path):
+    """resume=auto after changing the depth: the checkpoint's extra blocks are named (Lightning's restore
+    failed later with "Unexpected key(s)"); a callback's own entries (an EMA copy) are left alone."""
+    from dataclasses import asdict
+
+    from tests.helpers import tiny_vae_cfg
+    from var_lightning.training.resume import check_resume_fits
+    from var_lightning.training.var_module import VARModule
+
+    def module(depth: int) -> VARModule:
+        torch.manual_seed(0)
+        return VARModule(transformer=dict(depth=depth, width=32, num_heads=1, num_classes=3),
+                         tokenizer=asdict(tiny_vae_cfg()))  # fmt: skip
+
+    deep = module(2)
+    path = tmp_path / "last.ckpt"
+    state = {**deep.state_dict(), **{f"var_ema.{k}": v for k, v in deep.var.state_dict().items()}}
+    torch.save({"state_dict": state, "var_lightning": {"stage": "var"}}, path)
+    check_resume_fits(module(2), path)  # the same model: the EMA entries are the callback's business
+    with pytest.raises(ValueError, match=r"not in this run's model: var\.blocks\.1\..*init_from="):
+        check_resume_fits(module(1), path)

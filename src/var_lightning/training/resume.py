@@ -322,11 +322,13 @@ def check_resume_fits(model: torch.nn.Module, path: str | os.PathLike, trust_pic
         own = {k: v for k, v in own.items() if k in stored or not k.startswith("var.")}
     missing = sorted(k for k in own if k not in stored)
     wrong = sorted(f"{k} {stored[k]} vs {own[k]}" for k in own if k in stored and stored[k] != own[k])
-    if not missing and not wrong:
+    children = {name for name, _ in model.named_children()}  # a deeper checkpoint's extra var.blocks.N.*
+    extra = sorted(k for k in stored if k not in own and k.split(".", 1)[0] in children)
+    if not missing and not wrong and not extra:
         return
     parts = [
         f"{len(v)} {label}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
-        for label, v in (("missing", missing), ("with other shapes", wrong))
+        for label, v in (("missing", missing), ("with other shapes", wrong), ("not in this run's model", extra))
         if v
     ]
     raise ValueError(
