@@ -172,3 +172,17 @@ def test_save_top_k_stays_true_across_kills(tmp_path):
         len(best) == 1 and "best-e007-s0000031.ckpt" not in best and "best-e000-s0000004-v1.ckpt" not in best
     )
     assert (ckpts / "my-notes.ckpt").exists() and (ckpts / "last.ckpt").exists()
+
+
+def test_a_run_folder_copied_elsewhere_resumes_with_its_files_tracked(good_run, tmp_path):
+    """Copied (another disk, another cluster) and resumed: the top-k list follows the folder, so save_top_k
+    stays true and last.ckpt is updated in place (was: last-v1.ckpt beside it and best files piling up)."""
+    from var_lightning.cli.train import train
+
+    copy = tmp_path / "copied"
+    shutil.copytree(good_run, copy)
+    (copy / "checkpoints" / "periodic.ckpt").unlink(missing_ok=True)
+    train(cfg_for(copy, "trainer.max_epochs=3", "resume=auto", "callbacks.periodic_checkpoint.minutes=null"))
+    names = sorted(p.name for p in (copy / "checkpoints").glob("*.ckpt"))
+    assert "last-v1.ckpt" not in names and len([n for n in names if n.startswith("best-")]) == 1, names
+    assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12

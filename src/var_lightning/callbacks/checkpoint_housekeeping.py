@@ -11,6 +11,11 @@ When a run resumes, for every ``ModelCheckpoint`` whose state came back from the
 match its ``filename`` pattern (and Lightning's ``-v<n>`` variants) but are neither in its top-k list nor its
 last/best path are removed, with a log line naming them. Nothing is touched on a fresh run, for callbacks
 that keep every file (``save_top_k=-1``), or when the state did not come back.
+
+A run folder copied or moved elsewhere and resumed there: Lightning restores a ``ModelCheckpoint``'s top-k
+list only when its ``dirpath`` is the one recorded, so the copy's best files went untracked (a new best was
+added beside them and ``last.ckpt`` became ``last-v1.ckpt``). When every file the recorded state names is
+present under the same name in the callback's current folder, the state is moved there first (logged).
 """
 
 from __future__ import annotations
@@ -34,6 +39,22 @@ def _pattern(cb: ModelCheckpoint) -> re.Pattern[str]:
     return re.compile(rf"^{body}(-v\d+)?{re.escape(cb.FILE_EXTENSION)}$")
 
 
+def _moved_state(state: dict[str, Any], new_dir: str) -> dict[str, Any] | None:
+    """``state`` with its paths moved from its recorded ``dirpath`` to ``new_dir``; None unless every file it
+    names is there under the same name (a copy of the run folder, not another run's checkpoints)."""
+
+    def move(p: Any) -> Any:
+        return str(Path(new_dir) / Path(p).name) if isinstance(p, str) and p else p
+
+    named = [*state.get("best_k_models", {}), state.get("last_model_path"), state.get("best_model_path"),
+             state.get("kth_best_model_path")]  # fmt: skip
+    if not all(Path(move(p)).is_file() for p in named if p):
+        return None
+    return {**state, "dirpath": new_dir,
+            **{k: move(state.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path")},
+            "best_k_models": {move(p): v for p, v in (state.get("best_k_models") or {}).items()}}  # fmt: skip
+
+
 class TopKHousekeeping(L.Callback):
     """See the module docstring."""
 
@@ -44,7 +65,19 @@ class TopKHousekeeping(L.Callback):
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self._restored = dict(checkpoint.get("callbacks") or {})
+        states = checkpoint.get("callbacks") or {}
+        for (
+            cb
+        ) in trainer.checkpoint_callbacks:  # before the callbacks' own load_state_dict (Lightning's order)
+            state = states.get(cb.state_key) if isinstance(cb, ModelCheckpoint) else None
+            if isinstance(state, dict) and cb.dirpath and state.get("dirpath") not in (None, cb.dirpath):
+                moved = _moved_state(state, cb.dirpath)
+                if moved is not None:
+                    if trainer.is_global_zero:
+                        log.info("the run folder moved: checkpoints recorded in %s are tracked in %s",
+                                 state["dirpath"], cb.dirpath)  # fmt: skip
+                    states[cb.state_key] = moved
+        self._restored = dict(states)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         restored, self._restored = self._restored, {}

@@ -328,7 +328,11 @@ def check_resume_fits(model: torch.nn.Module, path: str | os.PathLike, trust_pic
         return
     parts = [
         f"{len(v)} {label}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
-        for label, v in (("missing", missing), ("with other shapes", wrong), ("not in this run's model", extra))
+        for label, v in (
+            ("missing", missing),
+            ("with other shapes", wrong),
+            ("not in this run's model", extra),
+        )
         if v
     ]
     raise ValueError(
