@@ -36,6 +36,7 @@ def _trainer(world_size: int, tmp_path) -> SimpleNamespace:  # noqa: ANN001
     t = SimpleNamespace(
         world_size=world_size, strategy=CountingStrategy(), global_step=0, sanity_checking=False,
         is_global_zero=True, default_root_dir=str(tmp_path), saved=saved,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(is_last_batch=False))),
     )  # fmt: skip
     t.save_checkpoint = lambda path, weights_only=False: saved.append(t.global_step)
     return t

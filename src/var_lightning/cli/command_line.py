@@ -200,10 +200,11 @@ def accept_target_arguments(config_name: str, argv: list[str]) -> list[str]:
     return out
 
 
-def precheck(config_name: str, argv: list[str]) -> str | None:
+def precheck(config_name: str, argv: list[str], may_be_unset: tuple[str, ...] = ()) -> str | None:
     """The error message for a command line whose config does not compose or does not validate
-    (:func:`~var_lightning.cli.validate.validate_config`), else None. A multirun is checked with the first
-    value of each sweep (before any job is launched); its jobs check their own config when they start."""
+    (:func:`~var_lightning.cli.validate.validate_config`; ``may_be_unset``: required values a caller does not
+    need, e.g. var-plan's tokenizer), else None. A multirun is checked with the first value of each sweep
+    (before any job is launched); its jobs check their own config when they start."""
     parsed = _overrides(accept_target_arguments(config_name, argv))
     if parsed is None:
         return _syntax_problem(argv)
@@ -220,7 +221,7 @@ def precheck(config_name: str, argv: list[str]) -> str | None:
     except Exception as err:  # noqa: BLE001 - Hydra's ConfigCompositionException and OmegaConf's errors
         return _composition_hint(err, config_name, overrides)
     try:
-        validate_config(cfg, config_name)
+        validate_config(cfg, config_name, may_be_unset)
     except (ConfigKeyError, ValueError) as err:
         return str(err)
     return None

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args, overrides = parser.parse_known_args(argv)
     try:
-        problem = precheck("train", overrides)
+        problem = precheck("train", overrides, may_be_unset=("model.tokenizer_ckpt",))  # the released shape
         if problem is not None:
             raise ValueError(problem)
         cfg = _compose(

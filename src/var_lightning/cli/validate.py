@@ -292,11 +292,13 @@ def _missing(node: Any, prefix: str = "") -> Iterator[str]:
                 yield from _missing(node._get_node(k), f"{prefix}{k}.")
 
 
-def validate_config(cfg: DictConfig, config_name: str) -> None:
+def validate_config(cfg: DictConfig, config_name: str, may_be_unset: tuple[str, ...] = ()) -> None:
     """Raise :class:`ConfigKeyError` for the first unknown key of ``cfg``, or a ``ValueError`` for a
     required value left unset (see the module docstring)."""
     _check_config(cfg, config_name)
-    for key in _missing(cfg):  # after the keys: a typo names itself first
+    for key in (
+        k for k in _missing(cfg) if k not in may_be_unset
+    ):  # after the keys: a typo names itself first
         hint = MISSING_HINTS.get(key, f"set {key}=... on the command line")
         raise ValueError(f"{key} is required and not set: {hint}")
 
