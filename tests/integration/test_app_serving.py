@@ -225,3 +225,50 @@ def test_the_server_refuses_an_upload_over_the_limit(ckpt, tmp_path, monkeypatch
         assert small.status_code == 200 and big.status_code == 413, (small.status_code, big.status_code)
     finally:
         demo.close()
+
+
+def test_password_guessing_is_slowed_then_locked():
+    """Five wrong passwords for a name within five minutes lock it for five minutes (its right password
+    too); each wrong answer waits; the lock ends by itself; another name is not affected."""
+    import asyncio
+    import inspect
+    import time
+
+    from var_lightning.inference.app_serving import LoginGuard
+
+    now = [1000.0]
+    guard = LoginGuard([("alice", "s3cret"), ("bob", "pw")], delay_s=0.05, clock=lambda: now[0])
+    check = lambda u, p: asyncio.run(guard.check(u, p))  # noqa: E731
+    assert inspect.iscoroutinefunction(guard.check)  # what Gradio awaits (anything else reads as a yes)
+    assert check("alice", "s3cret")
+    t0 = time.perf_counter()
+    assert not check("alice", "nope")
+    assert time.perf_counter() - t0 >= 0.05  # a wrong password is answered late
+    for _ in range(4):
+        now[0] += 1
+        assert not check("alice", "guess")
+    assert guard.locked("alice") and not check("alice", "s3cret")  # locked: even the right one
+    assert check("bob", "pw")
+    now[0] += 301
+    assert check("alice", "s3cret")  # the lock ends
+
+
+def test_the_served_page_locks_a_guessed_login(ckpt, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv(AUTH_ENV, "alice:s3cret")
+    port = free_port()
+    demo = serve(compose_app([f"ckpt_path={ckpt}", "host=0.0.0.0", f"port={port}", "device=cpu"]),
+                 run_folder(tmp_path), block=False)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=60) as client:
+            for _ in range(5):
+                assert (
+                    client.post(f"{base}/login", data={"username": "alice", "password": "x"}).status_code
+                    >= 400
+                )
+            assert (
+                client.post(f"{base}/login", data={"username": "alice", "password": "s3cret"}).status_code
+                >= 400
+            )
+    finally:
+        demo.close()

@@ -1,12 +1,17 @@
 """Serving the web app beyond this machine safely: the port, and the login Gradio checks. A login comes from
 the ``VAR_APP_AUTH`` environment variable or an ``auth_file`` (never the command line, where shell history and
 ``ps`` keep it); a host other than loopback, or a public share link, without one is refused unless
-``insecure=true``."""
+``insecure=true``. Gradio checks a login through :class:`LoginGuard`, which slows and then locks password
+guessing."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +77,47 @@ def resolve_auth(
     if public and not logins:
         log.warning("serving on %s without a login (insecure=true)", "a public link" if share else host)
     return logins or None
+
+
+class LoginGuard:
+    """Gradio's login check (``auth=LoginGuard(logins).check``) with a brake on guessing: each wrong password is
+    answered after ``delay_s`` seconds (without blocking the server), and ``max_failures`` wrong passwords
+    for one user name within ``window_s`` seconds lock that name for ``lock_s`` seconds, its right password
+    included; both are logged. Passwords are compared in constant time."""
+
+    def __init__(
+        self, logins: Sequence[tuple[str, str]], max_failures: int = 5, window_s: float = 300.0,
+        lock_s: float = 300.0, delay_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.logins = {user: password for user, password in logins}
+        self.max_failures, self.window_s, self.lock_s, self.delay_s = max_failures, window_s, lock_s, delay_s
+        self.clock = clock
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def locked(self, username: str) -> bool:
+        return self.clock() < self._locked_until.get(username, float("-inf"))
+
+    async def check(self, username: str, password: str) -> bool:
+        """The ``auth`` Gradio awaits (a coroutine function: Gradio awaits only what
+        ``inspect.iscoroutinefunction`` recognises, and would take an un-awaited coroutine for a yes)."""
+        now = self.clock()
+        if self.locked(username):
+            log.warning("login as %r refused: locked after %d wrong passwords", username, self.max_failures)
+            return False
+        expected = self.logins.get(username)
+        if expected is not None and hmac.compare_digest(password.encode(), expected.encode()):
+            self._failures.pop(username, None)
+            return True
+        recent = [t for t in self._failures.get(username, []) if now - t < self.window_s] + [now]
+        self._failures[username] = recent
+        if len(recent) >= self.max_failures:
+            self._locked_until[username] = now + self.lock_s
+            self._failures.pop(username, None)
+            log.warning("%d wrong passwords for %r within %.0f s: logins as %r are locked for %.0f s",
+                        len(recent), username, self.window_s, username, self.lock_s)  # fmt: skip
+        await asyncio.sleep(self.delay_s)
+        return False
 
 
 def _login(text: str, where: str) -> tuple[str, str]:

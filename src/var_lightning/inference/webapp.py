@@ -36,6 +36,7 @@ from PIL import Image
 from var_lightning.checkpoints.load import LoadedModels
 from var_lightning.inference.app_inputs import MAX_UPLOAD_MB, AppError, _float, _int, _seed, check_image_size
 from var_lightning.inference.app_page import build_page
+from var_lightning.inference.app_serving import LoginGuard
 from var_lightning.inference.classes import check_classes, parse_class
 from var_lightning.inference.devices import autocast_context
 from var_lightning.inference.edit_images import (
@@ -301,7 +302,7 @@ class VarApp:
         try:
             demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                         allowed_paths=[str(self.out_dir)], blocked_paths=[str(p) for p in blocked_paths],
-                        auth=auth, auth_message="var-app: log in", quiet=not block,
+                        auth=LoginGuard(auth).check if auth else None, auth_message="var-app: log in", quiet=not block,
                         max_file_size=MAX_UPLOAD_MB * 1_000_000)  # fmt: skip
         except OSError as e:
             raise AppError(
