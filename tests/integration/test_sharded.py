@@ -219,6 +219,30 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_weights(tokenizer, ru
 
 
 @pytest.mark.process
+def test_a_killed_run_resumes_its_ema_to_the_uninterrupted_average(tokenizer, runs, tmp_path):
+    """callbacks=ema, SIGKILL after the periodic save of step 3: the average in that checkpoint already
+    holds step 3's update (the EMA runs before any callback saves at a step), so the resumed run ends on the
+    uninterrupted run's average, not 1e-4 off."""
+    from var_lightning.checkpoints.build import sub_state_dict
+    from var_lightning.checkpoints.reader import read_checkpoint
+
+    run = tmp_path / "killed_ema"
+    common = [*VAR, f"model.tokenizer_ckpt={tokenizer}", *RUNS["single_ema"],
+              "callbacks.periodic_checkpoint.every_n_steps=1", *trace(run)]  # fmt: skip
+    killed = var_train(run, [*common, "+callbacks.kill._target_=tests.integration.probes.KillAt",
+                             "+callbacks.kill.step=3"], check=False)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    var_train(run, [*common, "resume=auto"])
+    mine = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    ref = read_checkpoint(runs["single_ema"] / "checkpoints" / "last.ckpt")["state_dict"]
+    for prefix in ("var.", "var_ema."):
+        a, b = sub_state_dict(mine, prefix), sub_state_dict(ref, prefix)
+        assert max_diff({k: v.float() for k, v in a.items()}, {k: v.float() for k, v in b.items()}) < 1e-6, (
+            prefix
+        )
+
+
+@pytest.mark.process
 def test_ranks_draw_their_own_random_numbers(runs):
     """Label dropout and drop-path masks differ between ranks (one seed for all would repeat the same mask
     on every rank)."""

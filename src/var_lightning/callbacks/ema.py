@@ -44,6 +44,10 @@ class TransformerEMA(L.Callback):
     choice for long runs; short runs want less (the average needs ~1 / (1 - decay) steps to forget its start).
     """
 
+    # first of the callbacks (var-train sorts it there): a periodic or pre-emption save at the end of a step
+    # must hold that step's average, or the resumed run misses one update
+    RUNS_FIRST = True
+
     def __init__(self, decay: float = 0.9999, update_starting_at_step: int = 0) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay={decay} must be in [0, 1)")

@@ -147,6 +147,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         *instantiate_callbacks(cfg.get("run_callbacks")),
         ProcessGroupTeardown("test" if cfg.get("test") else "fit"),
     ]
+    # what updates the weights' state at a step (the EMA) runs before anything that saves at that step
+    callbacks.sort(key=lambda cb: not getattr(cb, "RUNS_FIRST", False))
     loggers = instantiate_loggers(cfg.get("logger"))
     overrides: dict[str, Any] = {"strategy": strategy} if strategy is not None else {}
     if getattr(model, "STAGE", None) in ("var", "ar") and cfg.trainer.get("gradient_clip_val") is None:
