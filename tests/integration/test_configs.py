@@ -402,7 +402,7 @@ def test_a_command_is_composed_and_validated_once_and_each_multirun_job_validate
         hydra, "compose", lambda *a, **k: composed.append(k["overrides"]) or real_compose(*a, **k)
     )
     monkeypatch.setattr(
-        command_line, "validate_config", lambda c, n: validated.append(n) or real_validate(c, n)
+        command_line, "validate_config", lambda c, n, *a: validated.append(n) or real_validate(c, n, *a)
     )
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     command_line._compose_cached.cache_clear()
