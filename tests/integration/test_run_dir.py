@@ -288,3 +288,40 @@ def test_a_signal_at_the_last_step_of_an_epoch_saves_after_its_validation(tmp_pa
     assert torch.load(run / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 4
     (run / "at_step").unlink()
     _finish_and_compare(run, tmp_path / "ref")
+
+
+@pytest.mark.process
+def test_sigterm_during_a_multiruns_first_job_prints_the_command_that_finishes_the_sweep(tmp_path):
+    """The hint continues the whole sweep (the same -m command, its folder pinned, resume=auto): run, it
+    resumes the stopped job and runs the one that never started."""
+    sweep = tmp_path / "sweep"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "HYDRA_FULL_ERROR")
+    }
+    env["PYTHONPATH"] = str(ROOT)
+    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=2",
+            f"+callbacks.hold.out_dir={tmp_path}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "var_lightning.cli.train", "-m", *TOKENIZER, *hold, "seed=1,2",
+           f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         cwd=tmp_path, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(tmp_path / "at_step", a)
+        os.kill(a.pid, signal.SIGTERM)
+        (tmp_path / "go").write_text("")
+        out, err = a.communicate(timeout=180)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+    assert a.returncode == 143, (out + err)[-3000:]
+    hint = shlex.split((out + err).split("to continue this run: ", 1)[1].splitlines()[0])
+    assert hint[:2] == ["var-train", "-m"] and "seed=1,2" in hint and hint[-1] == "resume=auto"
+    assert f"hydra.sweep.dir={sweep}" in hint and not (sweep / "1").exists()
+    (tmp_path / "at_step").unlink()
+    done = subprocess.run([sys.executable, "-m", "var_lightning.cli.train", *hint[1:]], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in ("0", "1"):
+        assert torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8

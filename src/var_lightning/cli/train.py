@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -216,18 +218,29 @@ def _weights_only(method: Any, cfg: DictConfig) -> dict[str, bool]:
 
 
 def resume_command(cfg: DictConfig) -> str:
-    """The command line that continues this run: its own overrides, the run directory pinned, resume=auto."""
+    """The command line that continues this run: its own overrides, the run directory pinned, resume=auto.
+    A job of a multirun launched from this process continues the whole sweep: the same ``-m`` command line
+    with its sweep folder pinned (finished jobs end at once, the stopped one resumes, the rest start)."""
     import shlex
 
     try:
-        overrides = list(HydraConfig.get().overrides.task)
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
     except ValueError:  # composed without @hydra.main (tests, notebooks)
-        overrides = ["..."]
-    keep = [
-        o
-        for o in overrides
-        if o.lstrip("+~").split("=", 1)[0] not in ("resume", "hydra.run.dir", "overwrite")
-    ]
+        hydra_cfg, overrides = None, ["..."]
+    pinned = ("resume", "hydra.run.dir", "hydra.sweep.dir", "overwrite")
+    argv = sys.argv[1:]
+    if (
+        hydra_cfg is not None
+        and hydra_cfg.mode == RunMode.MULTIRUN
+        and {"-m", "--multirun"} & set(argv)
+    ):
+        keep = [
+            a for a in argv if a not in ("-m", "--multirun") and a.lstrip("+~").split("=", 1)[0] not in pinned
+        ]
+        sweep_dir = Path(hydra_cfg.runtime.output_dir).parent  # <sweep dir>/<job number>
+        return shlex.join(["var-train", "-m", *keep, f"hydra.sweep.dir={sweep_dir}", "resume=auto"])
+    keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in pinned]
     return shlex.join(["var-train", *keep, f"hydra.run.dir={cfg.paths.output_dir}", "resume=auto"])
 
 
