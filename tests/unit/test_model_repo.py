@@ -85,12 +85,14 @@ def test_the_card_states_what_the_repository_holds(var_ckpt, tmp_path):
     ckpt = shutil.copy(var_ckpt, run / "checkpoints" / "last.ckpt")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text(
-        "- experiment=var_tiny\n- data=imagenet\n- hydra.run.dir=x\n"
+        "- experiment=var_tiny\n- data=imagenet\n- hydra.run.dir=x\n- model.tokenizer_ckpt=/home/alice/tok/last.ckpt\n"
     )
     (run / ".hydra" / "config.yaml").write_text(
         "data:\n  _target_: var_lightning.data.datamodules.ImageFolderDataModule\n  root: /data/flowers\n"
     )
-    (run / "metrics.json").write_text(json.dumps({"val/loss": 3.25, "val/token_err_last": 0.75, "step": 42}))
+    (run / "metrics.json").write_text(
+        json.dumps({"val/loss": 3.25, "val/token_err_last": 0.75, "step": 42, "epoch": 4})
+    )
     (run / "images").mkdir()
     from PIL import Image
 
@@ -104,13 +106,17 @@ def test_the_card_states_what_the_repository_holds(var_ckpt, tmp_path):
     assert convert(argv) == 0
     card = (out / "README.md").read_text()
     for text in ("license: apache-2.0", "library_name: var_lightning", "depth 2, width 32, 2 heads", "(EMA weights)",
-                 "5: apple, bee, cat, dog, eel", "cfg 2.0, top-k 0", "steps: 42 (epoch 3)",
-                 "`ImageFolderDataModule` from `/data/flowers`", "`var-train experiment=var_tiny data=imagenet`",
+                 "5: apple, bee, cat, dog, eel", "cfg 2.0, top-k 0", "steps: 42 (4 epochs, as metrics.json says)",
+                 "`ImageFolderDataModule` from `<...>/flowers`",
+                 "`var-train experiment=var_tiny data=imagenet model.tokenizer_ckpt=<...>/last.ckpt`",
                  "| val/loss | 3.25 |", "| val/token_err_last | 0.75 |", "| fid | 12.5 |", "5000 samples (cfg 1.5",
                  "`inception-v3-compat`", "reference `imagenet-val` (n=50000)", "![seeded samples, one row per class](grid.png)",
                  "var-sample pretrained=<user>/<name>", "init_from=<user>/<name>"):  # fmt: skip
         assert text in card, text
     assert "hydra.run.dir" not in card and (out / "grid.png").is_file()
+    assert (
+        "/home/alice" not in card and "/data/flowers" not in card and "pip install var_lightning" not in card
+    )
     # a guidance sweep with sFID, a real-images baseline and a metric that could not be computed
     sweep = {"metrics": {"fid": 20.0, "sfid": 30.0}, "samples": {"count": 200}, "sampling": {"cfg": 1.0},
              "cfg_sweep": [{"cfg": 1.0, "metrics": {"fid": 20.0, "sfid": 30.0}},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,21 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def public_overrides(overrides: list[str]) -> list[str]:
+    """A run's command-line overrides as a card may show them: Hydra's own (run folders) left out, and an
+    absolute local path (``/home/alice/data/...``) reduced to its last part, so a shared card names no
+    private folder (relative paths and Hub ids stay)."""
+    out = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        if key.lstrip("+~").startswith("hydra."):
+            continue
+        if sep and (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value)):  # absolute
+            value = f"<...>/{Path(value.rstrip('/')).name}"
+        out.append(f"{key}{sep}{value}")
+    return out
+
+
 def run_facts(run_dir: Path | None) -> dict[str, Any]:
     """What the run directory says: the command's overrides, the data, the final metrics, a sample grid."""
     if run_dir is None:
@@ -79,6 +95,8 @@ def _data_line(data: Mapping[str, Any] | None, class_names: list[str] | None) ->
         return "not recorded"
     target = str(data.get("_target_", "")).rsplit(".", 1)[-1] or "data"
     where = data.get("root") or data.get("shards") or data.get("train_shards")
+    if where:
+        where = public_overrides([f"x={where}"])[0].split("=", 1)[1]  # no private absolute folder
     n = f", {len(class_names)} classes" if class_names else ""
     return f"`{target}`" + (f" from `{where}`" if where else "") + n
 
@@ -145,10 +163,14 @@ def model_card(
         lines.append(f"| sampling defaults | cfg {s['cfg']}, top-k {s['top_k']}, top-p {s['top_p']} "
                      f"(0 or 1 = off), more_smooth {s['more_smooth']} |")  # fmt: skip
     lines += ["", "## Training", "", f"- data: {_data_line(facts.get('data'), names)}"]
-    lines.append(f"- steps: {global_step if global_step is not None else 'not recorded'}"
-                 + (f" (epoch {epoch})" if epoch is not None else ""))  # fmt: skip
+    final = facts.get("metrics") or {}
+    if epoch is not None and final.get("step") == global_step and isinstance(final.get("epoch"), int):
+        epochs = f" ({final['epoch']} epochs, as metrics.json says)"  # the run's own count at its end
+    else:
+        epochs = f" (in epoch {epoch + 1})" if epoch is not None else ""
+    lines.append(f"- steps: {global_step if global_step is not None else 'not recorded'}{epochs}")
     if facts.get("overrides"):
-        lines.append(f"- command: `var-train {' '.join(facts['overrides'])}`")
+        lines.append(f"- command: `var-train {' '.join(public_overrides(facts['overrides']))}`")
     if source:
         lines.append(f"- exported from: `{Path(source).name}`")
     lines += ["", "## Results", ""]
@@ -183,12 +205,13 @@ def model_card(
         smp_cfg = "each value above" if report.get("cfg_sweep") else sampling.get("cfg", "?")
         lines += ["", f"Protocol: {smp.get('count', '?')} samples (cfg {smp_cfg}, top-k "
                       f"{sampling.get('top_k', '?')}, top-p {sampling.get('top_p', '?')}), features of "
-                      f"`{ext.get('name', '?')}`, reference `{ref.get('source', '?')}` (n={ref.get('count', '?')}). "
+                      f"`{ext.get('name', '?')}`, reference `{Path(str(ref.get('source', '?'))).name}` (n={ref.get('count', '?')}). "
                       "Numbers from another extractor or reference are not comparable (Inception FID on "
                       "ImageNet is what papers report).", ""]  # fmt: skip
     if not train_metrics and not report:
         lines += ["No metrics were recorded with this export (pass `--report <var-eval report.json>`).", ""]
-    lines += ["## Use", "", "```bash", "pip install var_lightning"]
+    lines += ["## Use", "", "With var_lightning installed from its source (`pip install -e .` in a clone):", "",
+              "```bash"]  # fmt: skip
     if info.stage != "tokenizer":
         lines += [f"var-sample pretrained={name} num_per_class=8",
                   f"var-edit pretrained={name} image=photo.jpg mode=inpaint box=[0.25,0.25,0.75,0.75]",

@@ -230,11 +230,7 @@ def resume_command(cfg: DictConfig) -> str:
         hydra_cfg, overrides = None, ["..."]
     pinned = ("resume", "hydra.run.dir", "hydra.sweep.dir", "overwrite")
     argv = sys.argv[1:]
-    if (
-        hydra_cfg is not None
-        and hydra_cfg.mode == RunMode.MULTIRUN
-        and {"-m", "--multirun"} & set(argv)
-    ):
+    if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN and {"-m", "--multirun"} & set(argv):
         keep = [
             a for a in argv if a not in ("-m", "--multirun") and a.lstrip("+~").split("=", 1)[0] not in pinned
         ]
