@@ -106,7 +106,7 @@ def test_the_card_states_what_the_repository_holds(var_ckpt, tmp_path):
     assert convert(argv) == 0
     card = (out / "README.md").read_text()
     for text in ("license: apache-2.0", "library_name: var_lightning", "depth 2, width 32, 2 heads", "(EMA weights)",
-                 "5: apple, bee, cat, dog, eel", "cfg 2.0, top-k 0", "steps: 42 (4 epochs, as metrics.json says)",
+                 "5: apple, bee, cat, dog, eel", "cfg 2.0, top-k 0", "steps: 42 (4 epochs completed)",
                  "`ImageFolderDataModule` from `<...>/flowers`",
                  "`var-train experiment=var_tiny data=imagenet model.tokenizer_ckpt=<...>/last.ckpt`",
                  "| val/loss | 3.25 |", "| val/token_err_last | 0.75 |", "| fid | 12.5 |", "5000 samples (cfg 1.5",

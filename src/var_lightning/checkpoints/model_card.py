@@ -165,7 +165,8 @@ def model_card(
     lines += ["", "## Training", "", f"- data: {_data_line(facts.get('data'), names)}"]
     final = facts.get("metrics") or {}
     if epoch is not None and final.get("step") == global_step and isinstance(final.get("epoch"), int):
-        epochs = f" ({final['epoch']} epochs, as metrics.json says)"  # the run's own count at its end
+        n = final["epoch"]  # metrics.json's count at the end of the fit: epochs completed
+        epochs = f" ({n} epoch{'' if n == 1 else 's'} completed)"
     else:
         epochs = f" (in epoch {epoch + 1})" if epoch is not None else ""
     lines.append(f"- steps: {global_step if global_step is not None else 'not recorded'}{epochs}")
