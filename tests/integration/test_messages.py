@@ -146,3 +146,14 @@ def test_a_required_value_left_unset_is_named_with_what_to_give(command, args, m
     """Not omegaconf's MissingMandatoryValue traceback from deep inside the run."""
     assert message in (precheck(command, args) or "")
     assert precheck("train", ["experiment=var_tiny", "model.tokenizer_ckpt=tok.ckpt"]) is None
+
+
+def test_another_commands_settings_are_named_as_such():
+    """trainer.limit_val_batches=0 on var-eval was answered with a look-alike key; the group belongs to
+    another command, and the message says which, with this command's keys."""
+    msg = precheck("eval", ["mode=loss", "ckpt_path=x", "trainer.limit_val_batches=0"])
+    assert msg.startswith("unknown config key trainer.limit_val_batches: this command has no trainer settings "
+                          "(trainer.* configures var-train); its keys: ")  # fmt: skip
+    assert "ckpt_path" in msg and "val_batch_size" not in msg and "pretrained?" not in msg
+    msg = precheck("sample", ["ckpt_path=x", "extractor.name=x"])
+    assert "(extractor.* configures var-eval)" in msg

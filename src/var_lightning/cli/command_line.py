@@ -70,6 +70,18 @@ def _overrides(argv: list[str]) -> tuple[list[str], bool] | None:
     return first, multirun
 
 
+def _group_owners(group: str) -> list[str]:
+    """The commands whose root config composes config group ``group`` (``trainer`` -> ``var-train``)."""
+    owners = []
+    for root in sorted(CONF_DIR.glob("*.yaml")):
+        defaults = OmegaConf.load(root).get("defaults") or []
+        names = {str(k).split("@")[0].lstrip("/").removeprefix("override ") for d in defaults
+                 if not isinstance(d, str) for k in d}  # fmt: skip
+        if group in names:
+            owners.append("var-" + root.stem.replace("_", "-"))
+    return owners
+
+
 def _composition_hint(err: Exception, config_name: str, overrides: list[str]) -> str | None:
     """Hydra's composition errors rewritten with the closest valid key or group option."""
     text = str(err)
@@ -91,6 +103,12 @@ def _composition_hint(err: Exception, config_name: str, overrides: list[str]) ->
         other = _other_group_options(parent, leaf, overrides)
         if other:
             return other
+        owners = _group_owners(leaf) if not parent and leaf not in node else []
+        if owners:  # trainer.* given to var-eval
+            return (
+                f"unknown config key {bad}: this command has no {leaf} settings ({leaf}.* configures "
+                f"{' and '.join(owners)}); its keys: {', '.join(sorted(str(k) for k in node if not str(k).startswith('_')))}"
+            )
         return str(unknown_key_error(node, leaf, {str(k) for k in node}, f"{parent}." if parent else ""))
     if "Config group override must be a string" in text:
         for o in overrides:
