@@ -119,7 +119,7 @@ def test_class_edit_by_name_with_a_mask_png_and_outpaint(ckpt, tmp_path):
     assert meta["input_crop"].startswith(
         "the 20x12 input is resized (shorter side to 8) and centre-cropped to 8x8"
     )
-    assert "the left and right 40% of the image is not edited" in meta["input_crop"]
+    assert "20.0% of the image on each of the left and right (40% in all) is not edited" in meta["input_crop"]
     out = edit_run(
         ckpt, tmp_path / "op", "image=synthetic:0:0", "box=[2,2,6,6]", "mode=outpaint", "class=null"
     )

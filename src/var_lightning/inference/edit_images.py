@@ -69,8 +69,8 @@ def crop_note(image_wh: tuple[int, int], image_size: int) -> str | None:
     sides = "left and right" if w > h else "top and bottom"
     return (
         f"the {w}x{h} input is resized (shorter side to {image_size}) and centre-cropped to "
-        f"{image_size}x{image_size}: the {sides} {1 - kept:.0%} of the image is not edited and not in the results "
-        f"(crop it yourself to choose the square)"
+        f"{image_size}x{image_size}: {(1 - kept) / 2:.1%} of the image on each of the {sides} ({1 - kept:.0%} "
+        f"in all) is not edited and not in the results (crop it yourself to choose the square)"
     )
 
 
