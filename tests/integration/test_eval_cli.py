@@ -501,3 +501,17 @@ def test_real_inception_from_pypi_gives_fid_and_sfid_and_says_why_no_is(tmp_path
         n.startswith("FID from 12 samples: fewer images than the 2048 features") for n in other["notes"]
     )
     assert "note: FID from 12 samples" in printed
+
+
+def test_classifier_on_a_folder_without_test_reports_no_heldout_accuracy(tmp_path, capsys, monkeypatch):
+    """A folder with train/ and val/ only: its test loader reads val (on which the classifier was
+    monitored), so the summary gives no held-out accuracy and says why (it printed val's as "held-out")."""
+    from tests.unit.test_webdataset import write_tree
+
+    write_tree(tmp_path / "data" / "train", n=24, size=16)
+    write_tree(tmp_path / "data" / "val", n=12, size=16, seed=2)
+    cfg = compose_eval(["data=imagenet", f"data.root={tmp_path / 'data'}", "data.image_size=16", "epochs=1",
+                        "batch_size=8", "model.width=8", "model.stages=2"], tmp_path, "classifier")  # fmt: skip
+    summary = classifier_cli.run(cfg)
+    assert summary["test_acc"] is None and "no test/ split" in summary["heldout_note"]
+    assert summary["val_acc"] is not None

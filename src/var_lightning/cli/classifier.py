@@ -71,10 +71,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         num_workers=cfg.num_workers,
     )
     heldout_acc = evaluate_classifier(model, heldout_set, batch_size=max(cfg.batch_size, 256), device=device)
+    note = None
+    if cfg.heldout_split == "test" and getattr(dm, "has_test_dir", True) is False:  # test falls back to val
+        heldout_acc, note = (
+            None,
+            (
+                "the data has no test/ split, so there is no held-out accuracy (its test loader reads val, on which "
+                "the classifier was monitored): add <data.root>/test/<class>/ images for one"
+            ),
+        )
+        log.warning(note)
     summary = {
         "path": str(Path(cfg.out).resolve()),
         "val_acc": val_acc,
         f"{cfg.heldout_split}_acc": heldout_acc,
+        "heldout_note": note,
         "num_classes": num_classes,
         "class_names": list(getattr(dm, "class_names", []) or []),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
@@ -91,10 +102,15 @@ def main(cfg: DictConfig) -> None:
     log.info("run directory: %s", HydraConfig.get().runtime.output_dir)
     summary = run(cfg)
     split = cfg.heldout_split
+    held = summary[f"{split}_acc"]
+    held_text = (
+        f"held-out ({split}) accuracy {held:.4f}"
+        if held is not None
+        else f"no held-out accuracy ({summary['heldout_note']})"
+    )
     print(
-        f"classifier: held-out ({split}) accuracy {summary[f'{split}_acc']:.4f}, val accuracy "
-        f"{summary['val_acc']:.4f}, {summary['num_classes']} classes\nsaved to {summary['path']}\n"
-        f"use it with: extractor=classifier extractor.path={summary['path']}"
+        f"classifier: {held_text}, val accuracy {summary['val_acc']:.4f}, {summary['num_classes']} classes\n"
+        f"saved to {summary['path']}\nuse it with: extractor=classifier extractor.path={summary['path']}"
     )
 
 
