@@ -217,6 +217,7 @@ def test_a_signal_to_the_whole_process_group_saves_like_one_to_the_main_process(
     err = out + err
     assert a.returncode == code, err[-3000:]
     assert "is killed by signal" not in err and f"stopped by {signame} at step 2" in err
+    assert err.count(f"received {signame}") == 1, err[-3000:]  # once, not once per worker (Ctrl-C printed 3)
     assert "to continue this run: var-train" in err
     assert torch.load(run / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 2
     deadline = time.monotonic() + 30
