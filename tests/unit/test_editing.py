@@ -358,3 +358,20 @@ def test_the_fast_sampler_edits_identically(models, image):
                 sampler=FastSampler(var, vae, channels_last=True).sample)  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(plain.tokens, fast.tokens, strict=True))
     torch.testing.assert_close(fast.images, plain.images, rtol=0, atol=1e-4)
+
+
+def test_the_panel_frames_each_cell_so_a_white_mask_stays_distinct_from_the_page(tmp_path):
+    """An out-paint mask is white where the model generates: on the white page it merged into the
+    background; each cell now has a grey frame around it."""
+    gen = torch.ones(8, 8)  # all generated: an all-white mask cell
+    path = edit_panel(
+        torch.rand(3, 8, 8), torch.rand(3, 8, 8), gen, torch.rand(1, 3, 8, 8), tmp_path / "p.png"
+    )
+    arr = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    cell, pad, head = 128, 4, 16  # 8 px upscaled to 128; the panel's layout
+    x_mask = pad + 2 * (cell + pad)
+    assert (arr[head + 10, x_mask + 10] == 255).all()  # inside the mask cell: white
+    assert (arr[head + 10, x_mask - 1] == 128).all() and (
+        arr[head - 1, x_mask + 10] == 128
+    ).all()  # its frame
+    assert (arr[head + 10, x_mask + cell] == 128).all()

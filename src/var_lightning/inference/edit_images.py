@@ -161,7 +161,7 @@ def edit_panel(
     in [0, 1]; ``generated_HW`` is 1 where the model generated (drawn white) and 0 where the image's tokens
     were kept (black). The reconstruction is what the kept region can look like at best (the results keep
     its tokens, not its pixels), so a kept region is compared with it, not with the original. Small images
-    are upscaled (nearest) to at least ``min_cell`` pixels."""
+    are upscaled (nearest) to at least ``min_cell`` pixels; each cell has a grey frame."""
     mask_3HW = generated_HW.float().unsqueeze(0).expand(3, -1, -1)
     cells = to_uint8_hwc(torch.cat([original_3HW[None].cpu(), reconstruction_3HW[None].float().cpu(),
                                     mask_3HW[None].cpu(), results_N3HW.cpu()]))  # fmt: skip
@@ -176,6 +176,8 @@ def edit_panel(
         x = pad + i * (cell_w + pad)
         draw.text((x + 2, 2), title[: max(4, cell_w // 6)], fill="black")
         canvas.paste(Image.fromarray(cell).resize((cell_w, cell_h), Image.NEAREST), (x, head))
+        # a grey frame: the mask's white (and any white image edge) stays distinct from the page
+        draw.rectangle((x - 1, head - 1, x + cell_w, head + cell_h), outline=(128, 128, 128))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
