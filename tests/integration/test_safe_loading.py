@@ -366,3 +366,28 @@ def test_a_bit_flipped_checkpoint_is_named_by_every_loader_not_sampled(tmp_path)
         sample.run(compose_config("sample", [f"ckpt_path={bad}", "device=cpu"]), tmp_path / "s")
     assert not (tmp_path / "s" / "samples").exists()
     read_checkpoint(good)  # the intact file reads
+
+
+def test_npz_files_with_pickled_object_arrays_are_refused(tmp_path):
+    """Sample packs and reference statistics (.npz) hold numbers; an object array (a pickle) is refused by
+    name wherever one is read (reference=, generation.samples=, the labels), and nothing runs."""
+    import numpy as np
+
+    from var_lightning.evaluation.npz import NpzImages, load_reference, read_labels
+
+    marker = tmp_path / "PWNED"
+    ref = tmp_path / "ref.npz"
+    np.savez(
+        ref, mu=np.array([Payload(marker)], dtype=object), sigma=np.array([Payload(marker)], dtype=object)
+    )
+    pack = tmp_path / "pack.npz"
+    np.savez(
+        pack, arr_0=np.array([Payload(marker)], dtype=object), arr_1=np.array([Payload(marker)], dtype=object)
+    )
+    with pytest.raises(ValueError, match=r"ref.npz: refused: it holds an array of Python objects"):
+        load_reference(ref)
+    with pytest.raises(ValueError, match=r"pack.npz: refused: it holds an array of Python objects"):
+        read_labels(pack)
+    with pytest.raises(ValueError, match=r"arr_0 must be uint8"):
+        NpzImages(pack)
+    assert not marker.exists()

@@ -134,7 +134,9 @@ class ImageLogger(L.Callback):
             if row_names is not None:  # one labelled row per class
                 labels = [r for r in range(len(row_names)) for _ in range(nrow)][: imgs.shape[0]]
                 labelled_grid(imgs, labels, path, per_row=nrow, class_names=list(row_names))
-                grid = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)  # a writable copy
+                grid = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(
+                    2, 0, 1
+                )  # a writable copy
             else:
                 if imgs.shape[-1] < 64:  # small images: nearest-upscale so the grid is readable
                     imgs = F.interpolate(imgs, scale_factor=64 // imgs.shape[-1], mode="nearest")

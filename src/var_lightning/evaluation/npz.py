@@ -70,6 +70,21 @@ class FolderImages:
             yield np.stack(batch)
 
 
+def _numbers(path: str | Path, keys: list[str]) -> list[np.ndarray]:
+    """Arrays ``keys`` of an ``.npz``, numbers only: an array of Python objects (a pickle, which could run
+    code when read) is refused by name."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [data[k] for k in keys]
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise
+        raise ValueError(
+            f"{path}: refused: it holds an array of Python objects (pickled), which can execute code when read; "
+            "a sample pack or reference holds numbers only (arr_0 uint8 images, arr_1 integer labels, mu / sigma)"
+        ) from e
+
+
 def _npy_member_header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype, int]:
     with zf.open(member) as f:
         version = np.lib.format.read_magic(f)
@@ -195,8 +210,8 @@ def read_labels(path: str | Path) -> np.ndarray | None:
     with zipfile.ZipFile(path) as zf:
         if "arr_1.npy" not in zf.namelist():
             return None
-    with np.load(path) as data:
-        return data["arr_1"].astype(np.int64).reshape(-1)
+    (labels,) = _numbers(path, ["arr_1"])
+    return labels.astype(np.int64).reshape(-1)
 
 
 @dataclass
@@ -225,8 +240,7 @@ def load_reference(path: str | Path) -> ReferencePack:
     images = NpzImages(path) if "arr_0.npy" in names else None
     mu = sigma = None
     if {"mu.npy", "sigma.npy"} <= names:
-        with np.load(path) as data:
-            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        mu, sigma = (a.astype(np.float64) for a in _numbers(path, ["mu", "sigma"]))
     if images is None and mu is None:
         raise ValueError(f"{path} has neither images (arr_0) nor statistics (mu, sigma): {sorted(names)}")
     return ReferencePack(path, images, mu, sigma)
