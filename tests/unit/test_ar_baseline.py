@@ -16,7 +16,7 @@ from var_lightning.checkpoints.load import load_models
 from var_lightning.objectives.losses import raster_losses
 from var_lightning.scaling.flops import ar_flops, ar_num_params, num_params, var_flops
 from var_lightning.training.ar_module import ARModule
-from var_lightning.transformer.ar import ARTransformer, ar_sample, raster_tokens, raster_tokens_to_img
+from var_lightning.transformer.ar import ARTransformer, raster_tokens, raster_tokens_to_img
 from var_lightning.transformer.config import VARConfig
 from var_lightning.transformer.fast_sampling import build_sampler
 
@@ -63,7 +63,7 @@ def test_kv_cache_sampler_logits_equal_the_teacher_forced_ones(models, cfg):
     model, vae = models
     label_B = torch.tensor([0, 4])
     seen = []
-    out = ar_sample(model, vae, 2, labels=label_B, cfg=cfg, top_k=20, top_p=0.9, seed=3,
+    out = build_sampler(model, vae)(2, labels=label_B, cfg=cfg, top_k=20, top_p=0.9, seed=3,
                     logits_hook=lambda i, logits: seen.append(logits))  # fmt: skip
     tokens = out.tokens[0]
     cond = model(label_B, tokens)
@@ -78,19 +78,19 @@ def test_kv_cache_sampler_logits_equal_the_teacher_forced_ones(models, cfg):
 
 def test_sampling_is_seeded_and_checks_its_arguments(models):
     model, vae = models
-    a = ar_sample(model, vae, 4, cfg=1.0, top_k=10, seed=7)
-    b = ar_sample(model, vae, 4, cfg=1.0, top_k=10, seed=7)
-    c = ar_sample(model, vae, 4, cfg=1.0, top_k=10, seed=8)
+    a = build_sampler(model, vae)(4, cfg=1.0, top_k=10, seed=7)
+    b = build_sampler(model, vae)(4, cfg=1.0, top_k=10, seed=7)
+    c = build_sampler(model, vae)(4, cfg=1.0, top_k=10, seed=8)
     assert torch.equal(a.tokens[0], b.tokens[0]) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.tokens[0], c.tokens[0])
     with pytest.raises(ValueError, match="class id 9 is out of range"):
-        ar_sample(model, vae, 1, labels=[9])
+        build_sampler(model, vae)(1, labels=[9])
     with pytest.raises(ValueError, match="top_k"):
-        ar_sample(model, vae, 1, top_k=10_000)
+        build_sampler(model, vae)(1, top_k=10_000)
     with pytest.raises(ValueError, match="editing needs a VAR model"):
-        ar_sample(model, vae, 1, edit=object())
+        build_sampler(model, vae)(1, edit=object())
     with pytest.raises(ValueError, match="more_smooth"):
-        ar_sample(model, vae, 1, more_smooth=True)
+        build_sampler(model, vae)(1, more_smooth=True)
 
 
 def test_raster_losses_and_token_pyramids_are_refused(models):
@@ -135,7 +135,7 @@ def test_an_ar_checkpoint_loads_as_the_ar_stage_and_gets_the_ar_sampler(models, 
     assert isinstance(var, ARTransformer) and info.stage == "ar" and info.as_dict()["stage"] == "ar"
     draw = build_sampler(var, vae2, "fast")
     out = draw(2, labels=[0, 1], cfg=1.0, top_k=0, top_p=0.0, seed=0)
-    ref = ar_sample(module.var.eval(), module.vae, 2, labels=[0, 1], cfg=1.0, top_k=0, top_p=0.0, seed=0)
+    ref = build_sampler(module.var.eval(), module.vae)(2, labels=[0, 1], cfg=1.0, top_k=0, top_p=0.0, seed=0)
     assert torch.equal(out.tokens[0], ref.tokens[0])
 
 

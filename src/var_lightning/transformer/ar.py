@@ -23,16 +23,14 @@ Shapes: B batch, N = h * w tokens, n tokens of a prefix, C width, V vocabulary, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 from torch import nn
 
 from var_lightning.tokenizer.autoencoder import MultiScaleVQVAE
-from var_lightning.transformer.config import SamplingArgs, VARConfig
+from var_lightning.transformer.config import VARConfig
 from var_lightning.transformer.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin, StaticKVCache
 from var_lightning.transformer.sampling import (
+    Labels,
     SampleCall,
     SampleOutput,
     check_compatible,
@@ -153,20 +151,15 @@ def raster_tokens_to_img(vae: MultiScaleVQVAE, idx_BN: torch.Tensor) -> torch.Te
 # ---------------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def ar_sample(
-    model: ARTransformer,
-    vae: MultiScaleVQVAE,
-    B: int,
-    labels: int | Sequence[int] | torch.Tensor | None = None,
-    args: SamplingArgs | None = None,
-    **options: Any,
+    model: ARTransformer, vae: MultiScaleVQVAE, B: int, labels: Labels, call: SampleCall
 ) -> SampleOutput:
-    """Generate B images token by token; the signature of VAR's ``sample`` so the commands can call either.
+    """Generate B images token by token with ``call``'s arguments and options; ``build_sampler`` gives it
+    VAR's ``sample`` signature (``draw(B, labels, args, cfg=..., seed=...)``), which the commands call.
 
     ``logits_hook(i, logits_B1V)`` sees the guided logits of step i; ``scale_hook(0, f_hat)`` the final latent
     (there is one scale). Labels are drawn as VAR's sampler draws them (one multinomial when not given).
     Editing and ``more_smooth`` are VAR features and raise here.
     """
-    call = SampleCall.of(args, options)  # the options of VAR's sample
     a, generator, logits_hook, scale_hook = call.args, call.generator, call.logits_hook, call.scale_hook
     cfg, top_k, top_p, seed = a.cfg, a.top_k, a.top_p, a.seed
     if call.edit is not None:

@@ -37,6 +37,7 @@ from var_lightning.transformer.ar import ar_sample
 from var_lightning.transformer.config import SamplingArgs
 from var_lightning.transformer.layers import StaticKVCache
 from var_lightning.transformer.sampling import (
+    Labels,
     SampleCall,
     SampleOutput,
     check_compatible,
@@ -130,7 +131,7 @@ class FastSampler:
     def sample(
         self,
         B: int,
-        labels: int | Sequence[int] | torch.Tensor | None = None,
+        labels: Labels = None,
         args: SamplingArgs | None = None,
         **options: Any,
     ) -> SampleOutput:
@@ -306,6 +307,17 @@ def sample_fast(var: VAR, vae: MultiScaleVQVAE, B: int, *call: Any, **kwargs: An
 SAMPLERS = ("fast", "plain")
 
 
+def _with_sample_signature(
+    fn: Callable[..., SampleOutput], model: nn.Module, vae: MultiScaleVQVAE
+) -> Callable[..., SampleOutput]:
+    """``fn(model, vae, B, labels, call)`` as :func:`sample` is called, minus ``var, vae``."""
+
+    def draw(B: int, labels: Labels = None, args: SamplingArgs | None = None, **options: Any) -> SampleOutput:
+        return fn(model, vae, B, labels, SampleCall.of(args, options))
+
+    return draw
+
+
 def build_sampler(
     var: VAR, vae: MultiScaleVQVAE, kind: str = "fast", channels_last: bool = True, key: str = "sampler"
 ) -> Callable[..., SampleOutput]:
@@ -319,7 +331,7 @@ def build_sampler(
     if getattr(var, "kind", "var") == "ar":  # the raster-order baseline has one sampler (static KV cache)
         if kind not in SAMPLERS:
             raise ValueError(f"{key}={kind!r}: choose one of {', '.join(SAMPLERS)}")
-        return functools.partial(ar_sample, var, vae)
+        return _with_sample_signature(ar_sample, var, vae)
     if kind == "plain":
         return functools.partial(sample, var, vae)
     if kind == "fast":

@@ -169,6 +169,10 @@ def scale_masks(
     return out
 
 
+Labels = int | Sequence[int] | torch.Tensor | None
+"""What a sampler takes as ``labels``: one class id for all, one per image, or None (drawn at random)."""
+
+
 @dataclass
 class EditSpec:
     """Tokens to teacher-force while sampling (zero-shot editing).
@@ -246,7 +250,7 @@ def start_sampling(
     var: VAR,
     vae: MultiScaleVQVAE,
     B: int,
-    labels: int | Sequence[int] | torch.Tensor | None,
+    labels: Labels,
     args: SamplingArgs,
     generator: torch.Generator | None,
     edit: EditSpec | None,
@@ -356,7 +360,7 @@ def sample(
     var: VAR,
     vae: MultiScaleVQVAE,
     B: int,
-    labels: int | Sequence[int] | torch.Tensor | None = None,
+    labels: Labels = None,
     args: SamplingArgs | None = None,
     *,
     generator: torch.Generator | None = None,
