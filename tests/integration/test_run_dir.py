@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,29 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.2)
 
 
+def hold_at(step: int, out_dir: Path) -> list[str]:
+    """Overrides that hold a run still at ``step`` (``<out_dir>/at_step`` appears) until ``<out_dir>/go``."""
+    return ["+callbacks.hold._target_=tests.integration.probes.HoldAt", f"+callbacks.hold.step={step}",
+            f"+callbacks.hold.out_dir={out_dir}"]  # fmt: skip
+
+
+def signal_held(proc: subprocess.Popen, out_dir: Path, signum: int, group: bool = False,
+                check: Callable[[], None] | None = None) -> str:  # fmt: skip
+    """Once the held run is at its step (``check()`` runs then), send ``signum`` to it (or to its whole
+    process group), let it go on, and return its output; it is killed if it outlives this."""
+    try:
+        wait_for(out_dir / "at_step", proc)
+        if check is not None:
+            check()
+        (os.killpg if group else os.kill)(proc.pid, signum)
+        (out_dir / "go").write_text("")
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return out + err
+
+
 @pytest.mark.process
 def test_a_second_run_in_the_same_directory_stops_and_sigterm_saves_the_first(tmp_path):
     """Run A holds the directory (held still at step 2 by a probe); run B, launched into it, stops at once
@@ -50,9 +74,7 @@ def test_a_second_run_in_the_same_directory_stops_and_sigterm_saves_the_first(tm
     that continues it, leaves no lock; that command ends on the weights of an uninterrupted run."""
     run = tmp_path / "run"
     run.mkdir()
-    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=2",
-            f"+callbacks.hold.out_dir={run}"]  # fmt: skip
-    a = launch(run, *hold)
+    a = launch(run, *hold_at(2, run))
     try:
         wait_for(run / "at_step", a)
         lock = json.loads((run / LOCK_NAME).read_text())
@@ -201,20 +223,13 @@ def test_a_signal_to_the_whole_process_group_saves_like_one_to_the_main_process(
     the command that continues the run and exits 128 + signal; no process of the group is left."""
     run = tmp_path / "run"
     run.mkdir()
-    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=2",
-            f"+callbacks.hold.out_dir={run}", "data.num_workers=2", "data.train_size=64"]  # fmt: skip
-    a = launch(run, *hold)
-    try:
-        wait_for(run / "at_step", a)
+    a = launch(run, *hold_at(2, run), "data.num_workers=2", "data.train_size=64")
+
+    def two_workers() -> None:
         workers = subprocess.run(["pgrep", "-g", str(a.pid)], capture_output=True, text=True).stdout.split()
         assert len(workers) >= 3, workers  # the main process and its two workers
-        os.killpg(a.pid, getattr(signal, signame))
-        (run / "go").write_text("")
-        out, err = a.communicate(timeout=180)
-    finally:
-        if a.poll() is None:
-            os.killpg(a.pid, signal.SIGKILL)
-    err = out + err
+
+    err = signal_held(a, run, getattr(signal, signame), group=True, check=two_workers)
     assert a.returncode == code, err[-3000:]
     assert "is killed by signal" not in err and f"stopped by {signame} at step 2" in err
     assert err.count(f"received {signame}") == 1, err[-3000:]  # once, not once per worker (Ctrl-C printed 3)
@@ -272,19 +287,10 @@ def test_a_signal_at_the_last_step_of_an_epoch_saves_after_its_validation(tmp_pa
     run exits 143; resume=auto gives the uninterrupted run's validations, files and weights."""
     run = tmp_path / "run"
     run.mkdir()
-    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=4",
-            f"+callbacks.hold.out_dir={run}"]  # fmt: skip
-    a = launch(run, *hold)
-    try:
-        wait_for(run / "at_step", a)
-        os.kill(a.pid, signal.SIGTERM)
-        (run / "go").write_text("")
-        out, err = a.communicate(timeout=180)
-    finally:
-        if a.poll() is None:
-            os.killpg(a.pid, signal.SIGKILL)
-    assert a.returncode == 143, (out + err)[-3000:]
-    assert "saving after this epoch's validation" in out + err
+    a = launch(run, *hold_at(4, run))
+    said = signal_held(a, run, signal.SIGTERM)
+    assert a.returncode == 143, said[-3000:]
+    assert "saving after this epoch's validation" in said
     assert [v["epoch"] for v in _validations(run)] == [0]
     assert torch.load(run / "checkpoints" / "preempted.ckpt", weights_only=True)["global_step"] == 4
     (run / "at_step").unlink()
@@ -302,22 +308,13 @@ def test_sigterm_during_a_multiruns_first_job_prints_the_command_that_finishes_t
         if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "HYDRA_FULL_ERROR")
     }
     env["PYTHONPATH"] = str(ROOT)
-    hold = ["+callbacks.hold._target_=tests.integration.probes.HoldAt", "+callbacks.hold.step=2",
-            f"+callbacks.hold.out_dir={tmp_path}"]  # fmt: skip
-    cmd = [sys.executable, "-m", "var_lightning.cli.train", "-m", *TOKENIZER, *hold, "seed=1,2",
+    cmd = [sys.executable, "-m", "var_lightning.cli.train", "-m", *TOKENIZER, *hold_at(2, tmp_path), "seed=1,2",
            f"hydra.sweep.dir={sweep}"]  # fmt: skip
     a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          cwd=tmp_path, start_new_session=True)  # fmt: skip
-    try:
-        wait_for(tmp_path / "at_step", a)
-        os.kill(a.pid, signal.SIGTERM)
-        (tmp_path / "go").write_text("")
-        out, err = a.communicate(timeout=180)
-    finally:
-        if a.poll() is None:
-            os.killpg(a.pid, signal.SIGKILL)
-    assert a.returncode == 143, (out + err)[-3000:]
-    hint = shlex.split((out + err).split("to continue this run: ", 1)[1].splitlines()[0])
+    said = signal_held(a, tmp_path, signal.SIGTERM)
+    assert a.returncode == 143, said[-3000:]
+    hint = shlex.split(said.split("to continue this run: ", 1)[1].splitlines()[0])
     assert hint[:2] == ["var-train", "-m"] and "seed=1,2" in hint and hint[-1] == "resume=auto"
     assert f"hydra.sweep.dir={sweep}" in hint and not (sweep / "1").exists()
     (tmp_path / "at_step").unlink()

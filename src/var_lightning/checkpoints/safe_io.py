@@ -63,7 +63,7 @@ def unpickling_reason(e: BaseException) -> str:
 @contextlib.contextmanager
 def weights_only_loads() -> Iterator[None]:
     """Every ``torch.load`` inside runs with ``weights_only=True`` whatever its caller asks (torch's
-    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``). For code we do not own that unpickles with ``weights_only=False``:
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``). For code we do not own that unpickles fully (``weights_only`` off):
     torch's DCP reader loads the bytes entries of ``.distcp`` files so, for our one-process reader and for
     Lightning's sharded resume alike. Process-wide while it lasts; the previous value is restored."""
     name = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"

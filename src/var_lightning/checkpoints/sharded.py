@@ -8,8 +8,8 @@ Why our own reader: torch reads ``.metadata`` with a plain ``pickle.load``, whic
 downloaded or tampered directory. Here it is read with :class:`_MetadataUnpickler`, which rebuilds only
 DCP's own metadata dataclasses, enums, dtypes, sizes and paths and refuses anything else
 (:class:`~var_lightning.checkpoints.safe_io.UnsafeCheckpointError`, ``trust_pickle`` overrides). ``meta.pt`` is read
-with ``weights_only=True``. The shard files' non-tensor ("bytes") entries are pickles that DCP's reader loads with
-``weights_only=False``: :func:`check_byte_entries` reads each one first with ``weights_only=True`` (what our
+with ``weights_only=True``. The shard files' non-tensor ("bytes") entries are pickles that DCP's reader unpickles
+fully: :func:`check_byte_entries` reads each one first with ``weights_only=True`` (what our
 checkpoints store there, optimizer settings and plain values, passes) and refuses any other with the file and
 entry named, and the tensors are then read under :func:`~var_lightning.checkpoints.safe_io.weights_only_loads`,
 so nothing in the directory is unpickled beyond tensors and plain values without ``trust_pickle``. So ``load_models``, ``var-sample``, ``var-eval`` and ``var-convert`` accept the

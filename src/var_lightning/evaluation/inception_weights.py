@@ -237,7 +237,7 @@ def read_inception_weights(path: Path) -> dict[str, torch.Tensor]:
         return from_fid_helper(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # torch's text advises weights_only=False: not quoted
+    except pickle.UnpicklingError as err:  # torch's text advises full unpickling: not quoted
         raise ValueError(
             f"refused to read Inception weights {path}: the file holds pickled Python objects beyond tensors "
             f"({unpickling_reason(err)}), and unpickling them can execute code; give torch-fidelity's "

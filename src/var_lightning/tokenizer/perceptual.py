@@ -171,7 +171,7 @@ def build_perceptual(
         model = _construct(net, random_backbone=True)
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:  # torch's text advises weights_only=False: not quoted
+        except pickle.UnpicklingError as e:  # torch's text advises full unpickling: not quoted
             raise ValueError(
                 f"refused to read {path} (config key model.loss.perceptual_weights_path): the file holds pickled "
                 "Python objects beyond tensors, and unpickling them can execute code; give torchvision's VGG16 "

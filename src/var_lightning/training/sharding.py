@@ -143,7 +143,7 @@ class ShardedStrategy(ModelParallelStrategy):
         ``var_ema.*``; here the average is left out of the read and then starts from the restored weights (as
         a single-file resume does). The opposite case (an average in the checkpoint, none in the run) needs
         nothing: DCP reads only what is asked for."""
-        # DCP unpickles the shard files' bytes entries with weights_only=False; resume=auto checked them
+        # DCP unpickles the shard files' bytes entries fully; resume=auto checked them
         # (sharded.check_byte_entries), and here nothing beyond tensors and plain values is unpickled unless
         # trust_pickle=true (Lightning's weights_only=False)
         with contextlib.nullcontext() if weights_only is False else weights_only_loads():
