@@ -251,6 +251,11 @@ def test_password_guessing_is_slowed_then_locked():
     assert check("bob", "pw")
     now[0] += 301
     assert check("alice", "s3cret")  # the lock ends
+    quick = LoginGuard([("alice", "s3cret")], delay_s=0.0, clock=lambda: now[0])
+    for i in range(1200):  # guesses under ever new names do not grow the server's memory without bound
+        now[0] += 1
+        asyncio.run(quick.check(f"user{i}", "x"))
+    assert len(quick._failures) <= 1001
 
 
 def test_the_served_page_locks_a_guessed_login(ckpt, tmp_path, monkeypatch):  # noqa: F811

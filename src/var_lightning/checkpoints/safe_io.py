@@ -133,8 +133,10 @@ def torch_load(
     trust_pickle: bool = False,
     map_location: str | torch.device = "cpu",
     mmap: bool = False,
+    verify: bool = True,
 ) -> Any:
-    """``torch.load(weights_only=True)`` with errors that name the file and the config key.
+    """``torch.load(weights_only=True)`` with errors that name the file and the config key; ``verify``:
+    every record's CRC first (:func:`check_records`; off only where the same file was just verified).
 
     Refuses (``UnsafeCheckpointError``) a file whose unpickling would need arbitrary classes or callables,
     unless ``trust_pickle``: then it is loaded with ``weights_only=False`` after a warning. A truncated or
@@ -142,7 +144,7 @@ def torch_load(
     """
     p = resolve_file(path, key)
     _check_looks_like_torch(p, key)
-    if zipfile.is_zipfile(p):
+    if verify and zipfile.is_zipfile(p):
         check_records(p, key)
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)

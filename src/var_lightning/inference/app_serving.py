@@ -111,6 +111,9 @@ class LoginGuard:
             return True
         recent = [t for t in self._failures.get(username, []) if now - t < self.window_s] + [now]
         self._failures[username] = recent
+        if len(self._failures) > 1000:  # many names tried: forget those with no failure in the window
+            self._failures = {u: ts for u, ts in self._failures.items() if now - ts[-1] < self.window_s}
+            self._locked_until = {u: t for u, t in self._locked_until.items() if t > now}
         if len(recent) >= self.max_failures:
             self._locked_until[username] = now + self.lock_s
             self._failures.pop(username, None)
